@@ -1,0 +1,49 @@
+# Tensile: one venv (.venv) for the trainer, the infra program and the policy pack.
+# Every target installs what it needs on a fresh machine; stamps make re-runs quick.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+CONSTRAINTS := requirements/constraints.txt
+
+# DeepSpeed on this machine runs on the CPU accelerator with gloo.
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: demo test test-full bench install install-infra clean
+
+install: $(VENV)/.stamp-training
+install-infra: $(VENV)/.stamp-infra
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first (the local CPU wheel; anything else would pull a multi-GB CUDA build), then
+# DeepSpeed with its shm op prebuilt so no process pays a ~40 s compile at start.
+$(VENV)/.stamp-torch: requirements/torch.txt | $(BIN)/python
+	$(PIP) install -c $(CONSTRAINTS) pip wheel setuptools
+	$(PIP) install -c $(CONSTRAINTS) -r requirements/torch.txt
+	DS_BUILD_SHM_COMM=1 $(PIP) install -c $(CONSTRAINTS) --no-build-isolation -r requirements/deepspeed.txt
+	touch $@
+
+$(VENV)/.stamp-training: $(VENV)/.stamp-torch training/pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -c $(CONSTRAINTS) -e 'training[dev]'
+	touch $@
+
+$(VENV)/.stamp-infra: $(VENV)/.stamp-training infra/requirements.txt $(CONSTRAINTS)
+	$(PIP) install -c $(CONSTRAINTS) -r infra/requirements.txt
+	touch $@
+
+demo: $(VENV)/.stamp-training
+	$(BIN)/tensile demo
+
+test: $(VENV)/.stamp-training $(VENV)/.stamp-infra
+	$(BIN)/python -m pytest -m "not full"
+
+test-full: $(VENV)/.stamp-training $(VENV)/.stamp-infra
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.stamp-training
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
