@@ -1,0 +1,19 @@
+"""Durable, fenced checkpoints: a manifest written last, a commit log created exclusively."""
+
+from tensile.checkpoint.api import (
+    CheckpointCorrupt,
+    CheckpointError,
+    CommitRecord,
+    FileEntry,
+    FencingError,
+    Manifest,
+    FORMAT_VERSION,
+)
+from tensile.checkpoint.commit_log import CommitLog
+from tensile.checkpoint.tier import DirectoryTier
+from tensile.checkpoint.catalog import Catalog, ResumePoint
+
+__all__ = [
+    "Catalog", "CheckpointCorrupt", "CheckpointError", "CommitLog", "CommitRecord", "DirectoryTier",
+    "FileEntry", "FencingError", "FORMAT_VERSION", "Manifest", "ResumePoint",
+]

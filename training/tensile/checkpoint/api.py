@@ -1,0 +1,82 @@
+"""Checkpoint value types and the exception tree shared by tiers, the commit log and the trainer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+FORMAT_VERSION = 1
+"""Layout version written into every manifest; readers refuse versions they do not know."""
+
+
+class CheckpointError(Exception):
+    """Base of all checkpoint errors."""
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A checkpoint's files do not match its manifest (missing, truncated or altered)."""
+
+
+class FencingError(CheckpointError):
+    """Another worker group published first: this group is stale and must stop.
+
+    Not retryable: retrying would fork the run's history.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str
+    """Relative to the checkpoint's directory."""
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    checkpoint_id: str
+    parent_id: str | None
+    step: int
+    """Optimizer steps completed when the checkpoint was taken."""
+    world_size: int
+    zero_stage: int
+    files: tuple[FileEntry, ...]
+    config_hash: str
+    data_version: str
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    created_at: float = 0.0
+    reason: str = "periodic"
+    """Why it was taken: periodic, final, or stop (an emergency save on a stop request)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        data = json.loads(text)
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointCorrupt(
+                f"manifest format version {version} is not supported by this Tensile "
+                f"(reads version {FORMAT_VERSION})")
+        data["files"] = tuple(FileEntry(**f) for f in data["files"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitRecord:
+    """One entry of the commit log: `commits/<seq>` names the checkpoint published at seq."""
+
+    seq: int
+    checkpoint_id: str
+    step: int
+    group_token: str
+    """Random id of the worker group (rendezvous round) that published it."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CommitRecord":
+        return cls(**json.loads(text))

@@ -1,0 +1,155 @@
+"""Saving and loading a DeepSpeed engine through Tensile's commit protocol.
+
+Each rank writes its DeepSpeed files to its node's own disk, copies them to the shared tier
+(fsynced, hashed); rank 0 gathers the hashes, writes the manifest last and publishes the
+commit record exclusively. Only then does the checkpoint count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tensile.checkpoint import Catalog, CommitRecord, DirectoryTier, FencingError, Manifest, ResumePoint
+from tensile.checkpoint.api import CheckpointError
+from tensile.checkpoint.catalog import checkpoint_id_for
+from tensile import faults
+
+log = logging.getLogger(__name__)
+
+DEEPSPEED_TAG = "state"
+"""DeepSpeed writes its files under `<checkpoint>/<tag>/`."""
+
+
+def library_versions() -> dict[str, str]:
+    import deepspeed
+
+    import tensile
+
+    return {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "tensile": tensile.__version__}
+
+
+@dataclass(slots=True)
+class GroupLease:
+    """What a worker group holds between its round start and its next publish."""
+
+    token: str
+    next_seq: int
+    parent_id: str | None
+
+
+class EngineCheckpointer:
+    def __init__(self, *, tier: DirectoryTier, local_dir: Path, rank: int, world_size: int,
+                 zero_stage: int, config_hash: str, data_version: str, keep_last: int):
+        self.tier = tier
+        self.catalog = Catalog(tier)
+        self.local_dir = local_dir
+        self.rank = rank
+        self.world_size = world_size
+        self.zero_stage = zero_stage
+        self.config_hash = config_hash
+        self.data_version = data_version
+        self.keep_last = keep_last
+
+    def save(self, engine: Any, *, step: int, lease: GroupLease, client_state: dict[str, Any],
+             reason: str) -> dict[str, float]:
+        """Collective: every rank calls it. Raises FencingError on every rank if fenced."""
+        started = time.monotonic()
+        checkpoint_id = checkpoint_id_for(step, lease.token)
+        # Per rank, so ranks sharing a node never mix files before upload.
+        local_root = self.local_dir / "checkpoints" / f"{checkpoint_id}.rank{self.rank}"
+        engine.save_checkpoint(str(local_root), tag=DEEPSPEED_TAG, client_state=client_state,
+                               save_latest=False)
+        written = time.monotonic()
+        entries = []
+        for path in sorted((local_root / DEEPSPEED_TAG).iterdir()):
+            rel = f"{DEEPSPEED_TAG}/{path.name}"
+            entries.append(self.tier.put_file(checkpoint_id, rel, path))
+            faults.maybe_crash_in_save(step=step, rank=self.rank)
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, entries)
+        outcome: list[Any] = [None]
+        if self.rank == 0:
+            outcome[0] = self._publish(checkpoint_id, step, lease, gathered, reason)
+        dist.broadcast_object_list(outcome, src=0)
+        if outcome[0] != "ok":
+            raise FencingError(outcome[0])
+        lease.next_seq += 1
+        lease.parent_id = checkpoint_id
+        self._drop_older_local_copies(keep=local_root)
+        return {"write_s": written - started, "persist_s": time.monotonic() - written,
+                "bytes": float(sum(e.size for rank_entries in gathered for e in rank_entries))}
+
+    def _publish(self, checkpoint_id: str, step: int, lease: GroupLease,
+                 gathered: list[list[Any]], reason: str) -> str:
+        files = tuple(entry for rank_entries in gathered for entry in rank_entries)
+        manifest = Manifest(
+            checkpoint_id=checkpoint_id, parent_id=lease.parent_id, step=step,
+            world_size=self.world_size, zero_stage=self.zero_stage, files=files,
+            config_hash=self.config_hash, data_version=self.data_version,
+            versions=library_versions(), created_at=time.time(), reason=reason)
+        self.tier.write_manifest(manifest)
+        record = CommitRecord(seq=lease.next_seq, checkpoint_id=checkpoint_id, step=step,
+                              group_token=lease.token)
+        try:
+            self.tier.commit_log.publish(record)
+        except FencingError as e:
+            return str(e)
+        deleted = self.catalog.prune(self.keep_last)
+        if deleted:
+            log.info("retention removed %s", ", ".join(deleted))
+        return "ok"
+
+    def _drop_older_local_copies(self, keep: Path) -> None:
+        for path in (self.local_dir / "checkpoints").iterdir():
+            if path != keep and path.name.endswith(f".rank{self.rank}"):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def load(self, engine: Any, point: ResumePoint) -> dict[str, Any]:
+        """Load the resume point into the engine; returns the client state saved with it."""
+        manifest = point.manifest
+        if manifest is None:
+            raise CheckpointError("no checkpoint to load")
+        if manifest.zero_stage != self.zero_stage:
+            raise CheckpointError(
+                f"checkpoint {manifest.checkpoint_id} was saved with ZeRO stage {manifest.zero_stage}, "
+                f"this run uses stage {self.zero_stage}; set zero.stage to {manifest.zero_stage} "
+                f"or start a new run directory")
+        if manifest.zero_stage > 0 and manifest.world_size != self.world_size:
+            raise CheckpointError(
+                f"checkpoint {manifest.checkpoint_id} holds ZeRO-{manifest.zero_stage} state partitioned "
+                f"over {manifest.world_size} workers, and resharding it to {self.world_size} is not "
+                f"implemented yet; use zero.stage 0 for elastic runs, or resume at "
+                f"{manifest.world_size} workers")
+        load_dir = self.tier.checkpoint_dir(manifest.checkpoint_id)
+        path, client_state = engine.load_checkpoint(
+            str(load_dir), tag=DEEPSPEED_TAG, load_optimizer_states=True,
+            load_lr_scheduler_states=True)
+        if path is None:
+            raise CheckpointError(f"DeepSpeed could not load {load_dir}")
+        return client_state or {}
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def node_outcome_path(local_dir: Path) -> Path:
+    return local_dir / "outcome.json"
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

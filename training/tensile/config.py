@@ -1,0 +1,349 @@
+"""Typed training configuration, loaded from YAML and validated once.
+
+Every problem in a file is reported together, each with its property path and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tensile.model import ModelConfig
+
+
+class ConfigError(ValueError):
+    """One or more problems in a training config, each as (property path, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"  {path}: {message}" for path, message in problems]
+        super().__init__(f"{len(problems)} problem(s){where}:\n" + "\n".join(lines))
+
+
+class _Problems:
+    """Collects problems of one config section; raises them together at the end."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def check(self, ok: bool, path: str, message: str) -> None:
+        if not ok:
+            self.items.append((path, message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+@dataclass(kw_only=True, slots=True)
+class RunConfig:
+    name: str = "tensile"
+    """Run identifier: the rendezvous id and the name in logs and metrics."""
+    seed: int = 1234
+    """Seeds model initialisation, data order and per-sample dropout."""
+    steps: int = 100
+    """Optimizer steps to train for; the run completes after this many."""
+    log_every: int = 10
+    """Print a progress line every this many steps (every step is still recorded)."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
+                "name", f"must be letters, digits, '-' or '_', got {self.name!r}")
+        p.check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        p.check(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
+        p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
+class CorpusConfig:
+    num_samples: int = 8192
+    """Samples (of seq_len + 1 tokens) to generate."""
+    seed: int = 7
+    """Seed of the generated text; changes the data version."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.num_samples > 0, "num_samples", f"must be > 0, got {self.num_samples}")
+        p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
+class DataConfig:
+    url: str = "data"
+    """Sharded token dataset: a directory or an fsspec URL. Relative paths are resolved
+    against the config file's directory."""
+    generate: CorpusConfig | None = None
+    """If set and the dataset does not exist, generate the built-in corpus there first."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(bool(self.url), "url", "must name a dataset directory or URL")
+        p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
+class OptimizerConfig:
+    lr: float = 3e-3
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, applied to 2-D weights only."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """Adam beta1, beta2."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    warmup_steps: int = 10
+    """Linear warm-up steps before cosine decay."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 turns clipping off."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        p.check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        p.check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+                f"must be two numbers in [0, 1), got {self.betas}")
+        p.check(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
+        p.check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        p.check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        p.check(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
+class BatchConfig:
+    global_batch_size: int = 16
+    """Samples per optimizer step, whatever the number of workers."""
+    micro_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Micro-batch sizes that fit a worker's memory; Tensile picks one per worker count."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.global_batch_size > 0, "global_batch_size",
+                f"must be > 0, got {self.global_batch_size}")
+        p.check(len(self.micro_batch_sizes) > 0, "micro_batch_sizes", "must list at least one size")
+        p.check(all(m > 0 for m in self.micro_batch_sizes), "micro_batch_sizes",
+                f"must all be > 0, got {self.micro_batch_sizes}")
+        p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
+class ZeroConfig:
+    stage: int = 0
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.stage in (0, 1, 2, 3), "stage", f"must be 0, 1, 2 or 3, got {self.stage}")
+        p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
+class ElasticConfig:
+    min_workers: int = 1
+    """Fewest workers the job trains with; below it the job parks and waits."""
+    max_workers: int = 4
+    """Most workers the job uses; more nodes wait as spares."""
+    collective_timeout_s: float = 15.0
+    """A collective that waits this long fails: how fast a silently vanished peer is seen."""
+    step_watchdog_s: float = 60.0
+    """A step (after the first) that takes this long ends the worker as hung."""
+    max_failures: int = 3
+    """Real failures the run may spend; preemptions and membership changes spend none."""
+    park_timeout_s: float = 86400.0
+    """How long a node waits in rendezvous for enough workers before giving up."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.min_workers >= 1, "min_workers", f"must be >= 1, got {self.min_workers}")
+        p.check(self.max_workers >= self.min_workers, "max_workers",
+                f"must be >= min_workers ({self.min_workers}), got {self.max_workers}")
+        p.check(self.collective_timeout_s > 0, "collective_timeout_s",
+                f"must be > 0, got {self.collective_timeout_s}")
+        p.check(self.step_watchdog_s > 0, "step_watchdog_s", f"must be > 0, got {self.step_watchdog_s}")
+        p.check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        p.check(self.park_timeout_s > 0, "park_timeout_s", f"must be > 0, got {self.park_timeout_s}")
+        p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
+class CheckpointConfig:
+    shared_dir: str = "shared"
+    """The durable tier every node sees (a directory here; S3 in another issue). Relative
+    paths are resolved against the config file's directory."""
+    local_dir: str = "local"
+    """This node's own disk; it vanishes with the node. The launcher sets it per node."""
+    every_steps: int = 10
+    """Checkpoint every this many steps (and at the end, and when asked to stop)."""
+    keep_last: int = 3
+    """Committed checkpoints to keep on the shared tier (at least 2)."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.every_steps > 0, "every_steps", f"must be > 0, got {self.every_steps}")
+        p.check(self.keep_last >= 2, "keep_last",
+                f"must be >= 2 so a corrupt newest checkpoint leaves one to fall back to, got {self.keep_last}")
+        p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainingConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
+    elastic: ElasticConfig = field(default_factory=ElasticConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        """Invariants between sections."""
+        problems = []
+        if self.elastic.max_workers > self.batch.global_batch_size:
+            problems.append(("elastic.max_workers",
+                             f"must be <= batch.global_batch_size ({self.batch.global_batch_size}) so every "
+                             f"worker gets at least one sample, got {self.elastic.max_workers}"))
+        if self.model.seq_len < 2:
+            problems.append(("model.seq_len", f"must be >= 2, got {self.model.seq_len}"))
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def trajectory_hash(self) -> str:
+        """Hash of everything that shapes the training trajectory (not paths or worker counts)."""
+        d = self.to_dict()
+        relevant = {k: d[k] for k in ("model", "optimizer", "zero")}
+        relevant["seed"] = d["run"]["seed"]
+        relevant["global_batch_size"] = d["batch"]["global_batch_size"]
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _type_problem(value: Any, annotation: Any) -> str | None:
+    """Return why value does not fit the annotation, or None. Handles the types used above."""
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        non_none = [a for a in options if a is not type(None)]
+        return _type_problem(value, non_none[0]) if len(non_none) == 1 else None
+    if origin is list:
+        if not isinstance(value, list):
+            return f"must be a list, got {value!r}"
+        (item,) = typing.get_args(annotation)
+        for v in value:
+            why = _type_problem(v, item)
+            if why:
+                return f"items {why}"
+        return None
+    if annotation is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"must be an integer, got {value!r}"
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"must be a number, got {value!r}"
+    if annotation is str:
+        return None if isinstance(value, str) else f"must be a string, got {value!r}"
+    return None
+
+
+def _build(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """Build dataclass cls from a mapping, adding every problem (with its path) to problems."""
+    prefix = f"{path}." if path else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append((path or "<top>", f"must be a mapping, got {data!r}"))
+        return None
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            problems.append((f"{prefix}{key}", f"unknown key; known keys: {', '.join(sorted(known))}"))
+    kwargs: dict[str, Any] = {}
+    before = len(problems)
+    for name in known & set(data):
+        value, annotation = data[name], hints[name]
+        nested = [a for a in (typing.get_args(annotation) or (annotation,)) if dataclasses.is_dataclass(a)]
+        if nested and value is not None:
+            kwargs[name] = _build(nested[0], value, f"{prefix}{name}", problems)
+            continue
+        why = _type_problem(value, annotation)
+        if why:
+            problems.append((f"{prefix}{name}", why))
+        elif annotation is float or typing.get_args(annotation) == (float,):
+            kwargs[name] = float(value) if not isinstance(value, list) else [float(v) for v in value]
+        else:
+            kwargs[name] = value
+    if len(problems) > before:
+        return None
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        problems.extend((f"{prefix}{p}", m) for p, m in e.problems)
+    except (TypeError, ValueError) as e:
+        # ModelConfig raises plain ValueErrors that already name the field.
+        problems.append((path or "<top>", str(e)))
+    return None
+
+
+def config_from_dict(data: Any, *, source: str | None = None) -> TrainingConfig:
+    """Validate a parsed config mapping; raises ConfigError listing every problem."""
+    problems: list[tuple[str, str]] = []
+    config = _build(TrainingConfig, data, "", problems)
+    if config is not None:
+        problems.extend(config.cross_checks())
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainingConfig:
+    """Load a YAML config file. Relative data/checkpoint paths resolve against its directory."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError([("<file>", f"{path} does not exist; pass an existing config file")]) from e
+    except yaml.YAMLError as e:
+        raise ConfigError([("<file>", f"is not valid YAML: {e}")], str(path)) from e
+    data = data or {}
+    if isinstance(data, dict):
+        for dotted, value in (overrides or {}).items():
+            section, _, key = dotted.partition(".")
+            data.setdefault(section, {})[key] = value
+    config = config_from_dict(data, source=str(path))
+    base = path.resolve().parent
+    config.data.url = _resolve(config.data.url, base)
+    config.checkpoint.shared_dir = _resolve(config.checkpoint.shared_dir, base)
+    config.checkpoint.local_dir = _resolve(config.checkpoint.local_dir, base)
+    return config
+
+
+def _resolve(location: str, base: Path) -> str:
+    if "://" in location or Path(location).is_absolute():
+        return location
+    return str(base / location)
+
+
+def dump_config(config: TrainingConfig, path: str | Path) -> None:
+    """Write a config back as YAML (used to hand a resolved config to workers)."""
+    d = config.to_dict()
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))

@@ -1,0 +1,113 @@
+"""Tensile's node launcher: torchrun with settings that make recovery take seconds, and an
+outcome read from the run's ledger rather than from torchrun's restart count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tensile.config import TrainingConfig
+from tensile.ledger import RunLedger
+
+# torchrun's --max-restarts counts membership changes too; Tensile's ledger counts real
+# failures, so torchrun's own budget is only a backstop against a worker that cannot start.
+AGENT_RESTART_BACKSTOP = 1000
+
+EXIT_CODES = {"completed": 0, "failed": 3, "budget-exhausted": 3, "fenced": 4}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    config_path: Path
+    node_id: str
+    local_dir: Path
+    rdzv_endpoint: str
+    nproc_per_node: int = 1
+    monitor_interval_s: float = 0.5
+
+
+def torchrun_command(config: TrainingConfig, spec: NodeSpec) -> list[str]:
+    elastic = config.elastic
+    rdzv_conf = ",".join([
+        # The default last call adds 30 s to every start.
+        "last_call_timeout=1",
+        f"join_timeout={int(elastic.park_timeout_s)}",
+        # The store runs apart from every agent (on the on-demand system nodes in a cluster),
+        # so losing any node never loses the rendezvous.
+        "is_host=false",
+    ])
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={elastic.min_workers}:{elastic.max_workers}",
+        f"--nproc-per-node={spec.nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={spec.rdzv_endpoint}",
+        f"--rdzv-id={config.run.name}",
+        f"--rdzv-conf={rdzv_conf}",
+        f"--max-restarts={AGENT_RESTART_BACKSTOP}",
+        f"--monitor-interval={spec.monitor_interval_s}",
+        *(["--local-addr=127.0.0.1"] if spec.rdzv_endpoint.startswith("127.") else []),
+        "-m", "tensile.worker", "--config", str(spec.config_path),
+    ]
+
+
+def worker_environment(spec: NodeSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        # Without it gloo hung or was refused in 4 of 6 recoveries here (pytorch#135712).
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        "TENSILE_LOCAL_DIR": str(spec.local_dir),
+        "TENSILE_NODE_ID": spec.node_id,
+        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.setdefault("DS_ACCELERATOR", "cpu" if not _has_gpu() else "cuda")
+    return env
+
+
+def _has_gpu() -> bool:
+    return Path("/dev/nvidia0").exists()
+
+
+def read_outcome(config: TrainingConfig, spec: NodeSpec, torchrun_code: int) -> tuple[str, int]:
+    """Why this node stopped, and the launcher's exit code."""
+    node_file = spec.local_dir / "outcome.json"
+    if node_file.exists():
+        outcome = json.loads(node_file.read_text())["outcome"]
+        if outcome in EXIT_CODES:
+            return outcome, EXIT_CODES[outcome]
+    status = RunLedger(config.checkpoint.shared_dir).status()
+    if status and status["state"] in EXIT_CODES:
+        return status["state"], EXIT_CODES[status["state"]]
+    return f"torchrun exited {torchrun_code}", torchrun_code or 1
+
+
+def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str, int]:
+    """Run one node until the run ends for it. Stops waiting as a spare once the run is over."""
+    spec.local_dir.mkdir(parents=True, exist_ok=True)
+    (spec.local_dir / "outcome.json").unlink(missing_ok=True)
+    process = subprocess.Popen(torchrun_command(config, spec), env=worker_environment(spec),
+                               stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
+    ledger = RunLedger(config.checkpoint.shared_dir)
+    try:
+        while process.poll() is None:
+            time.sleep(0.5)
+            status = ledger.status()
+            if status and status["state"] in ("completed", "failed"):
+                # A node still waiting in rendezvous would wait out join_timeout for nothing.
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.terminate()
+                    process.wait(timeout=30)
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait(timeout=60)
+        raise
+    return read_outcome(config, spec, process.returncode)

@@ -1,0 +1,244 @@
+"""The default workload's model: a small GPT-style causal LM with sample-keyed dropout.
+
+Dropout masks depend on (seed, step, sample, site) only, so any batch split gives the same gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_UINT64_MASK = (1 << 64) - 1
+_INIT_STD = 0.02
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    vocab_size: int = 256
+    """Number of token ids; the byte tokenizer needs 256."""
+    seq_len: int = 128
+    """Longest input the positional embedding covers."""
+    d_model: int = 128
+    """Width of the residual stream."""
+    n_layers: int = 4
+    """Number of transformer blocks."""
+    n_heads: int = 4
+    """Attention heads per block; must divide d_model."""
+    mlp_ratio: int = 4
+    """Hidden width of each MLP as a multiple of d_model."""
+    dropout: float = 0.1
+    """Drop probability at the embedding and after each attention and MLP sublayer."""
+    tie_embeddings: bool = True
+    """Use the token embedding as the output projection."""
+    dropout_seed: int = 0
+    """Key mixed into every dropout mask, so masks change between runs only when this does."""
+
+    def __post_init__(self) -> None:
+        for field in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{field} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"ModelConfig.d_model={self.d_model} must be divisible by ModelConfig.n_heads={self.n_heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.dropout_seed, bool) or not isinstance(self.dropout_seed, int):
+            raise ValueError(f"ModelConfig.dropout_seed must be an integer, got {self.dropout_seed!r}")
+
+
+def splitmix64(value: int) -> int:
+    """One round of splitmix64: a cheap, well-mixed bijection on 64-bit integers."""
+    value = (value + 0x9E3779B97F4A7C15) & _UINT64_MASK
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _UINT64_MASK
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _UINT64_MASK
+    return value ^ (value >> 31)
+
+
+def mix_keys(*keys: int) -> int:
+    """A 63-bit generator seed from several integer keys; order matters, negative keys are fine."""
+    mixed = 0
+    for key in keys:
+        mixed = splitmix64(mixed ^ (key & _UINT64_MASK))
+    return mixed >> 1
+
+
+class SampleKeyedDropout(nn.Module):
+    """Dropout whose mask for each sample is drawn from (seed, step, sample key, site) alone."""
+
+    def __init__(self, p: float, *, site: int, seed: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
+        self.p = p
+        self.site = site
+        self.seed = seed
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, site={self.site}"
+
+    def forward(self, inputs: torch.Tensor, sample_keys: Sequence[int] | None, step: int) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return inputs
+        if sample_keys is None:
+            raise ValueError("sample_keys are required for dropout in training mode")
+        if len(sample_keys) != inputs.shape[0]:
+            raise ValueError(f"got {len(sample_keys)} sample keys for a batch of {inputs.shape[0]}")
+        # A private generator leaves the global RNG alone; float32 draws keep masks dtype-independent.
+        generator = torch.Generator(device=inputs.device)
+        masks = []
+        for sample_key in sample_keys:
+            generator.manual_seed(mix_keys(self.seed, step, sample_key, self.site))
+            masks.append(torch.rand(inputs.shape[1:], generator=generator, device=inputs.device) >= self.p)
+        keep = torch.stack(masks).to(inputs.dtype)
+        return inputs * keep / (1.0 - self.p)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv_projection = nn.Linear(config.d_model, 3 * config.d_model)
+        self.output_projection = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        batch, length, width = hidden.shape
+        query, key, value = self.qkv_projection(hidden).split(width, dim=-1)
+        shape = (batch, length, self.n_heads, width // self.n_heads)
+        query, key, value = (t.view(shape).transpose(1, 2) for t in (query, key, value))
+        # Attention-probability dropout would need per-sample keyed masks inside the fused kernel.
+        attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=0.0)
+        return self.output_projection(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_projection = nn.Linear(config.d_model, config.mlp_ratio * config.d_model)
+        self.output_projection = nn.Linear(config.mlp_ratio * config.d_model, config.d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.output_projection(F.gelu(self.input_projection(hidden)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block; dropout sites 2 * layer + 1 (attention) and 2 * layer + 2 (MLP)."""
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(config.d_model)
+        self.attention = CausalSelfAttention(config)
+        self.attention_dropout = SampleKeyedDropout(config.dropout, site=2 * layer + 1, seed=config.dropout_seed)
+        self.mlp_norm = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config)
+        self.mlp_dropout = SampleKeyedDropout(config.dropout, site=2 * layer + 2, seed=config.dropout_seed)
+
+    def forward(self, hidden: torch.Tensor, sample_keys: Sequence[int] | None, step: int) -> torch.Tensor:
+        hidden = hidden + self.attention_dropout(self.attention(self.attention_norm(hidden)), sample_keys, step)
+        return hidden + self.mlp_dropout(self.mlp(self.mlp_norm(hidden)), sample_keys, step)
+
+
+class CausalLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.position_embedding = nn.Embedding(config.seq_len, config.d_model)
+        self.embedding_dropout = SampleKeyedDropout(config.dropout, site=0, seed=config.dropout_seed)
+        self.blocks = nn.ModuleList(TransformerBlock(config, layer) for layer in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.output_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            # Shared as a module parameter (not read off the embedding in forward), so engines
+            # that gather parameters per module, such as ZeRO-3, see the head use it.
+            self.output_head.weight = self.token_embedding.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # GPT-2 init; residual projections shrink with depth so the residual stream's variance
+        # does not grow with the number of blocks.
+        residual_std = _INIT_STD / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                if module.weight is not self.token_embedding.weight:
+                    std = residual_std if name.endswith("output_projection") else _INIT_STD
+                    nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=_INIT_STD)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, tokens: torch.Tensor, sample_keys: torch.Tensor | None = None, step: int = 0) -> torch.Tensor:
+        """Logits [B, T, vocab_size] for tokens [B, T]; sample_keys [B] key the dropout masks."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
+        length = tokens.shape[1]
+        if length > self.config.seq_len:
+            raise ValueError(f"input length {length} exceeds ModelConfig.seq_len={self.config.seq_len}")
+        keys: list[int] | None = None
+        if sample_keys is not None:
+            if sample_keys.shape != (tokens.shape[0],):
+                raise ValueError(
+                    f"sample_keys must have shape ({tokens.shape[0]},) to match tokens, got {tuple(sample_keys.shape)}"
+                )
+            keys = sample_keys.tolist()
+        positions = torch.arange(length, device=tokens.device)
+        hidden = self.token_embedding(tokens) + self.position_embedding(positions)
+        hidden = self.embedding_dropout(hidden, keys, step)
+        for block in self.blocks:
+            hidden = block(hidden, keys, step)
+        return self.output_head(self.final_norm(hidden))
+
+
+def parameter_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:
+    """Optimizer groups: decay for matrix weights; none for biases, norms and embeddings."""
+    if not weight_decay >= 0.0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    exempt = {
+        id(parameter)
+        for module in model.modules()
+        if isinstance(module, (nn.Embedding, nn.LayerNorm))
+        for parameter in module.parameters(recurse=False)
+    }
+    decay, no_decay = [], []
+    # parameters() yields a tied parameter once, so it lands in exactly one group.
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        if parameter.dim() < 2 or id(parameter) in exempt:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def token_loss_sum(
+    logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of float32 cross-entropy over tokens where loss_mask is set, and how many there were.
+
+    Dividing by the step's global token count (not a micro-batch mean) makes gradients independent
+    of how the global batch is split across workers and micro-batches.
+    """
+    if logits.shape[:-1] != targets.shape or targets.shape != loss_mask.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocabulary dimension, "
+            f"and loss_mask {tuple(loss_mask.shape)} must match targets"
+        )
+    selected = loss_mask.bool()
+    # Masked-out targets may be padding or ignore values; any valid id keeps cross_entropy happy.
+    safe_targets = targets.masked_fill(~selected, 0)
+    per_token = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), safe_targets.reshape(-1), reduction="none"
+    ).view_as(targets)
+    loss_sum = torch.where(selected, per_token, torch.zeros((), device=per_token.device)).sum()
+    return loss_sum, selected.sum()

@@ -1,0 +1,233 @@
+"""The training loop of one worker group round: start or resume, train, checkpoint, stop.
+
+A round lasts from a rendezvous to the next membership change; the ledger and the commit log
+on the shared tier carry the run across rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tensile import faults
+from tensile.batching import BatchPlan, plan_batch
+from tensile.checkpoint import Catalog, DirectoryTier, ResumePoint
+from tensile.checkpointing import EngineCheckpointer, GroupLease
+from tensile.config import TrainingConfig
+from tensile.data import GlobalSampler, TokenDataset
+from tensile.ledger import RunLedger
+from tensile.model import CausalLM, parameter_groups, token_loss_sum
+from tensile.signals import StepWatchdog, StopRequest
+
+log = logging.getLogger(__name__)
+
+
+class StopForMembership(Exception):
+    """The group stops so it can re-form (a stop request was agreed, or a peer is gone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStart:
+    """What rank 0 decides at a round's start and broadcasts to every rank."""
+
+    decision: str
+    """train, completed (nothing left to do) or budget-exhausted."""
+    round_number: int
+    token: str
+    resume: ResumePoint | None
+
+
+def lr_schedule(config: TrainingConfig):
+    warmup, total = config.optimizer.warmup_steps, config.run.steps
+    floor = config.optimizer.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def deepspeed_config(config: TrainingConfig, plan: BatchPlan) -> dict[str, Any]:
+    opt = config.optimizer
+    return {
+        **plan.deepspeed_batch_config(),
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps, "weight_decay": opt.weight_decay,
+            # Without it DeepSpeed builds its FusedAdam op at start (84 s measured here).
+            "torch_adam": True}},
+        "gradient_clipping": opt.grad_clip,
+        "zero_optimization": {"stage": config.zero.stage},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Trainer:
+    def __init__(self, config: TrainingConfig, *, rank: int, world_size: int, local_dir: Path,
+                 stop: StopRequest):
+        self.config = config
+        self.rank = rank
+        self.world_size = world_size
+        self.local_dir = local_dir
+        self.stop = stop
+        self.tier = DirectoryTier(config.checkpoint.shared_dir)
+        self.ledger = RunLedger(config.checkpoint.shared_dir)
+        self.dataset = TokenDataset(config.data.url)
+        self.plan = plan_batch(config.batch.global_batch_size, config.batch.micro_batch_sizes, world_size)
+        self.sampler = GlobalSampler(self.dataset.num_samples, config.batch.global_batch_size, config.run.seed)
+        self.checkpointer = EngineCheckpointer(
+            tier=self.tier, local_dir=local_dir, rank=rank, world_size=world_size,
+            zero_stage=config.zero.stage, config_hash=config.trajectory_hash(),
+            data_version=self.dataset.data_version, keep_last=config.checkpoint.keep_last)
+        self.round: RoundStart | None = None
+        self.engine: Any = None
+
+    # ---- round start -------------------------------------------------------------------
+    def start_round(self) -> RoundStart:
+        box: list[Any] = [None]
+        if self.rank == 0:
+            box[0] = self._decide_round()
+        dist.broadcast_object_list(box, src=0)
+        self.round = box[0]
+        return self.round
+
+    def _decide_round(self) -> RoundStart:
+        token = uuid.uuid4().hex
+        status = self.ledger.status()
+        if status and status.get("state") == "completed":
+            return RoundStart("completed", 0, token, None)
+        spent = self.ledger.failures_spent()
+        if spent > self.config.elastic.max_failures:
+            self.ledger.write_status("failed", reason=f"failure budget spent: {spent} failures, "
+                                     f"elastic.max_failures is {self.config.elastic.max_failures}")
+            return RoundStart("budget-exhausted", 0, token, None)
+        point = Catalog(self.tier).find_resume_point()
+        number = self.ledger.open_round({"world_size": self.world_size, "token": token})
+        self.ledger.record(
+            "round-start", round=number, world_size=self.world_size, resumed_step=point.step,
+            checkpoint=point.manifest.checkpoint_id if point.manifest else None,
+            skipped=[f"{what}: {why}" for what, why in point.skipped], plan=self.plan.describe(),
+            failures_spent=spent)
+        for what, why in point.skipped:
+            log.warning("not resuming from %s: %s", what, why)
+        return RoundStart("train", number, token, point)
+
+    # ---- the model ---------------------------------------------------------------------
+    def build(self) -> None:
+        import deepspeed
+
+        torch.manual_seed(self.config.run.seed)
+        model = CausalLM(self.config.model)
+        groups = parameter_groups(model, weight_decay=self.config.optimizer.weight_decay)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=groups, config=deepspeed_config(self.config, self.plan),
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lr_schedule(self.config)))
+
+    def resume(self) -> int:
+        """Load the round's resume point, if any; returns the number of steps already done."""
+        point = self.round.resume
+        if point is None or point.manifest is None:
+            return 0
+        client_state = self.checkpointer.load(self.engine, point)
+        self.sampler.load_state_dict(client_state["sampler"])
+        return int(client_state["step"])
+
+    # ---- training ----------------------------------------------------------------------
+    def train(self) -> str:
+        """Runs the round; returns "completed", or raises StopForMembership / FencingError."""
+        start_step = self.resume()
+        lease = GroupLease(token=self.round.token, next_seq=self.round.resume.next_seq,
+                           parent_id=self.round.resume.manifest.checkpoint_id
+                           if self.round.resume.manifest else None)
+        watchdog = StepWatchdog(self.config.elastic.step_watchdog_s, self._on_hang).start()
+        step = start_step
+        try:
+            while step < self.config.run.steps:
+                began = time.monotonic()
+                loss, stop_votes = self._train_step(step)
+                step += 1
+                watchdog.beat()
+                self.sampler.advance(step - 1)
+                if self.rank == 0:
+                    self.ledger.record("step", step=step, loss=loss, world_size=self.world_size,
+                                       step_s=round(time.monotonic() - began, 4))
+                    if step % self.config.run.log_every == 0:
+                        log.info("step %d/%d loss %.4f (%d workers)", step, self.config.run.steps,
+                                 loss, self.world_size)
+                stopping = stop_votes > 0
+                final = step == self.config.run.steps
+                if stopping or final or step % self.config.checkpoint.every_steps == 0:
+                    watchdog.pause()
+                    reason = "final" if final else "stop" if stopping else "periodic"
+                    self._save(step, lease, reason)
+                    watchdog.beat()
+                if stopping and not final:
+                    raise StopForMembership(f"stop agreed at step {step} ({self.stop.reason or 'a peer asked'})")
+        finally:
+            watchdog.stop()
+        if self.rank == 0:
+            self.ledger.write_status("completed", step=step)
+            self.ledger.record("completed", step=step)
+        return "completed"
+
+    def _train_step(self, step: int) -> tuple[float, int]:
+        faults.maybe_raise(step=step, rank=self.rank)
+        sample_ids = self.sampler.sample_ids_for_step(step)
+        seq_len = self.dataset.seq_len
+        # Every position is a real token (the corpus is packed), so the step's global token
+        # count is known without communication.
+        global_tokens = len(sample_ids) * seq_len
+        # DeepSpeed averages gradients over the data-parallel group; scaling by the world size
+        # undoes that, so the update is the gradient of (sum of token losses / global tokens).
+        scale = self.world_size / global_tokens
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for positions, padding in self.plan.micro_batches(self.rank):
+            ids = [sample_ids[p] for p in positions]
+            tokens = self._read(ids, padding)
+            mask = torch.ones(tokens.shape[0], seq_len, dtype=torch.float32)
+            if padding:
+                mask[len(ids):] = 0
+            keys = torch.tensor(ids + [0] * padding, dtype=torch.long)
+            logits = self.engine(tokens[:, :-1], keys, step)
+            micro_sum, _ = token_loss_sum(logits, tokens[:, 1:], mask)
+            self.engine.backward(micro_sum * scale, scale_wrt_gas=False)
+            self.engine.step()
+            loss_sum += micro_sum.detach().double()
+        report = torch.tensor([loss_sum.item(), 1.0 if self.stop.requested else 0.0], dtype=torch.float64)
+        dist.all_reduce(report)
+        return report[0].item() / global_tokens, int(report[1].item())
+
+    def _read(self, ids: list[int], padding: int) -> torch.Tensor:
+        tokens = self.dataset.read(ids) if ids else torch.zeros(0, self.dataset.sample_length, dtype=torch.long)
+        if padding:
+            tokens = torch.cat([tokens, torch.zeros(padding, tokens.shape[1], dtype=torch.long)])
+        return tokens
+
+    def _save(self, step: int, lease: GroupLease, reason: str) -> None:
+        client_state = {"step": step, "sampler": self.sampler.state_dict(),
+                        "config_hash": self.config.trajectory_hash()}
+        timings = self.checkpointer.save(self.engine, step=step, lease=lease,
+                                         client_state=client_state, reason=reason)
+        if self.rank == 0:
+            self.ledger.record("checkpoint", step=step, checkpoint=lease.parent_id, reason=reason,
+                               seq=lease.next_seq - 1, **{k: round(v, 4) for k, v in timings.items()})
+
+    def _on_hang(self, silent_s: float) -> None:
+        from tensile.signals import exit_now
+        from tensile.worker import EXIT_REGROUP
+
+        log.error("no step progress for %.1f s: a peer is gone or hung; leaving to re-form", silent_s)
+        self.ledger.record("hang", rank=self.rank, silent_s=round(silent_s, 2))
+        exit_now(EXIT_REGROUP)

@@ -1,0 +1,109 @@
+"""The process torchrun starts on every node: one round of training, then an exit code that
+tells torchrun (restart or not) and Tensile's launcher (why) what happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+EXIT_COMPLETED = 0
+EXIT_FAILURE = 1
+EXIT_REGROUP = 75
+"""Leaving for a membership change (stop agreed, peer lost, hang): torchrun restarts the
+worker into a new round; Tensile spends no failure budget on it."""
+
+log = logging.getLogger("tensile.worker")
+
+
+def is_peer_loss(error: BaseException) -> bool:
+    """Errors raised by a collective whose peer vanished, not by this worker's own code."""
+    import torch.distributed as dist
+
+    if isinstance(error, (dist.DistBackendError, dist.DistNetworkError, dist.DistStoreError)):
+        return True
+    text = str(error).lower()
+    markers = ("gloo", "connection reset", "connection closed", "broken pipe", "timed out", "nccl")
+    return isinstance(error, RuntimeError) and any(m in text for m in markers)
+
+
+def write_node_outcome(local_dir: Path, outcome: str, detail: str = "") -> None:
+    local_dir.mkdir(parents=True, exist_ok=True)
+    (local_dir / "outcome.json").write_text(json.dumps({"outcome": outcome, "detail": detail}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tensile.worker")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK', '?')}] %(message)s")
+    # Quiet DeepSpeed's per-call INFO lines; warnings still show.
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+    import deepspeed
+    import torch.distributed as dist
+
+    from tensile.checkpoint import FencingError
+    from tensile.config import load_config
+    from tensile.signals import StopRequest, exit_now
+    from tensile.trainer import StopForMembership, Trainer
+
+    stop = StopRequest()
+    stop.install()
+    config = load_config(args.config)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    deepspeed.init_distributed(dist_backend="gloo" if not _has_cuda() else "nccl",
+                               timeout=timedelta(seconds=config.elastic.collective_timeout_s),
+                               verbose=False)
+    trainer = Trainer(config, rank=rank, world_size=world_size, local_dir=local_dir, stop=stop)
+    round_start = None
+    try:
+        round_start = trainer.start_round()
+        if round_start.decision != "train":
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                write_node_outcome(local_dir, round_start.decision)
+            return EXIT_COMPLETED
+        if rank == 0:
+            log.info("round %d: %s", round_start.round_number, trainer.plan.describe())
+        trainer.build()
+        trainer.train()
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            write_node_outcome(local_dir, "completed")
+        dist.barrier()
+        return EXIT_COMPLETED
+    except FencingError as e:
+        log.error("fenced: %s", e)
+        write_node_outcome(local_dir, "fenced", str(e))
+        # Exit 0 so torchrun does not restart this stale group into another race.
+        exit_now(EXIT_COMPLETED)
+    except StopForMembership as e:
+        log.info("%s", e)
+        exit_now(EXIT_REGROUP)
+    except Exception as e:  # noqa: BLE001 - the exit code must classify every error
+        if is_peer_loss(e):
+            log.warning("a peer is gone (%s): leaving to re-form", str(e).splitlines()[0][:200])
+            trainer.ledger.record("peer-lost", rank=rank, error=str(e).splitlines()[0][:200])
+            exit_now(EXIT_REGROUP)
+        number = round_start.round_number if round_start else 0
+        log.exception("training failed")
+        if trainer.ledger.record_failure(number, {"rank": rank, "error": repr(e)[:500]}):
+            trainer.ledger.record("failure", round=number, rank=rank, error=repr(e)[:500])
+        exit_now(EXIT_FAILURE)
+    return EXIT_FAILURE
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
