@@ -11,6 +11,7 @@ from tensile.model import (
     SampleKeyedDropout,
     mix_keys,
     parameter_groups,
+    splitmix64,
     token_loss_sum,
 )
 
@@ -23,7 +24,8 @@ def _model(seed=0, **overrides):
 
 
 def _tokens(batch, length=16, seed=0):
-    return torch.randint(0, SMALL["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, SMALL["vocab_size"], (batch, length), generator=generator)
 
 
 # --- ModelConfig -------------------------------------------------------------------------------
@@ -31,8 +33,9 @@ def _tokens(batch, length=16, seed=0):
 
 def test_model_config_defaults_are_the_default_workload():
     config = ModelConfig()
-    assert (config.vocab_size, config.seq_len, config.d_model, config.n_layers, config.n_heads) == (256, 128, 128, 4, 4)
-    assert (config.mlp_ratio, config.dropout, config.tie_embeddings) == (4, 0.1, True)
+    assert (config.vocab_size, config.seq_len, config.d_model) == (256, 128, 128)
+    assert (config.n_layers, config.n_heads, config.mlp_ratio) == (4, 4, 4)
+    assert (config.dropout, config.tie_embeddings) == (0.1, True)
 
 
 @pytest.mark.parametrize(
@@ -103,11 +106,17 @@ def test_sample_keyed_dropout_needs_keys_in_training():
         SampleKeyedDropout(0.1, site=0)(torch.ones(2, 3), [5], 0)
 
 
+def test_splitmix64_matches_the_reference_sequence():
+    # First output of Vigna's splitmix64 from state 0.
+    assert splitmix64(0) == 0xE220A8397B1DCDAF
+
+
 def test_mix_keys_is_63_bit_and_order_sensitive():
     assert mix_keys(1, 2, 3) != mix_keys(3, 2, 1)
-    assert all(0 <= mix_keys(seed, step, -key) < 2**63 for seed in range(3) for step in range(3) for key in range(3))
+    keys = [(seed, step, -key) for seed in range(3) for step in range(3) for key in range(3)]
+    assert all(0 <= mix_keys(*key) < 2**63 for key in keys)
     # Pinned: changing the mix changes every run's dropout masks.
-    assert mix_keys(0, 0, 0, 0) == 4009620830853358541
+    assert mix_keys(0, 0, 0, 0) == 1195769770526638388
 
 
 # --- CausalLM ----------------------------------------------------------------------------------
@@ -191,7 +200,8 @@ def test_causal_lm_init_is_deterministic_under_manual_seed():
 def test_causal_lm_init_scales_residual_projections_with_depth():
     model = _model(d_model=256, n_layers=8, n_heads=4)
     plain = model.blocks[0].attention.qkv_projection.weight.std().item()
-    residual = torch.cat([block.mlp.output_projection.weight.flatten() for block in model.blocks]).std().item()
+    residual_weights = [block.mlp.output_projection.weight.flatten() for block in model.blocks]
+    residual = torch.cat(residual_weights).std().item()
 
     assert abs(plain - 0.02) < 0.001
     assert abs(residual - 0.02 / math.sqrt(16)) < 0.0005
@@ -229,7 +239,6 @@ def test_parameter_groups_exempt_biases_norms_and_embeddings():
         exempt = parameter.dim() < 2 or "embedding" in name or "norm" in name
         assert (id(parameter) in no_decay_ids) == exempt, name
     assert id(model.output_head.weight) in decay_ids
-    torch.optim.AdamW(parameter_groups(model, weight_decay=0.1), lr=1e-3)
 
 
 def test_parameter_groups_reject_negative_weight_decay():

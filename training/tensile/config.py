@@ -164,6 +164,11 @@ class ElasticConfig:
     """Real failures the run may spend; preemptions and membership changes spend none."""
     park_timeout_s: float = 86400.0
     """How long a node waits in rendezvous for enough workers before giving up."""
+    keep_alive_interval_s: int = 5
+    """Rendezvous heartbeat period; a node silent for interval × attempts is dropped."""
+    keep_alive_max_attempts: int = 3
+    """Missed heartbeats before the rendezvous drops a node. Shorter detection is safe only
+    because checkpoints are fenced: a dropped node that comes back cannot publish."""
 
     def __post_init__(self) -> None:
         p = _Problems()
@@ -175,6 +180,10 @@ class ElasticConfig:
         p.check(self.step_watchdog_s > 0, "step_watchdog_s", f"must be > 0, got {self.step_watchdog_s}")
         p.check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
         p.check(self.park_timeout_s > 0, "park_timeout_s", f"must be > 0, got {self.park_timeout_s}")
+        p.check(self.keep_alive_interval_s >= 1, "keep_alive_interval_s",
+                f"must be >= 1 (whole seconds), got {self.keep_alive_interval_s}")
+        p.check(self.keep_alive_max_attempts >= 1, "keep_alive_max_attempts",
+                f"must be >= 1, got {self.keep_alive_max_attempts}")
         p.raise_if_any()
 
 

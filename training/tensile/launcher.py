@@ -38,6 +38,8 @@ def torchrun_command(config: TrainingConfig, spec: NodeSpec) -> list[str]:
         # The default last call adds 30 s to every start.
         "last_call_timeout=1",
         f"join_timeout={int(elastic.park_timeout_s)}",
+        f"keep_alive_interval={elastic.keep_alive_interval_s}",
+        f"keep_alive_max_attempt={elastic.keep_alive_max_attempts}",
         # The store runs apart from every agent (on the on-demand system nodes in a cluster),
         # so losing any node never loses the rendezvous.
         "is_host=false",
@@ -101,13 +103,20 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
             status = ledger.status()
             if status and status["state"] in ("completed", "failed"):
                 # A node still waiting in rendezvous would wait out join_timeout for nothing.
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.terminate()
-                    process.wait(timeout=30)
+                _stop(process, grace_s=15)
     except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=60)
+        _stop(process, grace_s=0)
         raise
     return read_outcome(config, spec, process.returncode)
+
+
+def _stop(process: subprocess.Popen, *, grace_s: float) -> None:
+    """Let torchrun end by itself for grace_s, then SIGTERM it, then SIGKILL it."""
+    for action, wait_s in ((None, grace_s), (process.terminate, 30.0), (process.kill, 30.0)):
+        if action:
+            action()
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -134,13 +134,16 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.attention_norm = nn.LayerNorm(config.d_model)
         self.attention = CausalSelfAttention(config)
-        self.attention_dropout = SampleKeyedDropout(config.dropout, site=2 * layer + 1, seed=config.dropout_seed)
+        self.attention_dropout = SampleKeyedDropout(
+            config.dropout, site=2 * layer + 1, seed=config.dropout_seed
+        )
         self.mlp_norm = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
         self.mlp_dropout = SampleKeyedDropout(config.dropout, site=2 * layer + 2, seed=config.dropout_seed)
 
     def forward(self, hidden: torch.Tensor, sample_keys: Sequence[int] | None, step: int) -> torch.Tensor:
-        hidden = hidden + self.attention_dropout(self.attention(self.attention_norm(hidden)), sample_keys, step)
+        attended = self.attention(self.attention_norm(hidden))
+        hidden = hidden + self.attention_dropout(attended, sample_keys, step)
         return hidden + self.mlp_dropout(self.mlp(self.mlp_norm(hidden)), sample_keys, step)
 
 
@@ -177,7 +180,9 @@ class CausalLM(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: torch.Tensor, sample_keys: torch.Tensor | None = None, step: int = 0) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, sample_keys: torch.Tensor | None = None, step: int = 0
+    ) -> torch.Tensor:
         """Logits [B, T, vocab_size] for tokens [B, T]; sample_keys [B] key the dropout masks."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
@@ -188,7 +193,8 @@ class CausalLM(nn.Module):
         if sample_keys is not None:
             if sample_keys.shape != (tokens.shape[0],):
                 raise ValueError(
-                    f"sample_keys must have shape ({tokens.shape[0]},) to match tokens, got {tuple(sample_keys.shape)}"
+                    f"sample_keys must have shape ({tokens.shape[0]},) to match tokens, "
+                    f"got {tuple(sample_keys.shape)}"
                 )
             keys = sample_keys.tolist()
         positions = torch.arange(length, device=tokens.device)
@@ -231,8 +237,8 @@ def token_loss_sum(
     """
     if logits.shape[:-1] != targets.shape or targets.shape != loss_mask.shape:
         raise ValueError(
-            f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocabulary dimension, "
-            f"and loss_mask {tuple(loss_mask.shape)} must match targets"
+            f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocabulary "
+            f"dimension, and loss_mask {tuple(loss_mask.shape)} must match targets"
         )
     selected = loss_mask.bool()
     # Masked-out targets may be padding or ignore values; any valid id keeps cross_entropy happy.

@@ -27,7 +27,8 @@ _NOUNS = [
     ("fox", "foxes"), ("cat", "cats"), ("dog", "dogs"), ("egg", "eggs"), ("map", "maps"),
     ("ring", "rings"), ("drum", "drums"), ("leaf", "leaves"), ("mouse", "mice"), ("child", "children"),
     ("glass", "glasses"), ("peach", "peaches"), ("rope", "ropes"), ("bell", "bells"), ("flower", "flowers"),
-    ("letter", "letters"), ("basket", "baskets"), ("candle", "candles"), ("feather", "feathers"), ("wheel", "wheels"),
+    ("letter", "letters"), ("basket", "baskets"), ("candle", "candles"), ("feather", "feathers"),
+    ("wheel", "wheels"),
 ]
 _PROFESSIONS = [
     ("farmer", "farmers"), ("teacher", "teachers"), ("baker", "bakers"), ("sailor", "sailors"),
@@ -102,14 +103,17 @@ def _story(rng: random.Random, day: int) -> str:
         noun = rng.choice(_NOUNS)
         verb = rng.choice(_TRANSITIVE_VERBS)
         if template == 0:
-            sentences.append(f"{hero} {verb[0]} the {rng.choice(_ADJECTIVES)} {noun[0]} {rng.choice(_PREPOSITIONS)} {place}.")
+            adjective, preposition = rng.choice(_ADJECTIVES), rng.choice(_PREPOSITIONS)
+            sentences.append(f"{hero} {verb[0]} the {adjective} {noun[0]} {preposition} {place}.")
         elif template == 1:
             count = rng.randint(2, 9)
             sentences.append(f"{hero} and {friend} {verb[1]} {_counted(count, noun)}.")
         elif template == 2:
             intransitive = rng.choice(_INTRANSITIVE_VERBS)
-            subject, form = (pronoun.capitalize(), intransitive[0]) if rng.random() < 0.5 else ("They", intransitive[1])
-            sentences.append(f"{subject} {form} {rng.choice(_ADVERBS)}.")
+            if rng.random() < 0.5:
+                sentences.append(f"{pronoun.capitalize()} {intransitive[0]} {rng.choice(_ADVERBS)}.")
+            else:
+                sentences.append(f"They {intransitive[1]} {rng.choice(_ADVERBS)}.")
         elif template == 3:
             profession = rng.choice(_PROFESSIONS)
             if rng.random() < 0.5:
@@ -118,10 +122,12 @@ def _story(rng: random.Random, day: int) -> str:
                 sentences.append(f"The {profession[1]} {verb[1]} {rng.choice((hero, friend))}.")
         elif template == 4:
             start = rng.randint(1, 40)
-            sentences.append(f"{hero} counts: " + ", ".join(str(start + i) for i in range(rng.randint(3, 6))) + ".")
+            numbers = ", ".join(str(start + i) for i in range(rng.randint(3, 6)))
+            sentences.append(f"{hero} counts: {numbers}.")
         elif template == 5 and owned < len(_NUMBER_WORDS) - 1:
             owned += 1
-            sentences.append(f"{hero} finds one more {treasure[0]}. Now {pronoun} has {_counted(owned, treasure)}.")
+            sentences.append(f"{hero} finds one more {treasure[0]}.")
+            sentences.append(f"Now {pronoun} has {_counted(owned, treasure)}.")
         elif template == 6:
             if rng.random() < 0.5:
                 sentences.append(f"The {noun[0]} is {rng.choice(_ADJECTIVES)}.")

@@ -97,8 +97,8 @@ class GlobalSampler:
         for field in ("seed", "num_samples", "global_batch_size"):
             if state[field] != getattr(self, field):
                 raise ValueError(
-                    f"sampler state has {field}={state[field]!r} but this sampler has {field}={getattr(self, field)!r}; "
-                    "resuming would change the data order"
+                    f"sampler state has {field}={state[field]!r} but this sampler has "
+                    f"{field}={getattr(self, field)!r}; resuming would change the data order"
                 )
         consumed = state["consumed_samples"]
         _check_int("consumed_samples", consumed, minimum=0)

@@ -59,7 +59,10 @@ def compute_data_version(header: dict[str, Any], shards: Sequence[dict[str, Any]
     """sha256 over the header fields and each shard's name, size and hash, in canonical JSON."""
     payload = {
         "header": {key: header[key] for key in sorted(header)},
-        "shards": [{"file": s["file"], "num_samples": s["num_samples"], "sha256": s["sha256"]} for s in shards],
+        "shards": [
+            {"file": shard["file"], "num_samples": shard["num_samples"], "sha256": shard["sha256"]}
+            for shard in shards
+        ],
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -91,7 +94,8 @@ class TokenShardWriter:
         if self._filesystem.exists(index_path):
             self._filesystem.rm(index_path)
         # Shards are little-endian on every host, so readers never need to know the writer's byte order.
-        self._buffer = np.empty((samples_per_shard, self.sample_length), dtype=np.dtype(self.dtype).newbyteorder("<"))
+        little_endian = np.dtype(self.dtype).newbyteorder("<")
+        self._buffer = np.empty((samples_per_shard, self.sample_length), dtype=little_endian)
         self._buffered = 0
         self._shards: list[dict[str, Any]] = []
         self._closed = False
@@ -125,7 +129,8 @@ class TokenShardWriter:
         name = shard_filename(len(self._shards))
         with self._filesystem.open(f"{self._root}/{name}", "wb") as shard_file:
             shard_file.write(data)
-        self._shards.append({"file": name, "num_samples": self._buffered, "sha256": hashlib.sha256(data).hexdigest()})
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._shards.append({"file": name, "num_samples": self._buffered, "sha256": sha256})
         self._buffered = 0
 
     def close(self) -> None:
@@ -203,21 +208,28 @@ class TokenDataset:
         if index.get("format") != DATASET_FORMAT or index.get("format_version") != DATASET_FORMAT_VERSION:
             raise DatasetFormatError(
                 f"{INDEX_FILENAME} at {self.url} has format {index.get('format')!r} version "
-                f"{index.get('format_version')!r}; this code reads format {DATASET_FORMAT!r} version {DATASET_FORMAT_VERSION}"
+                f"{index.get('format_version')!r}; this code reads format {DATASET_FORMAT!r} "
+                f"version {DATASET_FORMAT_VERSION}"
             )
         for key in ("dtype", "seq_len", "vocab_size", "num_samples", "shards", "data_version"):
             if key not in index:
                 raise DatasetFormatError(f"{INDEX_FILENAME} at {self.url} lacks the field {key!r}")
         if index["dtype"] not in _SUPPORTED_DTYPES:
-            raise DatasetFormatError(f"{INDEX_FILENAME} at {self.url} has dtype {index['dtype']!r}; expected one of {_SUPPORTED_DTYPES}")
+            raise DatasetFormatError(
+                f"{INDEX_FILENAME} at {self.url} has dtype {index['dtype']!r}; "
+                f"expected one of {_SUPPORTED_DTYPES}"
+            )
         shard_total = sum(shard["num_samples"] for shard in index["shards"])
         if shard_total != index["num_samples"]:
             raise DatasetFormatError(
-                f"{INDEX_FILENAME} at {self.url} says num_samples={index['num_samples']} but its shards hold {shard_total}"
+                f"{INDEX_FILENAME} at {self.url} says num_samples={index['num_samples']} "
+                f"but its shards hold {shard_total}"
             )
         header = {key: index[key] for key in _HEADER_FIELDS}
         if compute_data_version(header, index["shards"]) != index["data_version"]:
-            raise DatasetFormatError(f"data_version in {INDEX_FILENAME} at {self.url} does not match the index's contents")
+            raise DatasetFormatError(
+                f"data_version in {INDEX_FILENAME} at {self.url} does not match the index's contents"
+            )
         return index
 
     def __len__(self) -> int:
@@ -229,7 +241,9 @@ class TokenDataset:
     def _locate(self, sample_id: Any) -> tuple[int, int]:
         sample_id = operator.index(sample_id)
         if not 0 <= sample_id < self.num_samples:
-            raise IndexError(f"sample id {sample_id} is out of range for a dataset of {self.num_samples} samples")
+            raise IndexError(
+                f"sample id {sample_id} is out of range for a dataset of {self.num_samples} samples"
+            )
         shard_number = bisect.bisect_right(self._shard_starts, sample_id) - 1
         return shard_number, sample_id - self._shard_starts[shard_number]
 
@@ -247,7 +261,9 @@ class TokenDataset:
                     f"shard {self.shards[shard_number]['file']} of {self.url} has {actual_bytes} bytes; "
                     f"the index implies {expected_bytes}"
                 )
-            self._memmaps[shard_number] = np.memmap(path, dtype=self.dtype, mode="r", shape=(rows, self.sample_length))
+            self._memmaps[shard_number] = np.memmap(
+                path, dtype=self.dtype, mode="r", shape=(rows, self.sample_length)
+            )
         return self._memmaps[shard_number]
 
     def read(self, sample_ids: Sequence[int]) -> torch.Tensor:
@@ -267,7 +283,8 @@ class TokenDataset:
             for row, ((shard_number, _), chunk) in enumerate(zip(locations, chunks)):
                 if len(chunk) != sample_bytes:
                     raise DatasetIntegrityError(
-                        f"shard {self.shards[shard_number]['file']} of {self.url} is shorter than its index says"
+                        f"shard {self.shards[shard_number]['file']} of {self.url} "
+                        "is shorter than its index says"
                     )
                 samples[row] = np.frombuffer(chunk, dtype=self.dtype)
         return torch.from_numpy(samples)
@@ -275,7 +292,9 @@ class TokenDataset:
     def verify(self) -> None:
         """Re-hashes every shard and checks the index's data_version; raises on any mismatch."""
         if compute_data_version(self._header, self.shards) != self.data_version:
-            raise DatasetIntegrityError(f"data_version in {INDEX_FILENAME} at {self.url} does not match its contents")
+            raise DatasetIntegrityError(
+                f"data_version in {INDEX_FILENAME} at {self.url} does not match its contents"
+            )
         for shard in self.shards:
             digest = hashlib.sha256()
             with self._filesystem.open(f"{self._root}/{shard['file']}", "rb") as shard_file:
@@ -283,7 +302,8 @@ class TokenDataset:
                     digest.update(chunk)
             if digest.hexdigest() != shard["sha256"]:
                 raise DatasetIntegrityError(
-                    f"shard {shard['file']} of {self.url} has sha256 {digest.hexdigest()}, index records {shard['sha256']}"
+                    f"shard {shard['file']} of {self.url} has sha256 {digest.hexdigest()}, "
+                    f"index records {shard['sha256']}"
                 )
 
     def __getstate__(self) -> dict[str, Any]:
