@@ -68,8 +68,8 @@ class BatchPlan:
 def plan_batch(global_batch_size: int, micro_batch_sizes: list[int], world_size: int) -> BatchPlan:
     """Choose micro-batch and accumulation for `world_size` workers.
 
-    Fewest accumulation steps first (the largest micro-batch that fits), then the smallest
-    micro-batch that achieves that count (least padding).
+    Least padding first (padded slots are compute spent on nothing), then the fewest
+    accumulation steps (the largest micro-batch) among the plans that pad that little.
     """
     if world_size < 1:
         raise BatchPlanError(f"world size must be >= 1, got {world_size}")
@@ -82,10 +82,14 @@ def plan_batch(global_batch_size: int, micro_batch_sizes: list[int], world_size:
     base, extra = divmod(global_batch_size, world_size)
     shares = tuple(base + (1 if r < extra else 0) for r in range(world_size))
     largest_share = shares[0]
-    fewest_steps = min(math.ceil(largest_share / m) for m in micro_batch_sizes)
-    micro = min(m for m in micro_batch_sizes if math.ceil(largest_share / m) == fewest_steps)
+    def slots_then_steps(micro: int) -> tuple[int, int]:
+        steps = math.ceil(largest_share / micro)
+        return steps * micro, steps
+
+    micro = min(sorted(set(micro_batch_sizes), reverse=True), key=slots_then_steps)
     return BatchPlan(world_size=world_size, global_batch_size=global_batch_size,
-                     micro_batch_size=micro, accumulation_steps=fewest_steps, shares=shares)
+                     micro_batch_size=micro, accumulation_steps=math.ceil(largest_share / micro),
+                     shares=shares)
 
 
 def plans_for_range(global_batch_size: int, micro_batch_sizes: list[int],

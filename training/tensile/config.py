@@ -16,8 +16,6 @@ from typing import Any
 
 import yaml
 
-from tensile.model import ModelConfig
-
 
 class ConfigError(ValueError):
     """One or more problems in a training config, each as (property path, message)."""
@@ -43,6 +41,42 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise ConfigError(self.items)
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    vocab_size: int = 256
+    """Number of token ids; the byte tokenizer needs 256."""
+    seq_len: int = 128
+    """Longest input the positional embedding covers."""
+    d_model: int = 128
+    """Width of the residual stream."""
+    n_layers: int = 4
+    """Number of transformer blocks."""
+    n_heads: int = 4
+    """Attention heads per block; must divide d_model."""
+    mlp_ratio: int = 4
+    """Hidden width of each MLP as a multiple of d_model."""
+    dropout: float = 0.1
+    """Drop probability at the embedding and after each attention and MLP sublayer."""
+    tie_embeddings: bool = True
+    """Use the token embedding as the output projection."""
+    dropout_seed: int = 0
+    """Key mixed into every dropout mask, so masks change between runs only when this does."""
+
+    def __post_init__(self) -> None:
+        for field in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{field} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"ModelConfig.d_model={self.d_model} must be divisible by ModelConfig.n_heads={self.n_heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.dropout_seed, bool) or not isinstance(self.dropout_seed, int):
+            raise ValueError(f"ModelConfig.dropout_seed must be an integer, got {self.dropout_seed!r}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -266,6 +300,12 @@ def _type_problem(value: Any, annotation: Any) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool)
         return None if ok else f"must be an integer, got {value!r}"
     if annotation is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+                float(value)
+                return None
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return None if ok else f"must be a number, got {value!r}"
     if annotation is str:
@@ -331,13 +371,18 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as e:
         raise ConfigError([("<file>", f"{path} does not exist; pass an existing config file")]) from e
+    except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, a binary file
+        raise ConfigError([("<file>", f"{path} cannot be read as a YAML text file: {e}")]) from e
     except yaml.YAMLError as e:
         raise ConfigError([("<file>", f"is not valid YAML: {e}")], str(path)) from e
     data = data or {}
     if isinstance(data, dict):
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
-            data.setdefault(section, {})[key] = value
+            if data.get(section) is None:  # missing, or an empty `section:` line
+                data[section] = {}
+            if isinstance(data[section], dict):  # anything else is reported by validation
+                data[section][key] = value
     config = config_from_dict(data, source=str(path))
     base = path.resolve().parent
     config.data.url = _resolve(config.data.url, base)

@@ -1,12 +1,14 @@
 """Fault injection for Tensile's own failure tests, driven by the TENSILE_FAULTS variable.
 
 `TENSILE_FAULTS="crash-in-save@10,raise@7"`: kill the process between checkpoint files of the
-save at step 10; raise a training error once at step 7. Unset in production: every hook is a no-op.
+save at step 10; raise a training error once at step 7. `TENSILE_FAULT_STEP_DELAY_S` slows
+every step. Unset in production: every hook is a no-op.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -33,6 +35,14 @@ def maybe_crash_in_save(*, step: int, rank: int) -> None:
 def maybe_raise(*, step: int, rank: int) -> None:
     if rank == 0 and step in _armed("raise") and _first_time(f"raise-{step}"):
         raise InjectedFailure(f"injected failure at step {step}")
+
+
+def step_delay() -> None:
+    """TENSILE_FAULT_STEP_DELAY_S stretches every step, standing in for a bigger model so a
+    test can act while a run is still in progress."""
+    delay = float(os.environ.get("TENSILE_FAULT_STEP_DELAY_S", "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
 
 
 def _first_time(name: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,9 @@ from tensile.ledger import RunLedger
 # failures, so torchrun's own budget is only a backstop against a worker that cannot start.
 AGENT_RESTART_BACKSTOP = 1000
 
-EXIT_CODES = {"completed": 0, "failed": 3, "budget-exhausted": 3, "fenced": 4}
+EXIT_CODES = {"completed": 0, "failed": 3, "budget-exhausted": 3, "fenced": 4,
+              # Stopped by a signal (pod deletion, node drain) after saving: the usual 128 + SIGTERM.
+              "stopped": 143}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +100,16 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
     process = subprocess.Popen(torchrun_command(config, spec), env=worker_environment(spec),
                                stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
     ledger = RunLedger(config.checkpoint.shared_dir)
+    stopping = []
+
+    def forward_stop(signum: int, frame: object) -> None:
+        # Kubernetes signals only the container's first process; torchrun forwards it to
+        # the workers, which agree on a step, save and leave.
+        stopping.append(signum)
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward_stop)
     try:
         while process.poll() is None:
             time.sleep(0.5)
@@ -107,7 +120,12 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
     except KeyboardInterrupt:
         _stop(process, grace_s=0)
         raise
-    return read_outcome(config, spec, process.returncode)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    outcome, code = read_outcome(config, spec, process.returncode)
+    if stopping and outcome != "completed":
+        return "stopped", EXIT_CODES["stopped"]
+    return outcome, code
 
 
 def _stop(process: subprocess.Popen, *, grace_s: float) -> None:

@@ -13,44 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensile.config import ModelConfig  # noqa: F401  (re-exported: the model's config)
+
 _UINT64_MASK = (1 << 64) - 1
 _INIT_STD = 0.02
-
-
-@dataclass(kw_only=True, slots=True)
-class ModelConfig:
-    vocab_size: int = 256
-    """Number of token ids; the byte tokenizer needs 256."""
-    seq_len: int = 128
-    """Longest input the positional embedding covers."""
-    d_model: int = 128
-    """Width of the residual stream."""
-    n_layers: int = 4
-    """Number of transformer blocks."""
-    n_heads: int = 4
-    """Attention heads per block; must divide d_model."""
-    mlp_ratio: int = 4
-    """Hidden width of each MLP as a multiple of d_model."""
-    dropout: float = 0.1
-    """Drop probability at the embedding and after each attention and MLP sublayer."""
-    tie_embeddings: bool = True
-    """Use the token embedding as the output projection."""
-    dropout_seed: int = 0
-    """Key mixed into every dropout mask, so masks change between runs only when this does."""
-
-    def __post_init__(self) -> None:
-        for field in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ModelConfig.{field} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"ModelConfig.d_model={self.d_model} must be divisible by ModelConfig.n_heads={self.n_heads}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.dropout_seed, bool) or not isinstance(self.dropout_seed, int):
-            raise ValueError(f"ModelConfig.dropout_seed must be an integer, got {self.dropout_seed!r}")
 
 
 def splitmix64(value: int) -> int:

@@ -184,6 +184,7 @@ class Trainer:
 
     def _train_step(self, step: int) -> tuple[float, int]:
         faults.maybe_raise(step=step, rank=self.rank)
+        faults.step_delay()
         sample_ids = self.sampler.sample_ids_for_step(step)
         seq_len = self.dataset.seq_len
         # Every position is a real token (the corpus is packed), so the step's global token

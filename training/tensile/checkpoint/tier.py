@@ -65,6 +65,8 @@ class DirectoryTier:
             raise CheckpointCorrupt(f"{checkpoint_id}: no manifest (the save never finished)") from e
         except (ValueError, TypeError, KeyError) as e:
             raise CheckpointCorrupt(f"{checkpoint_id}: unreadable manifest: {e}") from e
+        except CheckpointCorrupt as e:  # an unknown format version: say which checkpoint
+            raise CheckpointCorrupt(f"{checkpoint_id}: {e}") from e
         if manifest.checkpoint_id != checkpoint_id:
             raise CheckpointCorrupt(f"{checkpoint_id}: manifest names {manifest.checkpoint_id}")
         return manifest

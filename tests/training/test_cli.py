@@ -1,0 +1,107 @@
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from tensile import cli
+
+GOOD = """\
+run: {name: cli-test, steps: 10}
+batch: {global_batch_size: 12, micro_batch_sizes: [1, 2, 4]}
+elastic: {min_workers: 2, max_workers: 5}
+"""
+
+BAD = """\
+batch: {global_batchsize: 16, global_batch_size: -4}
+zero: {stage: 5}
+elastic: {min_workers: 3, max_workers: 2}
+checkpoint: {keep_last: 1}
+"""
+
+
+@pytest.fixture(autouse=True)
+def wide_consoles(monkeypatch):
+    # Rich wraps at the terminal width (80 under a test runner), splitting table cells across lines.
+    monkeypatch.setattr(cli, "console", Console(width=200))
+    monkeypatch.setattr(cli, "errors", Console(width=200, stderr=True))
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def _row(output: str, workers: int) -> str:
+    (line,) = [line for line in output.splitlines() if re.match(rf"│ {workers}\s+│", line)]
+    return line
+
+
+def test_cli_validate_accepts_a_good_config(tmp_path):
+    result = _invoke("validate", _config(tmp_path, GOOD))
+
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output and "cli-test" in result.output and "2..5 workers" in result.output
+
+
+def test_cli_validate_names_every_bad_field_without_a_traceback(tmp_path):
+    result = _invoke("validate", _config(tmp_path, BAD))
+
+    assert result.exit_code == 2
+    for path in ("batch.global_batchsize", "batch.global_batch_size", "zero.stage",
+                 "elastic.max_workers", "checkpoint.keep_last"):
+        assert f"{path}:" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("target", ["missing.yaml", "."], ids=["missing file", "directory"])
+def test_cli_validate_unreadable_config_exits_2_without_a_traceback(tmp_path, target):
+    result = _invoke("validate", tmp_path / target)
+
+    assert result.exit_code == 2
+    assert "config error" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_plan_lists_every_worker_count_as_valid(tmp_path):
+    result = _invoke("plan", _config(tmp_path, GOOD))
+
+    assert result.exit_code == 0, result.output
+    rows = re.findall(r"^│ (\d+)\s+│.*│ (\S+)\s+│$", result.output, flags=re.MULTILINE)
+    assert rows == [(str(workers), "valid") for workers in range(2, 6)]
+
+
+def test_cli_plan_shows_the_split_for_an_uneven_count(tmp_path):
+    result = _invoke("plan", _config(tmp_path, GOOD), "--workers", 5)
+
+    # 12 over 5: shares 3,3,2,2,2; micro-batch 1 × 3 steps pads least: 5×3 − 12 = 3 padded.
+    cells = [c.strip() for c in _row(result.output, 5).strip("│ ").split("│")]
+    assert cells == ["5", "1", "3", "2,3", "3", "valid"]
+
+
+def test_cli_plan_below_min_workers_parks(tmp_path):
+    result = _invoke("plan", _config(tmp_path, GOOD), "--workers", 1)
+
+    assert result.exit_code == 0, result.output
+    assert "parks: waits for 1 more worker(s)" in _row(result.output, 1)
+
+
+def test_cli_plan_above_max_workers_spares_wait(tmp_path):
+    result = _invoke("plan", _config(tmp_path, GOOD), "--workers", 7)
+
+    assert result.exit_code == 0, result.output
+    assert "2 node(s) wait as spares" in _row(result.output, 7)
+
+
+def test_cli_plan_bad_config_exits_2(tmp_path):
+    result = _invoke("plan", _config(tmp_path, BAD))
+
+    assert result.exit_code == 2
+    assert "zero.stage" in result.output
+    assert "Traceback" not in result.output
