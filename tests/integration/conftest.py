@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import SLOW_STEPS, run_nodes, write_job  # noqa: E402
+from harness import run_nodes, write_job  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
@@ -24,23 +24,35 @@ def dataset(tmp_path_factory) -> str:
     return url
 
 
+class _FixedSizeRuns(dict):
+    """Runs each stage's pair on first use, so `make test` pays only for the stages it tests."""
+
+    def __init__(self, root: Path, dataset: str):
+        super().__init__()
+        self.root, self.dataset = root, dataset
+
+    def __missing__(self, stage: int) -> dict[str, Path]:
+        self[stage] = _run_pair(self.root, self.dataset, stage)
+        return self[stage]
+
+
 @pytest.fixture(scope="session")
 def fixed_size_runs(tmp_path_factory, dataset) -> dict[int, dict[str, Path]]:
     """Per ZeRO stage: an uninterrupted 2-node run, and a 2-node run that fails once at step 7
     and resumes at the same size. Each pair runs concurrently (one launch, many assertions)."""
-    root = tmp_path_factory.mktemp("fixed")
-    runs: dict[int, dict[str, Path]] = {}
-    for stage in (0, 1, 2, 3):
-        pair = {"uninterrupted": root / f"stage{stage}-uninterrupted",
-                "interrupted": root / f"stage{stage}-interrupted"}
+    return _FixedSizeRuns(tmp_path_factory.mktemp("fixed"), dataset)
+
+
+def _run_pair(root: Path, dataset: str, stage: int) -> dict[str, Path]:
+    pair = {"uninterrupted": root / f"stage{stage}-uninterrupted",
+            "interrupted": root / f"stage{stage}-interrupted"}
+    with ThreadPoolExecutor(2) as pool:
         jobs = []
-        with ThreadPoolExecutor(2) as pool:
-            for kind, run_dir in pair.items():
-                config = write_job(run_dir, dataset, zero={"stage": stage})
-                env = {"TENSILE_FAULTS": "raise@7"} if kind == "interrupted" else {}
-                jobs.append(pool.submit(run_nodes, run_dir, config, ["node-a", "node-b"], env=env))
-            codes = [job.result() for job in jobs]
-        for kind_codes in codes:
-            assert set(kind_codes.values()) == {0}, kind_codes
-        runs[stage] = pair
-    return runs
+        for kind, run_dir in pair.items():
+            config = write_job(run_dir, dataset, zero={"stage": stage})
+            env = {"TENSILE_FAULTS": "raise@7"} if kind == "interrupted" else {}
+            jobs.append(pool.submit(run_nodes, run_dir, config, ["node-a", "node-b"], env=env))
+        for job in jobs:
+            codes = job.result()
+            assert set(codes.values()) == {0}, codes
+    return pair

@@ -62,14 +62,8 @@ class LocalCluster:
         self.store = subprocess.Popen(
             [sys.executable, "-m", "tensile.cli", "rdzv-store", "--port", str(self.rdzv_port)],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.rdzv_port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"rendezvous store did not start; see {log.name}")
+        # No wait for it to listen: the agents' store clients retry until it does, and the
+        # store's own start (a torch import) overlaps theirs.
 
     def start_node(self, node_id: str, *, extra_env: dict[str, str] | None = None) -> Node:
         local_dir = self.run_dir / "nodes" / node_id
