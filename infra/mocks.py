@@ -128,6 +128,7 @@ def _make_mocks(region: str):
                     "urn": response.urn, "type": request.type, "name": request.name,
                     "parent": request.parent or None, "custom": bool(request.custom),
                     "provider": request.provider or None, "dependencies": list(request.dependencies),
+                    "ignore_changes": list(request.ignoreChanges),
                     "inputs": json.loads(json.dumps(inputs, default=str)),
                 })
             return response
