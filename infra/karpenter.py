@@ -79,7 +79,10 @@ def helm_values(*, cluster_name: str, cluster_endpoint: str, queue_name: str) ->
     """Every value the release relies on, explicit."""
     return {
         "settings": {"clusterName": cluster_name, "clusterEndpoint": cluster_endpoint,
-                     "interruptionQueue": queue_name},
+                     "interruptionQueue": queue_name,
+                     # Node repair replaces nodes the EKS node monitoring agent marks unhealthy
+                     # (GPU faults); reserved capacity makes `reserved` a capacity type.
+                     "featureGates": {"nodeRepair": True, "reservedCapacity": True}},
         # Pod Identity: no IRSA annotation; the association below binds the role.
         "serviceAccount": {"create": True, "name": SERVICE_ACCOUNT},
         "replicas": 2,

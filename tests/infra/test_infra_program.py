@@ -170,7 +170,10 @@ def test_custom_resources_wait_for_the_pinned_crds(run):
     assert release["inputs"]["skipCrds"] is True
     assert release["inputs"]["version"] == "1.14.1"
     assert crd_urns <= set(release["dependencies"])
-    assert release["inputs"]["values"]["settings"]["interruptionQueue"] == f"tensile-{run.stack}-interruption"
+    settings = release["inputs"]["values"]["settings"]
+    assert settings["interruptionQueue"] == f"tensile-{run.stack}-interruption"
+    assert settings["featureGates"] == {"nodeRepair": True, "reservedCapacity": True}
+    assert release["inputs"]["values"]["nodeSelector"] == {"tensile.io/node-role": "system"}
 
 
 def test_efa_pools_get_placement_groups_security_group_and_device_plugin(prod, dev):
