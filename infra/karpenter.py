@@ -126,11 +126,14 @@ class Karpenter(pulumi.ComponentResource):
             f"{name}-pod-identity", cluster_name=args.cluster_name, namespace=NAMESPACE,
             service_account=SERVICE_ACCOUNT, role_arn=role.arn, opts=child)
 
+        # Deleting a CRD deletes every NodePool with it (and Karpenter then drains every GPU
+        # node): if the program ever stops declaring one, leave it in the cluster.
+        crd_opts = pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(retain_on_delete=True))
         self.crds = []
         for crd in load_crds():
             self.crds.append(k8s.apiextensions.v1.CustomResourceDefinition(
                 f"{name}-crd-{crd['spec']['names']['plural']}", metadata=crd["metadata"], spec=crd["spec"],
-                opts=k8s_child))
+                opts=crd_opts))
 
         values = pulumi.Output.all(args.cluster_name, args.cluster_endpoint, args.queue_name).apply(
             lambda v: helm_values(cluster_name=v[0], cluster_endpoint=v[1], queue_name=v[2]))

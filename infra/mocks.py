@@ -129,6 +129,7 @@ def _make_mocks(region: str):
                     "parent": request.parent or None, "custom": bool(request.custom),
                     "provider": request.provider or None, "dependencies": list(request.dependencies),
                     "ignore_changes": list(request.ignoreChanges),
+                    "retain_on_delete": bool(request.retainOnDelete),
                     "inputs": json.loads(json.dumps(inputs, default=str)),
                 })
             return response

@@ -166,6 +166,7 @@ def test_custom_resources_wait_for_the_pinned_crds(run):
         "nodepools.karpenter.sh", "nodeclaims.karpenter.sh", "ec2nodeclasses.karpenter.k8s.aws"}
     for r in run.of_type(NODE_POOL) + run.of_type(NODE_CLASS):
         assert crd_urns <= set(r["dependencies"]), r["name"]
+    assert all(r["retain_on_delete"] for r in run.of_type(CRD))
     release = next(r for r in run.of_type("kubernetes:helm.sh/v3:Release") if r["inputs"]["name"] == "karpenter")
     assert release["inputs"]["skipCrds"] is True
     assert release["inputs"]["version"] == "1.14.1"
