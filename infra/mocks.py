@@ -117,6 +117,7 @@ def _make_mocks(region: str):
         def __init__(self, mocks):
             super().__init__(mocks)
             self.records: list[dict] = []
+            self.component_outputs: dict[str, dict] = {}
 
         def RegisterResource(self, request):
             from pulumi.runtime import rpc
@@ -134,6 +135,13 @@ def _make_mocks(region: str):
                 })
             return response
 
+        def RegisterResourceOutputs(self, request):
+            from pulumi.runtime import rpc
+
+            outputs = rpc.deserialize_properties(request.outputs)
+            self.component_outputs[request.urn] = json.loads(json.dumps(outputs, default=str))
+            return super().RegisterResourceOutputs(request)
+
     return TensileMocks(), RecordingMonitor
 
 
@@ -144,12 +152,18 @@ class ProgramRun:
     stack: str
     resources: list[dict] = field(default_factory=list)
     outputs: dict = field(default_factory=dict)
+    """The stack's exports, resolved."""
+    component_outputs: dict = field(default_factory=dict)
+    """What each component passed to register_outputs, resolved, by URN."""
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     error_kind: str | None = None
     """"stack-file" (missing/unreadable), "config" (validation) or "program" (a bug)."""
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    """Wall time of the run in its process (imports, program, mocks)."""
+    cpu_seconds: float = 0.0
+    """CPU time of the same: what the run costs, whatever else the machine is doing."""
 
     def of_type(self, typ: str) -> list[dict]:
         return [r for r in self.resources if r["type"] == typ]
@@ -175,8 +189,6 @@ def run_in_this_process(stack: str, config: dict[str, str], program_dir: Path = 
     per process: the mocks and the root stack are global."""
     import pulumi
 
-    from infra.config import ConfigError
-
     started = time.perf_counter()
     run = ProgramRun(stack=stack)
     region = config.get("aws:region") or "us-east-1"
@@ -199,11 +211,16 @@ def run_in_this_process(stack: str, config: dict[str, str], program_dir: Path = 
 
     try:
         program()
-    except ConfigError as e:
-        run.error, run.error_kind, run.problems = str(e), "config", [str(p) for p in e.problems]
     except Exception as e:  # noqa: BLE001 - reported to the caller with its type, not swallowed
-        run.error, run.error_kind = f"{type(e).__name__}: {e}", "program"
+        # Imported only now: the program itself must be what makes `infra` importable.
+        from infra.config import ConfigError
+
+        if isinstance(e, ConfigError):
+            run.error, run.error_kind, run.problems = str(e), "config", [str(p) for p in e.problems]
+        else:
+            run.error, run.error_kind = f"{type(e).__name__}: {e}", "program"
     run.resources = monitor.records
+    run.component_outputs = monitor.component_outputs
     run.outputs = json.loads(json.dumps(captured, default=str))
     run.warnings = collector.messages
     run.seconds = time.perf_counter() - started
@@ -251,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run = run_in_this_process(args.stack, config)
     run.seconds = time.perf_counter() - started
+    run.cpu_seconds = time.process_time()
     args.out.write_text(json.dumps(asdict(run)))
     return 0
 

@@ -40,7 +40,8 @@ def test_preview_renders_prod_with_rich(prod):
 
 
 def test_prod_program_runs_within_the_preview_time_target(prod):
-    assert prod.seconds < 10.0
+    # CPU time, not wall time: other jobs on a shared CI machine must not fail this test.
+    assert 0 < prod.cpu_seconds < 10.0
 
 
 def test_preview_unknown_stack_is_a_clear_error_with_exit_code_2():

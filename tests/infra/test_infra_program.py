@@ -331,3 +331,41 @@ def test_stack_exports_the_cost_range(run):
     c = run.outputs["costUsd"]
     assert 0 < c["monthlyAtMin"] < c["monthlyAtMaxAllSpot"] < c["monthlyAtMaxAllOnDemand"] <= c["monthlyBudget"]
     assert sorted(run.outputs["nodePools"]) == sorted(n["inputs"]["metadata"]["name"] for n in run.of_type(NODE_POOL))
+
+
+def test_every_component_registers_resolved_outputs(run, raw_configs):
+    components = {r["urn"]: r for r in run.resources if r["type"].startswith("tensile:infra:")}
+    assert set(run.component_outputs) >= set(components)
+    for urn in components:
+        outputs = run.component_outputs[urn]
+        assert outputs and all(v not in (None, "", []) for v in outputs.values()), (urn, outputs)
+    network = next(u for u, r in components.items() if r["type"] == "tensile:infra:Network")
+    azs = raw_configs[run.stack]["tensile:network"]["availabilityZones"]
+    assert len(run.component_outputs[network]["privateSubnetIds"]) == len(azs)
+
+
+def test_program_runs_from_its_own_directory_as_the_language_host_runs_it():
+    """`main: infra/`: the language host runs the directory with runpy, so only infra/ is on
+    sys.path; the program must still import `infra.*` and declare the whole stack."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = "\n".join([
+        "import importlib.util, json, sys",
+        "from pathlib import Path",
+        "sys.path[0] = str(Path.cwd())",
+        "spec = importlib.util.spec_from_file_location('host_mocks', 'mocks.py')",
+        "m = importlib.util.module_from_spec(spec); sys.modules['host_mocks'] = m; spec.loader.exec_module(m)",
+        "assert 'infra' not in sys.modules",
+        "config, _ = m.read_stack_config('dev', Path.cwd().parent)",
+        "run = m.run_in_this_process('dev', config, program_dir=Path('.'))",
+        "print(json.dumps({'error': run.error, 'count': len(run.resources)}))",
+    ])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root / "infra", env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"error": None, "count": EXPECTED_TOTALS["dev"]}
