@@ -93,6 +93,8 @@ class Cluster(pulumi.ComponentResource):
             access_config=aws.eks.ClusterAccessConfigArgs(
                 authentication_mode="API", bootstrap_cluster_creator_admin_permissions=True),
             bootstrap_self_managed_addons=False,
+            # At the end of standard support EKS upgrades the control plane instead of billing
+            # extended support; validation already refuses versions that close to the end.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group]),
         )

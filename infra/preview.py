@@ -7,6 +7,7 @@ Exit codes: 0 previewed, 1 the program failed (a bug), 2 no such stack or a brok
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from collections import Counter
@@ -188,11 +189,7 @@ def run_preview(stack: str, *, root: Path = mocks.REPO_ROOT, out: TextIO | None 
         print(f"error: the program failed under mocks: {run.error}", file=err)
         return EXIT_PROGRAM_ERROR
     if plain is None:
-        try:
-            import rich  # noqa: F401
-            plain = False
-        except ImportError:
-            plain = True
+        plain = importlib.util.find_spec("rich") is None
     (_render_plain if plain else _render_rich)(run, out, root)
     print(f"previewed in {time.perf_counter() - started:.1f} s (program {run.seconds:.1f} s)", file=out)
     return EXIT_OK
