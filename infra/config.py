@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -26,10 +25,6 @@ MIN_SUPPORT_LEFT = dt.timedelta(days=60)
 
 CLUSTER_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
 REQUIRED_ADDONS = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "eks-node-monitoring-agent")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
 
 
 # ---------------------------------------------------------------------------------------------

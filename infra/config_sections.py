@@ -10,10 +10,15 @@ from typing import Any, Callable, Mapping
 
 from infra import cost
 from infra.config import (
-    _DNS_LABEL, _EMAIL, _ISO_DATE, _RESERVATION_ID, CLUSTER_LOG_TYPES, EKS_STANDARD_SUPPORT_ENDS, MIN_SUPPORT_LEFT,
+    CLUSTER_LOG_TYPES, EKS_STANDARD_SUPPORT_ENDS, MIN_SUPPORT_LEFT,
     REQUIRED_ADDONS, BudgetConfig, ClusterConfig, GpuPoolConfig, KarpenterConfig, NetworkConfig, Problem,
     StorageConfig, SystemNodesConfig, TeamConfig,
 )
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
 
 
 class Reader:
@@ -213,7 +218,7 @@ def parse_prices(r: Reader, raw_prices: Any, raw_spot: Any) -> cost.PriceBook:
         obj = r.section(entry, path, {"usdPerHour", "asOf", "source"})
         usd = r.value(obj, "usdPerHour", path, float, check=_positive)
         as_of = r.value(obj, "asOf", path, str,
-                        check=lambda v: None if _ISO_DATE.match(v) else f"must be an ISO date such as 2026-11-01 (got {v!r})")
+                        check=lambda v: None if ISO_DATE.match(v) else f"must be an ISO date such as 2026-11-01 (got {v!r})")
         source = r.value(obj, "source", path, str, check=lambda v: None if v.strip() else "must say where the price comes from")
         if usd is not None and as_of and source:
             overrides[instance_type] = cost.Price(usd_per_hour=usd, as_of=as_of, source=source)
@@ -240,7 +245,7 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
         obj = r.section(entry, path, {"name", "gpuModel", "instanceTypes", "maxGpus", "spot",
                                       "capacityReservationIds", "zones", "rootVolumeGiB", "efa"})
         name = r.value(obj, "name", path, str,
-                       check=lambda v: None if _DNS_LABEL.match(v) else f"must be a DNS label (lower case, digits, '-'), got {v!r}")
+                       check=lambda v: None if DNS_LABEL.match(v) else f"must be a DNS label (lower case, digits, '-'), got {v!r}")
         if name in names:
             r.problem(f"{path}.name", f"duplicate pool name {name!r}")
         names.add(name)
@@ -263,7 +268,7 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
         max_gpus = r.value(obj, "maxGpus", path, int, check=_positive)
         spot = r.value(obj, "spot", path, bool, True)
         reservations = r.strings(obj, "capacityReservationIds", path, (),
-                                 check=lambda v: None if _RESERVATION_ID.match(v) else f"must be a capacity reservation id cr-..., got {v!r}")
+                                 check=lambda v: None if RESERVATION_ID.match(v) else f"must be a capacity reservation id cr-..., got {v!r}")
         zones = r.strings(obj, "zones", path, None)
         zones = zones or azs
         for j, z in enumerate(zones):
@@ -317,7 +322,7 @@ def parse_budget(r: Reader, raw: Any) -> BudgetConfig | None:
 
     actual = thresholds("actualThresholds", [50, 80, 100])
     forecast = thresholds("forecastThresholds", [100])
-    emails = r.strings(obj, "emails", path, (), check=lambda v: None if _EMAIL.match(v) else f"not an email address: {v!r}")
+    emails = r.strings(obj, "emails", path, (), check=lambda v: None if EMAIL.match(v) else f"not an email address: {v!r}")
     mode = r.value(obj, "onWorstCaseOverBudget", path, str, "refuse", check=one_of("warn", "refuse"))
     if monthly is None:
         return None
@@ -337,7 +342,7 @@ def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[
         path = f"teams[{i}]"
         obj = r.section(entry, path, {"name", "gpuQuota", "borrowingLimit", "monthlyBudgetUsd", "gpuModels"})
         name = r.value(obj, "name", path, str,
-                       check=lambda v: None if _DNS_LABEL.match(v) else f"must be a DNS label, got {v!r}")
+                       check=lambda v: None if DNS_LABEL.match(v) else f"must be a DNS label, got {v!r}")
         if name in names:
             r.problem(f"{path}.name", f"duplicate team {name!r}")
         names.add(name)
