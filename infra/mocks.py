@@ -129,6 +129,8 @@ def _make_mocks(region: str):
                     "urn": response.urn, "type": request.type, "name": request.name,
                     "parent": request.parent or None, "custom": bool(request.custom),
                     "provider": request.provider or None, "dependencies": list(request.dependencies),
+                    # How the policy pack joins resources (issue 7): by URN, never by ID.
+                    "property_dependencies": {k: list(v.urns) for k, v in request.propertyDependencies.items()},
                     "ignore_changes": list(request.ignoreChanges),
                     "retain_on_delete": bool(request.retainOnDelete),
                     "inputs": json.loads(json.dumps(inputs, default=str)),

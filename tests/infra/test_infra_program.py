@@ -369,3 +369,10 @@ def test_program_runs_from_its_own_directory_as_the_language_host_runs_it():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"error": None, "count": EXPECTED_TOTALS["dev"]}
+
+
+def test_resources_record_which_resources_feed_each_input(run):
+    """The policy pack joins resources through property dependencies (URNs), never IDs."""
+    versioning = _one(run, "aws:s3/bucketVersioning:BucketVersioning")
+    bucket = _one(run, "aws:s3/bucket:Bucket")
+    assert versioning["property_dependencies"]["bucket"] == [bucket["urn"]]
