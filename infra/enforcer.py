@@ -266,6 +266,28 @@ class Enforcer:
         return "\n".join(lines) + "\n"
 
 
+def metrics_server(enforcer: Enforcer, host: str, port: int):
+    """An HTTP server answering GET /metrics with the last tick's gauges (start it in a thread)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # one line per scrape would drown the decisions
+            pass
+
+        def do_GET(self):
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            body = enforcer.metrics().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
 def run_forever(enforcer: Enforcer, interval_s: float, stop: Callable[[], bool] = lambda: False) -> None:
     while not stop():
         try:
@@ -279,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Meter team GPU spend and hold-and-drain queues over budget.")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks")
     parser.add_argument("--once", action="store_true", help="one tick, print decisions, exit")
+    parser.add_argument("--metrics-port", type=int, default=9102, help="port for GET /metrics")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     enforcer = Enforcer(KubernetesApi.in_cluster())
@@ -286,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         for decision in enforcer.tick():
             print(json.dumps(asdict(decision)))
         return 0
+    import threading
+
+    server = metrics_server(enforcer, "0.0.0.0", args.metrics_port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     run_forever(enforcer, args.interval)
     return 0
 

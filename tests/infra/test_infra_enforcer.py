@@ -224,3 +224,21 @@ def test_budget_document_from_the_program_is_what_the_enforcer_reads():
     book = enforcer.BudgetBook.from_json(budgets.team_budgets_document(teams, {"l40s": 3.77}))
     assert book.teams == (enforcer.TeamBudget(name="vision", cluster_queue="vision", monthly_budget_usd=5000.0),)
     assert book.gpu_hour_prices == {"l40s": 3.77}
+
+
+def test_enforcer_serves_its_metrics_over_http(kube):
+    import urllib.request
+
+    _setup(kube, gpus={"l40s": 2}, spend=("2026-11", 10.0, (NOW - dt.timedelta(hours=1)).isoformat()))
+    e = _enforcer(kube)
+    e.tick()
+    server = enforcer.metrics_server(e, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=5) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            assert 'tensile_team_spend_usd{team="vision"} 18.000000' in resp.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
