@@ -118,7 +118,10 @@ class Cluster(pulumi.ComponentResource):
 
         system_role = self._node_role(f"{name}-system-node-role")
         system_nodes = aws.eks.NodeGroup(
-            f"{name}-system", cluster_name=cluster.name, node_group_name="system", node_role_arn=system_role.arn,
+            # A prefix, not a fixed name: a replacement (new instance type) is created before the
+            # old group is deleted, and two groups cannot share a name.
+            f"{name}-system", cluster_name=cluster.name, node_group_name_prefix="system-",
+            node_role_arn=system_role.arn,
             subnet_ids=list(args.private_subnet_ids), capacity_type="ON_DEMAND",
             instance_types=[cfg.system_nodes.instance_type], ami_type="AL2023_x86_64_STANDARD",
             disk_size=cfg.system_nodes.disk_gib, labels=dict(SYSTEM_NODE_LABEL),
