@@ -16,9 +16,9 @@ from infra import preview
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_preview_dev_prints_tree_counts_and_cost_range():
-    out, err = io.StringIO(), io.StringIO()
-    assert preview.run_preview("dev", out=out, err=err, plain=True) == 0
+def test_preview_renders_dev_as_plain_text(dev):
+    out = io.StringIO()
+    preview._render_plain(dev, out, REPO_ROOT)
     text = out.getvalue()
     assert "Stack dev: 89 resources (mocked, no cloud)" in text
     assert ("    - kubernetes:karpenter.sh/v1:NodePool  gpu-l4  [capacity=spot>on-demand gpu=l4 "
@@ -27,7 +27,6 @@ def test_preview_dev_prints_tree_counts_and_cost_range():
     assert re.search(r"^\s+4\s+aws:ec2/subnet:Subnet$", text, re.M)
     assert "at max, all on-demand (hard ceiling): $5.74/h  $4,190/month" in text
     assert "stack budget: $5,000/month" in text
-    assert err.getvalue() == ""
 
 
 def test_preview_renders_prod_with_rich(prod):
@@ -76,3 +75,19 @@ def test_preview_command_line_exits_2_without_a_traceback():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "error: no stack 'nope'" in proc.stderr
+
+
+def test_preview_end_to_end_shows_the_tree_and_the_over_budget_warning(tmp_path):
+    """The whole command on a copy of the dev stack with a budget below its worst case (warn mode)."""
+    stack = (REPO_ROOT / "Pulumi.dev.yaml").read_text()
+    assert "monthlyUsd: 5000" in stack and "onWorstCaseOverBudget: warn" in stack
+    (tmp_path / "Pulumi.tight.yaml").write_text(
+        stack.replace("monthlyUsd: 5000", "monthlyUsd: 4000").replace("monthlyBudgetUsd: 3000", "monthlyBudgetUsd: 2900"))
+    out, err = io.StringIO(), io.StringIO()
+    assert preview.run_preview("tight", root=tmp_path, out=out, err=err, plain=True) == 0
+    assert ("warning: budget.monthlyUsd: stack tight: worst-case monthly cost $4,190 exceeds the budget $4,000; "
+            "lower the GPU limits/quotas or raise the budget") in out.getvalue()
+    assert "Stack tight: 89 resources (mocked, no cloud)" in out.getvalue()
+    assert "kubernetes:karpenter.sh/v1:NodePool  gpu-l4  [capacity=spot>on-demand" in out.getvalue()
+    assert re.search(r"previewed in [0-9.]+ s \(program [0-9.]+ s\)", out.getvalue())
+    assert err.getvalue() == ""
