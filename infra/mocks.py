@@ -162,6 +162,8 @@ class ProgramRun:
     error_kind: str | None = None
     """"stack-file" (missing/unreadable), "config" (validation) or "program" (a bug)."""
     problems: list[str] = field(default_factory=list)
+    layout: dict = field(default_factory=dict)
+    """How the child process was laid out (sys.path[0], cwd) before the program ran."""
     seconds: float = 0.0
     """Wall time of the run in its process (imports, program, mocks)."""
     cpu_seconds: float = 0.0
@@ -231,18 +233,20 @@ def run_in_this_process(stack: str, config: dict[str, str], program_dir: Path = 
 
 def run_isolated(stack: str, *, config: dict[str, Any] | None = None, root: Path = REPO_ROOT,
                  timeout: float = 120.0) -> ProgramRun:
-    """Run the program for `stack` in a fresh Python process. `config` (fully qualified keys,
-    decoded values) replaces the stack file, for tests of deliberately broken configs."""
+    """Run the program for `stack` in a fresh Python process laid out as the language host lays
+    it out for `main: infra/`: working directory infra/, only infra/ on sys.path (this file runs
+    as a script), the program run from ".". `config` (fully qualified keys, decoded values)
+    replaces the stack file, for tests of deliberately broken configs."""
     with tempfile.TemporaryDirectory(prefix="tensile-mocks-") as tmp:
         out = Path(tmp) / "run.json"
-        command = [sys.executable, "-m", "infra.mocks", "--stack", stack, "--out", str(out), "--root", str(root)]
+        command = [sys.executable, str(Path(__file__).resolve()), "--stack", stack, "--out", str(out),
+                   "--root", str(root), "--program-dir", "."]
         if config is not None:
             config_path = Path(tmp) / "config.json"
             config_path.write_text(json.dumps(config))
             command += ["--config-json", str(config_path)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-        env.pop("PULUMI_CONFIG", None)
-        proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PULUMI_CONFIG")}
+        proc = subprocess.run(command, cwd=PROGRAM_DIR, env=env, capture_output=True, text=True, timeout=timeout)
         if not out.exists():
             return ProgramRun(stack=stack, error=f"mock run crashed (exit {proc.returncode}): {proc.stderr[-2000:]}",
                               error_kind="program")
@@ -256,19 +260,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--root", type=Path, default=REPO_ROOT)
     parser.add_argument("--config-json", type=Path, help="raw config to use instead of the stack file")
+    parser.add_argument("--program-dir", type=Path, default=PROGRAM_DIR)
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    # Evidence that the program, not this runner, makes `infra.*` importable.
+    layout = {"sys_path0": str(Path(sys.path[0]).resolve()), "cwd": str(Path.cwd()),
+              "infra_imported_before_program": "infra" in sys.modules}
     if args.config_json:
         raw = json.loads(args.config_json.read_text())
         config = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
-        run = run_in_this_process(args.stack, config)
+        run = run_in_this_process(args.stack, config, args.program_dir)
     else:
         try:
             config, _secrets = read_stack_config(args.stack, args.root)
         except StackFileError as e:
             run = ProgramRun(stack=args.stack, error=str(e), error_kind="stack-file")
         else:
-            run = run_in_this_process(args.stack, config)
+            run = run_in_this_process(args.stack, config, args.program_dir)
+    run.layout = layout
     run.seconds = time.perf_counter() - started
     run.cpu_seconds = time.process_time()
     args.out.write_text(json.dumps(asdict(run)))

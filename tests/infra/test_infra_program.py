@@ -344,31 +344,14 @@ def test_every_component_registers_resolved_outputs(run, raw_configs):
     assert len(run.component_outputs[network]["privateSubnetIds"]) == len(azs)
 
 
-def test_program_runs_from_its_own_directory_as_the_language_host_runs_it():
+def test_program_runs_from_its_own_directory_as_the_language_host_runs_it(run):
     """`main: infra/`: the language host runs the directory with runpy, so only infra/ is on
-    sys.path; the program must still import `infra.*` and declare the whole stack."""
-    import os
-    import subprocess
-    import sys
+    sys.path; the program itself must make `infra.*` importable (every mocked run is laid out so)."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
-    script = "\n".join([
-        "import importlib.util, json, sys",
-        "from pathlib import Path",
-        "sys.path[0] = str(Path.cwd())",
-        "spec = importlib.util.spec_from_file_location('host_mocks', 'mocks.py')",
-        "m = importlib.util.module_from_spec(spec); sys.modules['host_mocks'] = m; spec.loader.exec_module(m)",
-        "assert 'infra' not in sys.modules",
-        "config, _ = m.read_stack_config('dev', Path.cwd().parent)",
-        "run = m.run_in_this_process('dev', config, program_dir=Path('.'))",
-        "print(json.dumps({'error': run.error, 'count': len(run.resources)}))",
-    ])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=root / "infra", env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"error": None, "count": EXPECTED_TOTALS["dev"]}
+    infra_dir = str(Path(__file__).resolve().parents[2] / "infra")
+    assert run.layout == {"sys_path0": infra_dir, "cwd": infra_dir, "infra_imported_before_program": False}
+    assert len(run.resources) == EXPECTED_TOTALS[run.stack]
 
 
 def test_resources_record_which_resources_feed_each_input(run):
