@@ -16,7 +16,6 @@ from infra.config import GpuPoolConfig, KarpenterConfig
 EFA_PLUGIN_CHART = "aws-efa-k8s-device-plugin"
 EFA_PLUGIN_REPO = "https://aws.github.io/eks-charts"
 EFA_PLUGIN_VERSION = "v0.5.14"
-EFA_NODE_LABEL = "tensile.io/efa"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,9 +41,7 @@ class GpuNodePools(pulumi.ComponentResource):
         node_role = pulumi.Output.from_input(args.node_role_name)
         classes, node_pools = planning.plan_gpu_pools(
             args.pools, cluster_name=args.cluster_name, node_role="", karpenter=args.karpenter, tags=args.tags)
-        efa_pools = [p for p in node_pools if any(c.name == p.node_class and c.efa for c in classes)]
-
-        if efa_pools:
+        if any(p.efa for p in node_pools):
             # EFA needs all traffic between members of one group, in and out (EFA user guide).
             efa_sg = aws.ec2.SecurityGroup(
                 f"{name}-efa-sg", vpc_id=args.vpc_id, description="EFA: all traffic within the group",
@@ -59,7 +56,7 @@ class GpuNodePools(pulumi.ComponentResource):
                 f"{name}-efa-device-plugin", name="aws-efa-k8s-device-plugin", chart=EFA_PLUGIN_CHART,
                 version=EFA_PLUGIN_VERSION,
                 repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=EFA_PLUGIN_REPO), namespace="kube-system",
-                values={"nodeSelector": {EFA_NODE_LABEL: "true"},
+                values={"nodeSelector": {planning.EFA_LABEL: "true"},
                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
                 opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.controller]))
 
@@ -77,13 +74,9 @@ class GpuNodePools(pulumi.ComponentResource):
 
         self.node_pool_names = []
         for plan in node_pools:
-            spec = plan.spec
-            if plan in efa_pools:
-                labels = {**spec["template"]["metadata"]["labels"], EFA_NODE_LABEL: "true"}
-                spec = {**spec, "template": {**spec["template"], "metadata": {"labels": labels}}}
             k8s.apiextensions.CustomResource(
                 f"{name}-{plan.name}", api_version="karpenter.sh/v1", kind="NodePool",
-                metadata={"name": plan.name, "labels": {planning.POOL_LABEL: plan.pool}}, spec=spec,
+                metadata={"name": plan.name, "labels": {planning.POOL_LABEL: plan.pool}}, spec=plan.spec,
                 opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
                                             depends_on=[*args.crds, args.controller, node_classes[plan.node_class]]))
             self.node_pool_names.append(plan.name)

@@ -19,6 +19,8 @@ DISCOVERY_TAG = "karpenter.sh/discovery"
 CAPACITY_TYPE_KEY = "karpenter.sh/capacity-type"
 POOL_LABEL = "tensile.io/gpu-pool"
 MODEL_LABEL = "tensile.io/gpu-model"
+EFA_LABEL = "tensile.io/efa"
+"""On EFA nodes only: the EFA device plugin runs where this label is."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +115,7 @@ class NodePoolPlan:
     node_class: str
     zones: tuple[str, ...]
     max_gpus: int
+    efa: bool
     spec: dict
     """The NodePool's `spec`, ready for the custom resource."""
 
@@ -129,6 +132,9 @@ class NodeClassPlan:
 def node_pool_spec(pool: GpuPoolConfig, *, zones: Iterable[str], max_gpus: int, node_class: str,
                    karpenter: KarpenterConfig) -> dict:
     zones = list(zones)
+    labels = {POOL_LABEL: pool.name, MODEL_LABEL: pool.gpu_model}
+    if pool.efa:
+        labels[EFA_LABEL] = "true"
     return {
         "weight": 50,
         "limits": pool_limits(pool.instance_types, max_gpus),
@@ -145,7 +151,7 @@ def node_pool_spec(pool: GpuPoolConfig, *, zones: Iterable[str], max_gpus: int, 
             ],
         },
         "template": {
-            "metadata": {"labels": {POOL_LABEL: pool.name, MODEL_LABEL: pool.gpu_model}},
+            "metadata": {"labels": labels},
             "spec": {
                 "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": node_class},
                 "expireAfter": karpenter.expire_after,
@@ -202,7 +208,8 @@ def node_class_spec(*, cluster_name: str, node_role: str, karpenter: KarpenterCo
 def plan_gpu_pools(pools: Iterable[GpuPoolConfig], *, cluster_name: str, node_role: str,
                    karpenter: KarpenterConfig, tags: dict[str, str]) -> tuple[list[NodeClassPlan], list[NodePoolPlan]]:
     """One NodePool per GPU pool (per zone for EFA pools); plain pools share one EC2NodeClass per
-    root-volume size, pools with EFA or reservations get their own."""
+    root-volume size, pools with EFA or reservations get their own. `node_role` goes into each
+    class's `spec.role` (a component passes the role's name once it is known)."""
     classes: dict[str, NodeClassPlan] = {}
     node_pools: list[NodePoolPlan] = []
     for pool in pools:
@@ -218,7 +225,7 @@ def plan_gpu_pools(pools: Iterable[GpuPoolConfig], *, cluster_name: str, node_ro
                                          placement_group=placement,
                                          capacity_reservation_ids=pool.capacity_reservation_ids))
                 node_pools.append(NodePoolPlan(
-                    name=name, pool=pool.name, node_class=name, zones=(zone,), max_gpus=zone_gpus,
+                    name=name, pool=pool.name, node_class=name, zones=(zone,), max_gpus=zone_gpus, efa=True,
                     spec=node_pool_spec(pool, zones=(zone,), max_gpus=zone_gpus, node_class=name, karpenter=karpenter)))
             continue
         if pool.reserved:
@@ -233,6 +240,7 @@ def plan_gpu_pools(pools: Iterable[GpuPoolConfig], *, cluster_name: str, node_ro
                                      placement_group=None, capacity_reservation_ids=pool.capacity_reservation_ids))
         node_pools.append(NodePoolPlan(
             name=pool.name, pool=pool.name, node_class=class_name, zones=tuple(pool.zones), max_gpus=pool.max_gpus,
+            efa=False,
             spec=node_pool_spec(pool, zones=pool.zones, max_gpus=pool.max_gpus, node_class=class_name,
                                 karpenter=karpenter)))
     return list(classes.values()), node_pools

@@ -186,7 +186,14 @@ def test_efa_pools_get_placement_groups_security_group_and_device_plugin(prod, d
         assert {"tags": {"tensile.io/efa": "tensile-prod"}} in c["inputs"]["spec"]["securityGroupSelectorTerms"]
     sg = next(s for s in prod.of_type("aws:ec2/securityGroup:SecurityGroup") if s["name"] == "gpu-efa-sg")
     assert sg["inputs"]["ingress"][0]["self"] is True and sg["inputs"]["egress"][0]["self"] is True
-    assert any(r["inputs"]["chart"] == "aws-efa-k8s-device-plugin" for r in prod.of_type("kubernetes:helm.sh/v3:Release"))
+    plugin = next(r for r in prod.of_type("kubernetes:helm.sh/v3:Release") if r["inputs"]["chart"] == "aws-efa-k8s-device-plugin")
+    efa_pools = [n for n in prod.of_type(NODE_POOL) if n["inputs"]["metadata"]["labels"]["tensile.io/gpu-pool"] in ("a100", "h100")]
+    assert len(efa_pools) == 3
+    for np in efa_pools:  # the device plugin's node selector matches exactly the EFA pools' nodes
+        labels = np["inputs"]["spec"]["template"]["metadata"]["labels"]
+        assert plugin["inputs"]["values"]["nodeSelector"].items() <= labels.items()
+    l40s = next(n for n in prod.of_type(NODE_POOL) if n["inputs"]["metadata"]["name"] == "l40s")
+    assert "tensile.io/efa" not in l40s["inputs"]["spec"]["template"]["metadata"]["labels"]
     assert not any(r["name"] == "gpu-efa-sg" for r in dev.resources)
 
 
