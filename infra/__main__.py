@@ -1,0 +1,69 @@
+"""The Pulumi program: load and validate the stack config, then compose the components.
+Nothing else lives here; decisions are in infra/planning.py and infra/cost.py."""
+
+import sys
+from pathlib import Path
+
+# The language host runs this directory with runpy (infra/ on sys.path, not the repo root);
+# put the repo root first so `infra.*` imports resolve the same under `pulumi up` and in tests.
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+import pulumi  # noqa: E402
+
+from infra import config as stack_config  # noqa: E402
+from infra import planning, tagging  # noqa: E402
+from infra.budgets import Budgets, BudgetsArgs  # noqa: E402
+from infra.cluster import Cluster, ClusterArgs  # noqa: E402
+from infra.gpu_pools import GpuNodePools, GpuNodePoolsArgs  # noqa: E402
+from infra.interruption import InterruptionQueue, InterruptionQueueArgs  # noqa: E402
+from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
+from infra.network import Network, NetworkArgs  # noqa: E402
+from infra.storage import Storage, StorageArgs  # noqa: E402
+
+cfg = stack_config.load_from_pulumi()  # raises ConfigError, listing every problem, before any resource
+for warning in cfg.warnings:
+    pulumi.log.warn(warning)
+
+tags = tagging.stack_tags(stack=cfg.stack, environment=cfg.environment, cost_centre=cfg.cost_centre)
+tagging.register(tags)
+
+network = Network("network", NetworkArgs(config=cfg.network, region=cfg.region, cluster_name=cfg.cluster_name))
+cluster = Cluster("cluster", ClusterArgs(config=cfg.cluster, cluster_name=cfg.cluster_name, region=cfg.region,
+                                         private_subnet_ids=network.private_subnet_ids))
+interruptions = InterruptionQueue("interruption", InterruptionQueueArgs(cluster_name=cfg.cluster_name))
+karpenter = Karpenter("karpenter", KarpenterArgs(
+    cluster_name=cluster.name, cluster_endpoint=cluster.endpoint, region=cfg.region,
+    chart_version=cfg.karpenter.chart_version, node_role_arn=cluster.karpenter_node_role_arn,
+    queue_name=interruptions.queue_name, queue_arn=interruptions.queue_arn, provider=cluster.provider,
+    depends_on=(cluster.system_nodes,)))
+gpu_pools = GpuNodePools("gpu", GpuNodePoolsArgs(
+    pools=cfg.gpu_pools, karpenter=cfg.karpenter, cluster_name=cfg.cluster_name,
+    node_role_name=cluster.karpenter_node_role_name, vpc_id=network.vpc_id, tags=tags,
+    provider=cluster.provider, crds=karpenter.crds, controller=karpenter.release))
+storage = Storage("storage", StorageArgs(
+    config=cfg.storage, cluster_name=cfg.cluster_name, teams=cfg.teams, vpc_id=network.vpc_id,
+    private_subnet_ids=network.private_subnet_ids, availability_zones=cfg.network.availability_zones,
+    cluster_security_group_id=cluster.security_group_id))
+budgets = Budgets("budgets", BudgetsArgs(
+    config=cfg.budget, stack=cfg.stack, teams=cfg.teams,
+    gpu_hour_prices=planning.team_gpu_hour_prices(cfg.gpu_pools, cfg.prices), provider=cluster.provider))
+
+estimate = planning.cost_estimate(pools=cfg.gpu_pools, cluster=cfg.cluster, network=cfg.network, prices=cfg.prices)
+pulumi.export("clusterName", cluster.name)
+pulumi.export("vpcId", network.vpc_id)
+pulumi.export("checkpointBucket", storage.bucket_name)
+pulumi.export("fileSystemId", storage.file_system_id)
+pulumi.export("interruptionQueue", interruptions.queue_name)
+pulumi.export("nodePools", gpu_pools.node_pool_names)
+pulumi.export("budgetTopicArn", budgets.topic_arn)
+pulumi.export("costUsd", {
+    "hourlyAtMin": round(estimate.hourly_at_min, 2),
+    "hourlyAtMaxAllSpot": round(estimate.hourly_at_max_all_spot, 2),
+    "hourlyAtMaxAllOnDemand": round(estimate.hourly_at_max_all_on_demand, 2),
+    "monthlyAtMin": round(estimate.monthly_at_min, 2),
+    "monthlyAtMaxAllSpot": round(estimate.monthly_at_max_all_spot, 2),
+    "monthlyAtMaxAllOnDemand": round(estimate.monthly_at_max_all_on_demand, 2),
+    "monthlyBudget": cfg.budget.monthly_usd,
+})

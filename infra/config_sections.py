@@ -1,0 +1,393 @@
+"""Section parsers for the stack config and its cost cross-checks: each reads raw values,
+records every problem with its property path, and returns typed config (see infra/config.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from typing import Any, Callable, Mapping
+
+from infra import cost
+from infra.config import (
+    CLUSTER_LOG_TYPES, EKS_STANDARD_SUPPORT_ENDS, MIN_SUPPORT_LEFT,
+    REQUIRED_ADDONS, BudgetConfig, ClusterConfig, GpuPoolConfig, KarpenterConfig, NetworkConfig, Problem,
+    StorageConfig, SystemNodesConfig, TeamConfig,
+)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
+
+
+class Reader:
+    """Reads raw values, collecting problems instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def problem(self, path: str, reason: str) -> None:
+        self.problems.append(Problem(path, reason))
+
+    def section(self, raw: Any, path: str, known: set[str], *, required: bool = True) -> dict:
+        if raw is None:
+            if required:
+                self.problem(path, "is required: add this section to the stack file")
+            return {}
+        if not isinstance(raw, Mapping):
+            self.problem(path, f"must be a mapping, got {type(raw).__name__}")
+            return {}
+        for key in sorted(set(raw) - known):
+            self.problem(f"{path}.{key}", f"unknown setting: expected one of {', '.join(sorted(known))}")
+        return dict(raw)
+
+    def value(self, obj: Mapping, key: str, path: str, kind: type | tuple[type, ...], default: Any = ...,
+              check: Callable[[Any], str | None] | None = None) -> Any:
+        where = f"{path}.{key}" if path else key
+        if key not in obj or obj[key] is None:
+            if default is ...:
+                self.problem(where, "is required")
+                return None
+            return default
+        value = obj[key]
+        # YAML gives ints for whole numbers; a float setting accepts them. bool is not an int here.
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool:
+            self.problem(where, f"must be {_kind_name(kind)}, got {value!r}")
+            return None
+        if not isinstance(value, kind):
+            self.problem(where, f"must be {_kind_name(kind)}, got {value!r}")
+            return None
+        if check is not None:
+            reason = check(value)
+            if reason:
+                self.problem(where, reason)
+        return value
+
+    def strings(self, obj: Mapping, key: str, path: str, default: Any = ...,
+                check: Callable[[str], str | None] | None = None) -> tuple[str, ...]:
+        where = f"{path}.{key}" if path else key
+        items = self.value(obj, key, path, list, default)
+        if items is None:
+            return ()
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                self.problem(f"{where}[{i}]", f"must be a string, got {item!r}")
+                continue
+            if check is not None and (reason := check(item)):
+                self.problem(f"{where}[{i}]", reason)
+            out.append(item)
+        return tuple(out)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a mapping"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"must be > 0 (got {value})"
+
+
+def _at_least(minimum: int) -> Callable[[int], str | None]:
+    return lambda v: None if v >= minimum else f"must be >= {minimum} (got {v})"
+
+
+def one_of(*choices: str) -> Callable[[str], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)} (got {v!r})"
+
+
+def _cidr(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        return f"must be a CIDR block such as 203.0.113.0/24 (got {value!r})"
+    return None
+
+
+def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
+    path = "network"
+    obj = r.section(raw, path, {"cidr", "availabilityZones", "natGateways", "interfaceEndpoints"})
+    cidr = r.value(obj, "cidr", path, str, check=_cidr)
+    if cidr and not _cidr(cidr):
+        prefix = ipaddress.ip_network(cidr).prefixlen
+        if not 16 <= prefix <= 20:
+            r.problem(f"{path}.cidr", f"prefix must be /16 to /20 so every AZ gets room for pods (got /{prefix})")
+    azs = r.strings(obj, "availabilityZones", path)
+    if azs and len(azs) < 2:
+        r.problem(f"{path}.availabilityZones", f"must list at least 2 AZs for a multi-AZ cluster (got {len(azs)})")
+    if len(azs) > 6:
+        r.problem(f"{path}.availabilityZones", f"at most 6 AZs fit the subnet plan (got {len(azs)})")
+    if len(set(azs)) != len(azs):
+        r.problem(f"{path}.availabilityZones", "must not repeat an AZ")
+    for i, az in enumerate(azs):
+        if region and not (az.startswith(region) and len(az) == len(region) + 1):
+            r.problem(f"{path}.availabilityZones[{i}]", f"{az!r} is not an AZ of region {region}")
+    nat = r.value(obj, "natGateways", path, str, "per-az", check=one_of("per-az", "single"))
+    endpoints = r.value(obj, "interfaceEndpoints", path, bool, False)
+    if cidr is None or not azs:
+        return None
+    return NetworkConfig(cidr=cidr, availability_zones=azs, nat_gateways=nat, interface_endpoints=endpoints)
+
+
+def parse_cluster(r: Reader, raw: Any, environment: str | None, today: dt.date) -> ClusterConfig | None:
+    path = "cluster"
+    obj = r.section(raw, path, {"kubernetesVersion", "endpointPublicAccessCidrs", "logTypes", "addonVersions",
+                                "systemNodes", "adminRoleArns"})
+    version = r.value(obj, "kubernetesVersion", path, str)
+    if version is not None:
+        ends = EKS_STANDARD_SUPPORT_ENDS.get(version)
+        supported = ", ".join(v for v, end in EKS_STANDARD_SUPPORT_ENDS.items() if end - today >= MIN_SUPPORT_LEFT)
+        if ends is None:
+            r.problem(f"{path}.kubernetesVersion", f"{version!r} is not a known EKS version: use one of {supported}")
+        elif ends - today < MIN_SUPPORT_LEFT:
+            r.problem(f"{path}.kubernetesVersion",
+                      f"{version} leaves EKS standard support on {ends.isoformat()}: use one of {supported}")
+    cidrs = r.strings(obj, "endpointPublicAccessCidrs", path, (), check=_cidr)
+    for i, c in enumerate(cidrs):
+        if environment == "prod" and c in ("0.0.0.0/0", "::/0"):
+            r.problem(f"{path}.endpointPublicAccessCidrs[{i}]",
+                      "must not open the API to the internet in prod: list your office/VPN CIDRs or none")
+    logs = r.strings(obj, "logTypes", path, ("api", "audit", "authenticator"),
+                     check=lambda v: None if v in CLUSTER_LOG_TYPES else f"must be one of {', '.join(CLUSTER_LOG_TYPES)}")
+    addons = r.value(obj, "addonVersions", path, dict) or {}
+    for name in REQUIRED_ADDONS:
+        if not isinstance(addons.get(name), str) or not addons.get(name):
+            r.problem(f"{path}.addonVersions.{name}",
+                      "is required: pin it (aws eks describe-addon-versions --addon-name NAME)")
+    for name in sorted(set(addons) - set(REQUIRED_ADDONS)):
+        r.problem(f"{path}.addonVersions.{name}", f"unknown add-on: expected {', '.join(REQUIRED_ADDONS)}")
+    admins = r.strings(obj, "adminRoleArns", path, (),
+                       check=lambda v: None if v.startswith("arn:aws") and ":role/" in v else "must be an IAM role ARN")
+    system = parse_system_nodes(r, obj.get("systemNodes"), f"{path}.systemNodes")
+    if version is None or system is None:
+        return None
+    return ClusterConfig(kubernetes_version=version, endpoint_public_access_cidrs=cidrs, log_types=logs,
+                         addon_versions=dict(addons), system_nodes=system, admin_role_arns=admins)
+
+
+def parse_system_nodes(r: Reader, raw: Any, path: str) -> SystemNodesConfig | None:
+    obj = r.section(raw, path, {"instanceType", "minSize", "desiredSize", "maxSize", "diskGiB"})
+    instance_type = r.value(obj, "instanceType", path, str)
+    # Two at least: Karpenter and CoreDNS run two replicas each, and they must outlive a node.
+    min_size = r.value(obj, "minSize", path, int, check=_at_least(2))
+    desired = r.value(obj, "desiredSize", path, int, check=_at_least(1))
+    max_size = r.value(obj, "maxSize", path, int, check=_at_least(1))
+    disk = r.value(obj, "diskGiB", path, int, 50, check=_at_least(20))
+    if None in (instance_type, min_size, desired, max_size):
+        return None
+    if not min_size <= desired <= max_size:
+        r.problem(path, f"must satisfy minSize <= desiredSize <= maxSize (got {min_size} <= {desired} <= {max_size})")
+    return SystemNodesConfig(instance_type=instance_type, min_size=min_size, desired_size=desired,
+                             max_size=max_size, disk_gib=disk)
+
+
+def parse_karpenter(r: Reader, raw: Any) -> KarpenterConfig | None:
+    path = "karpenter"
+    obj = r.section(raw, path, {"chartVersion", "amiAlias", "imdsHopLimit", "terminationGracePeriod", "expireAfter"})
+    chart = r.value(obj, "chartVersion", path, str,
+                    check=lambda v: None if re.fullmatch(r"\d+\.\d+\.\d+", v) else f"must be an exact version such as 1.14.1 (got {v!r})")
+    alias = r.value(obj, "amiAlias", path, str,
+                    check=lambda v: None if re.fullmatch(r"(al2023|bottlerocket)@v[0-9.]+", v)
+                    else f"must pin an AMI release, e.g. al2023@v20261110, not {v!r}")
+    hop = r.value(obj, "imdsHopLimit", path, int, 2,
+                  check=lambda v: None if 1 <= v <= 3 else f"must be 1..3 (2 lets pods read IMDS through the node; got {v})")
+    duration = re.compile(r"^\d+(s|m|h)$")
+    tgp = r.value(obj, "terminationGracePeriod", path, str, "2h",
+                  check=lambda v: None if duration.match(v) else f"must be a duration such as 2h (got {v!r})")
+    expire = r.value(obj, "expireAfter", path, str, "720h",
+                     check=lambda v: None if duration.match(v) else f"must be a duration such as 720h (got {v!r})")
+    if chart is None or alias is None:
+        return None
+    return KarpenterConfig(chart_version=chart, ami_alias=alias, imds_hop_limit=hop,
+                           termination_grace_period=tgp, expire_after=expire)
+
+
+def parse_prices(r: Reader, raw_prices: Any, raw_spot: Any) -> cost.PriceBook:
+    overrides: dict[str, cost.Price] = {}
+    if raw_prices is not None and not isinstance(raw_prices, Mapping):
+        r.problem("prices", "must be a mapping of instance type to {usdPerHour, asOf, source}")
+        raw_prices = {}
+    for instance_type, entry in (raw_prices or {}).items():
+        path = f"prices.{instance_type}"
+        obj = r.section(entry, path, {"usdPerHour", "asOf", "source"})
+        usd = r.value(obj, "usdPerHour", path, float, check=_positive)
+        as_of = r.value(obj, "asOf", path, str,
+                        check=lambda v: None if ISO_DATE.match(v) else f"must be an ISO date such as 2026-11-01 (got {v!r})")
+        source = r.value(obj, "source", path, str, check=lambda v: None if v.strip() else "must say where the price comes from")
+        if usd is not None and as_of and source:
+            overrides[instance_type] = cost.Price(usd_per_hour=usd, as_of=as_of, source=source)
+    discounts: dict[str, float] = {}
+    if raw_spot is not None and not isinstance(raw_spot, Mapping):
+        r.problem("spotDiscounts", "must be a mapping of GPU model to a fraction such as 0.6")
+        raw_spot = {}
+    for model, value in (raw_spot or {}).items():
+        v = r.value({model: value}, model, "spotDiscounts", float,
+                    check=lambda x: None if 0 <= x < 1 else f"must be a fraction in [0, 1) (got {x})")
+        if v is not None:
+            discounts[model] = v
+    return cost.price_book(overrides, discounts)
+
+
+def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBook) -> tuple[GpuPoolConfig, ...]:
+    if not isinstance(raw, list) or not raw:
+        r.problem("gpuPools", "must list at least one GPU pool")
+        return ()
+    models = sorted({t.gpu_model for t in cost.CATALOGUE.values()})
+    pools, names = [], set()
+    for i, entry in enumerate(raw):
+        path = f"gpuPools[{i}]"
+        obj = r.section(entry, path, {"name", "gpuModel", "instanceTypes", "maxGpus", "spot",
+                                      "capacityReservationIds", "zones", "rootVolumeGiB", "efa"})
+        name = r.value(obj, "name", path, str,
+                       check=lambda v: None if DNS_LABEL.match(v) else f"must be a DNS label (lower case, digits, '-'), got {v!r}")
+        if name in names:
+            r.problem(f"{path}.name", f"duplicate pool name {name!r}")
+        names.add(name)
+        model = r.value(obj, "gpuModel", path, str,
+                        check=lambda v: None if v in models else f"unknown GPU model {v!r}: expected one of {', '.join(models)}")
+        types = r.strings(obj, "instanceTypes", path, None)
+        if model in models:
+            offered = cost.instance_types_for(model)
+            if not types:
+                types = tuple(offered)
+            for j, t in enumerate(types):
+                shape = cost.CATALOGUE.get(t)
+                if shape is None:
+                    r.problem(f"{path}.instanceTypes[{j}]", f"{t} is not in the GPU catalogue: use one of {', '.join(offered)}")
+                elif shape.gpu_model != model:
+                    r.problem(f"{path}.instanceTypes[{j}]",
+                              f"{t} carries {shape.gpu_model}, not {model}: one GPU model per pool (mixed models make stragglers)")
+                elif t not in prices.on_demand:
+                    r.problem(f"{path}.instanceTypes[{j}]", f"no on-demand price for {t}: add it under prices")
+        max_gpus = r.value(obj, "maxGpus", path, int, check=_positive)
+        spot = r.value(obj, "spot", path, bool, True)
+        reservations = r.strings(obj, "capacityReservationIds", path, (),
+                                 check=lambda v: None if RESERVATION_ID.match(v) else f"must be a capacity reservation id cr-..., got {v!r}")
+        zones = r.strings(obj, "zones", path, None)
+        zones = zones or azs
+        for j, z in enumerate(zones):
+            if azs and z not in azs:
+                r.problem(f"{path}.zones[{j}]", f"{z} is not one of network.availabilityZones ({', '.join(azs)})")
+        disk = r.value(obj, "rootVolumeGiB", path, int, 200,
+                       check=lambda v: None if v >= 100 else f"must be >= 100 to hold training images (got {v})")
+        efa = r.value(obj, "efa", path, bool, False)
+        if efa and types:
+            for j, t in enumerate(types):
+                shape = cost.CATALOGUE.get(t)
+                if shape is not None and not shape.efa:
+                    r.problem(f"{path}.instanceTypes[{j}]", f"{t} has no EFA: drop it or set efa: false")
+        if efa and max_gpus and zones and types and all(t in cost.CATALOGUE for t in types):
+            node_gpus = max(cost.CATALOGUE[t].gpus for t in types)
+            if max_gpus < node_gpus * len(zones):
+                r.problem(f"{path}.maxGpus",
+                          f"an EFA pool gets one NodePool per zone; {max_gpus} GPUs cannot give each of "
+                          f"{len(zones)} zone(s) a {node_gpus}-GPU node: raise maxGpus or list fewer zones")
+        if None in (name, model, max_gpus):
+            continue
+        pools.append(GpuPoolConfig(name=name, gpu_model=model, instance_types=types, max_gpus=max_gpus, spot=spot,
+                                   capacity_reservation_ids=reservations, zones=zones, root_volume_gib=disk, efa=efa))
+    return tuple(pools)
+
+
+def parse_storage(r: Reader, raw: Any) -> StorageConfig | None:
+    path = "storage"
+    obj = r.section(raw, path, {"noncurrentVersionDays", "abortMultipartDays"}, required=False)
+    keep = r.value(obj, "noncurrentVersionDays", path, int, 30, check=_at_least(1))
+    abort = r.value(obj, "abortMultipartDays", path, int, 7, check=_at_least(1))
+    return StorageConfig(noncurrent_version_days=keep, abort_multipart_days=abort)
+
+
+def parse_budget(r: Reader, raw: Any) -> BudgetConfig | None:
+    path = "budget"
+    obj = r.section(raw, path, {"monthlyUsd", "actualThresholds", "forecastThresholds", "emails", "onWorstCaseOverBudget"})
+    monthly = r.value(obj, "monthlyUsd", path, float, check=_positive)
+
+    def thresholds(key: str, default: list[float]) -> tuple[float, ...]:
+        values = r.value(obj, key, path, list, default) or []
+        out = []
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 200:
+                r.problem(f"{path}.{key}[{i}]", f"must be a percentage in (0, 200] (got {v!r})")
+            else:
+                out.append(float(v))
+        if out != sorted(set(out)):
+            r.problem(f"{path}.{key}", f"must be increasing without repeats (got {values})")
+        return tuple(out)
+
+    actual = thresholds("actualThresholds", [50, 80, 100])
+    forecast = thresholds("forecastThresholds", [100])
+    emails = r.strings(obj, "emails", path, (), check=lambda v: None if EMAIL.match(v) else f"not an email address: {v!r}")
+    mode = r.value(obj, "onWorstCaseOverBudget", path, str, "refuse", check=one_of("warn", "refuse"))
+    if monthly is None:
+        return None
+    return BudgetConfig(monthly_usd=monthly, actual_thresholds=actual, forecast_thresholds=forecast, emails=emails,
+                        on_worst_case_over_budget=mode)
+
+
+def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[TeamConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.problem("teams", "must be a list of teams")
+        return ()
+    pool_models = {p.gpu_model for p in pools}
+    teams, names = [], set()
+    for i, entry in enumerate(raw):
+        path = f"teams[{i}]"
+        obj = r.section(entry, path, {"name", "gpuQuota", "borrowingLimit", "monthlyBudgetUsd", "gpuModels"})
+        name = r.value(obj, "name", path, str,
+                       check=lambda v: None if DNS_LABEL.match(v) else f"must be a DNS label, got {v!r}")
+        if name in names:
+            r.problem(f"{path}.name", f"duplicate team {name!r}")
+        names.add(name)
+        quota = r.value(obj, "gpuQuota", path, int, check=_positive)
+        borrow = r.value(obj, "borrowingLimit", path, int, 0, check=_at_least(0))
+        budget = r.value(obj, "monthlyBudgetUsd", path, float, check=_positive)
+        models = r.strings(obj, "gpuModels", path,
+                           check=lambda v: None if v in pool_models else f"no GPU pool offers {v!r} (pools offer {', '.join(sorted(pool_models))})")
+        if quota and models:
+            ceiling = sum(p.max_gpus for p in pools if p.gpu_model in models)
+            if quota + (borrow or 0) > ceiling:
+                r.problem(f"{path}.gpuQuota",
+                          f"quota {quota} + borrowing {borrow} exceeds the {ceiling} GPUs its pools allow: lower it or raise gpuPools maxGpus")
+        if None in (name, quota, budget) or not models:
+            continue
+        teams.append(TeamConfig(name=name, gpu_quota=quota, borrowing_limit=borrow or 0,
+                                monthly_budget_usd=budget, gpu_models=models))
+    return tuple(teams)
+
+
+def check_costs(r: Reader, *, stack: str, pools, teams, budget: BudgetConfig, cluster: ClusterConfig,
+                 network: NetworkConfig, prices: cost.PriceBook) -> list[str]:
+    """Capacity is the hard bound: the worst case at the NodePools' limits and each team's quota
+    (with borrowing) must fit the budgets. Over budget refuses or warns, per budget.onWorstCaseOverBudget."""
+    from infra import planning  # planning imports config types; import here to keep modules acyclic
+
+    warnings: list[str] = []
+    checks: list[tuple[str, cost.BudgetCheck]] = []
+    estimate = planning.cost_estimate(pools=pools, cluster=cluster, network=network, prices=prices)
+    checks.append(("budget.monthlyUsd", cost.check_budget(
+        subject=f"stack {stack}", worst_case_monthly=estimate.worst_case_monthly,
+        budget_monthly=budget.monthly_usd, mode=budget.on_worst_case_over_budget)))
+    for i, team in enumerate(teams):
+        types = [t for p in pools if p.gpu_model in team.gpu_models for t in p.instance_types]
+        worst = cost.team_worst_case_monthly(quota_gpus=team.gpu_quota, borrowing_limit_gpus=team.borrowing_limit,
+                                             instance_types=types, prices=prices)
+        checks.append((f"teams[{i}].monthlyBudgetUsd", cost.check_budget(
+            subject=f"team {team.name}", worst_case_monthly=worst, budget_monthly=team.monthly_budget_usd,
+            mode=budget.on_worst_case_over_budget)))
+    team_total = sum(t.monthly_budget_usd for t in teams)
+    if team_total > budget.monthly_usd:
+        r.problem("teams", f"team budgets add up to ${team_total:,.0f}, more than budget.monthlyUsd ${budget.monthly_usd:,.0f}")
+    for path, check in checks:
+        if check.refuse:
+            r.problem(path, check.message + " (or set budget.onWorstCaseOverBudget: warn)")
+        elif check.exceeds:
+            warnings.append(f"{path}: {check.message}")
+    return warnings

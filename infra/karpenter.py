@@ -1,0 +1,147 @@
+"""Karpenter's controller: its IAM role through EKS Pod Identity, the pinned CRDs declared as
+CustomResourceDefinition resources (so NodePools preview on a first `up`), and the pinned
+Helm release with explicit values, installed without its own CRDs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+import yaml
+
+from infra.cluster import SYSTEM_NODE_LABEL, assume_role_policy
+
+CRD_DIR = Path(__file__).resolve().parent / "crds" / "karpenter"
+CRD_FILES = ("karpenter.sh_nodepools.yaml", "karpenter.sh_nodeclaims.yaml", "karpenter.k8s.aws_ec2nodeclasses.yaml")
+CHART = "oci://public.ecr.aws/karpenter/karpenter"
+NAMESPACE = "kube-system"
+SERVICE_ACCOUNT = "karpenter"
+
+
+def load_crds(directory: Path = CRD_DIR) -> list[dict]:
+    """The vendored CRDs (karpenter-provider-aws v1.14.1, byte for byte; see crds/README.md)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [yaml.load((directory / f).read_text(), Loader=loader) for f in CRD_FILES]
+
+
+def controller_policy(*, cluster_name: str, region: str, queue_arn: str, node_role_arn: str) -> str:
+    """Karpenter's controller permissions (its getting-started CloudFormation, condensed): launch
+    and terminate only instances tagged for this cluster, pass only the node role, read the queue."""
+    owned = {"StringEquals": {f"aws:RequestTag/kubernetes.io/cluster/{cluster_name}": "owned"}}
+    tagged = {"StringEquals": {f"aws:ResourceTag/kubernetes.io/cluster/{cluster_name}": "owned"}}
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "LaunchFromExisting", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
+         "Resource": [f"arn:aws:ec2:{region}::image/*", f"arn:aws:ec2:{region}::snapshot/*",
+                      f"arn:aws:ec2:{region}:*:security-group/*", f"arn:aws:ec2:{region}:*:subnet/*",
+                      f"arn:aws:ec2:{region}:*:capacity-reservation/*", f"arn:aws:ec2:{region}:*:placement-group/*"]},
+        {"Sid": "LaunchOwned", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateLaunchTemplate"],
+         "Resource": [f"arn:aws:ec2:{region}:*:{kind}/*" for kind in
+                      ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")],
+         "Condition": owned},
+        {"Sid": "TagOnLaunch", "Effect": "Allow", "Action": "ec2:CreateTags",
+         "Resource": [f"arn:aws:ec2:{region}:*:{kind}/*" for kind in
+                      ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")],
+         "Condition": {**owned, "StringEquals": {**owned["StringEquals"],
+                                                 "ec2:CreateAction": ["RunInstances", "CreateFleet", "CreateLaunchTemplate"]}}},
+        {"Sid": "TagOwnedInstances", "Effect": "Allow", "Action": "ec2:CreateTags",
+         "Resource": f"arn:aws:ec2:{region}:*:instance/*", "Condition": tagged},
+        {"Sid": "DeleteOwned", "Effect": "Allow", "Action": ["ec2:TerminateInstances", "ec2:DeleteLaunchTemplate"],
+         "Resource": [f"arn:aws:ec2:{region}:*:instance/*", f"arn:aws:ec2:{region}:*:launch-template/*"],
+         "Condition": tagged},
+        {"Sid": "Discovery", "Effect": "Allow",
+         "Action": ["ec2:DescribeAvailabilityZones", "ec2:DescribeImages", "ec2:DescribeInstances",
+                    "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes", "ec2:DescribeLaunchTemplates",
+                    "ec2:DescribeSecurityGroups", "ec2:DescribeSpotPriceHistory", "ec2:DescribeSubnets",
+                    "ec2:DescribeCapacityReservations", "ec2:DescribePlacementGroups",
+                    "pricing:GetProducts", "ssm:GetParameter"],
+         "Resource": "*"},
+        {"Sid": "Interruption", "Effect": "Allow",
+         "Action": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"], "Resource": queue_arn},
+        {"Sid": "PassNodeRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": node_role_arn,
+         "Condition": {"StringEquals": {"iam:PassedToService": ["ec2.amazonaws.com"]}}},
+        {"Sid": "InstanceProfiles", "Effect": "Allow",
+         "Action": ["iam:CreateInstanceProfile", "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile",
+                    "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile", "iam:GetInstanceProfile",
+                    "iam:ListInstanceProfiles"],
+         "Resource": "arn:aws:iam::*:instance-profile/*"},
+        {"Sid": "Cluster", "Effect": "Allow", "Action": "eks:DescribeCluster",
+         "Resource": f"arn:aws:eks:{region}:*:cluster/{cluster_name}"},
+    ]})
+
+
+def helm_values(*, cluster_name: str, cluster_endpoint: str, queue_name: str) -> dict:
+    """Every value the release relies on, explicit."""
+    return {
+        "settings": {"clusterName": cluster_name, "clusterEndpoint": cluster_endpoint,
+                     "interruptionQueue": queue_name,
+                     # Node repair replaces nodes the EKS node monitoring agent marks unhealthy
+                     # (GPU faults); reserved capacity makes `reserved` a capacity type.
+                     "featureGates": {"nodeRepair": True, "reservedCapacity": True}},
+        # Pod Identity: no IRSA annotation; the association below binds the role.
+        "serviceAccount": {"create": True, "name": SERVICE_ACCOUNT},
+        "replicas": 2,
+        "nodeSelector": dict(SYSTEM_NODE_LABEL),
+        "controller": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+                                     "limits": {"cpu": "1", "memory": "1Gi"}}},
+        "podDisruptionBudget": {"name": "karpenter", "maxUnavailable": 1},
+        "logLevel": "info",
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class KarpenterArgs:
+    cluster_name: pulumi.Input[str]
+    cluster_endpoint: pulumi.Input[str]
+    region: str
+    chart_version: str
+    node_role_arn: pulumi.Input[str]
+    queue_name: pulumi.Input[str]
+    queue_arn: pulumi.Input[str]
+    provider: k8s.Provider
+    depends_on: tuple = ()
+    """Resources the release must wait for (the system nodes it schedules on)."""
+
+
+class Karpenter(pulumi.ComponentResource):
+    crds: list[k8s.apiextensions.v1.CustomResourceDefinition]
+    release: k8s.helm.v3.Release
+
+    def __init__(self, name: str, args: KarpenterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("tensile:infra:Karpenter", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        k8s_child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+
+        role = aws.iam.Role(f"{name}-controller-role", assume_role_policy=assume_role_policy(
+            "pods.eks.amazonaws.com", tag_session=True), opts=child)
+        policy_doc = pulumi.Output.all(args.cluster_name, args.queue_arn, args.node_role_arn).apply(
+            lambda v: controller_policy(cluster_name=v[0], region=args.region, queue_arn=v[1], node_role_arn=v[2]))
+        aws.iam.RolePolicy(f"{name}-controller-policy", role=role.id, policy=policy_doc, opts=child)
+        association = aws.eks.PodIdentityAssociation(
+            f"{name}-pod-identity", cluster_name=args.cluster_name, namespace=NAMESPACE,
+            service_account=SERVICE_ACCOUNT, role_arn=role.arn, opts=child)
+
+        # Deleting a CRD deletes every NodePool with it (and Karpenter then drains every GPU
+        # node): if the program ever stops declaring one, leave it in the cluster.
+        crd_opts = pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(retain_on_delete=True))
+        self.crds = []
+        for crd in load_crds():
+            self.crds.append(k8s.apiextensions.v1.CustomResourceDefinition(
+                f"{name}-crd-{crd['spec']['names']['plural']}", metadata=crd["metadata"], spec=crd["spec"],
+                opts=crd_opts))
+
+        values = pulumi.Output.all(args.cluster_name, args.cluster_endpoint, args.queue_name).apply(
+            lambda v: helm_values(cluster_name=v[0], cluster_endpoint=v[1], queue_name=v[2]))
+        self.release = k8s.helm.v3.Release(
+            f"{name}-release", name="karpenter", chart=CHART, version=args.chart_version, namespace=NAMESPACE,
+            skip_crds=True, atomic=True, timeout=600, values=values,
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
+                                        depends_on=[association, *self.crds, *args.depends_on]))
+        self.controller_role_arn = role.arn
+        self.register_outputs({"controllerRoleArn": role.arn, "chartVersion": args.chart_version,
+                               "crds": [c.metadata.name for c in self.crds]})

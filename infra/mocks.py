@@ -1,0 +1,288 @@
+"""Run the Pulumi program offline under the SDK's mocks and record every resource it declares.
+
+Mocks are process-global, so each stack runs in its own process: `run_isolated()` starts
+`python -m infra.mocks` and reads back a JSON record (used by `tensile preview` and the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import runpy
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROGRAM_DIR = REPO_ROOT / "infra"
+PROJECT = "tensile"
+MOCK_ACCOUNT_ID = "111122223333"
+
+
+class StackFileError(Exception):
+    """The stack does not exist or its file cannot be read as a Pulumi stack file."""
+
+
+def stack_names(root: Path = REPO_ROOT) -> list[str]:
+    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
+
+
+def read_stack_config(stack: str, root: Path = REPO_ROOT) -> tuple[dict[str, str], list[str]]:
+    """The config Pulumi would hand the program for `stack`, as `{"ns:key": text}` (structured
+    values as JSON text, as the CLI passes them), plus the secret keys left out offline."""
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        known = ", ".join(stack_names(root)) or "none"
+        raise StackFileError(f"no stack {stack!r}: {path.name} not found (stacks here: {known})")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise StackFileError(f"{path.name} is not valid YAML: {e}") from e
+    if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):
+        raise StackFileError(f"{path.name}: expected a mapping with a `config:` mapping")
+    config, secrets = {}, []
+    for key, value in (document.get("config") or {}).items():
+        if not isinstance(key, str) or ":" not in key:
+            raise StackFileError(f"{path.name}: config key {key!r} must be namespaced, e.g. tensile:{key}")
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            # Encrypted with the stack's key; only the CLI can decrypt it. The program needs no
+            # secret to preview, so it is left out offline.
+            secrets.append(key)
+            continue
+        config[key] = value if isinstance(value, str) else json.dumps(value)
+    return config, secrets
+
+
+# ---------------------------------------------------------------------------------------------
+# Mocks (imported lazily: the parent process of `run_isolated` never imports pulumi)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fake_outputs(typ: str, name: str, inputs: dict, region: str) -> dict:
+    """Outputs the real providers compute and the program reads (ARNs, endpoints, issuer)."""
+    service = typ.split(":")[1].split("/")[0]
+    outputs = {**inputs, "arn": f"arn:aws:{service}:{region}:{MOCK_ACCOUNT_ID}:{name}"}
+    if typ == "aws:eks/cluster:Cluster":
+        outputs.update({
+            "endpoint": f"https://{name}.gr7.{region}.eks.amazonaws.com",
+            "certificateAuthority": {"data": "bW9jay1jYQ=="},
+            "identities": [{"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/MOCK{name.upper()}"}]}],
+            "vpcConfig": {**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{name}-cluster"},
+        })
+    elif typ == "aws:sqs/queue:Queue":
+        outputs["url"] = f"https://sqs.{region}.amazonaws.com/{MOCK_ACCOUNT_ID}/{inputs.get('name', name)}"
+    elif typ == "aws:s3/bucket:Bucket":
+        outputs["bucket"] = f"{inputs.get('bucketPrefix', name)}mock"
+    elif typ == "aws:iam/role:Role":
+        outputs.setdefault("name", name)
+        outputs["arn"] = f"arn:aws:iam::{MOCK_ACCOUNT_ID}:role/{outputs['name']}"
+    if "name" not in outputs and typ.startswith("aws:"):
+        outputs["name"] = name
+    return outputs
+
+
+def _make_mocks(region: str):
+    import pulumi
+    from pulumi.runtime.mocks import MockMonitor
+
+    class TensileMocks(pulumi.runtime.Mocks):
+        def call(self, args: pulumi.runtime.MockCallArgs):
+            if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+                return {"accountId": MOCK_ACCOUNT_ID, "arn": f"arn:aws:iam::{MOCK_ACCOUNT_ID}:user/mock",
+                        "userId": "MOCK"}
+            if args.token == "aws:index/getRegion:getRegion":
+                return {"region": region, "name": region}
+            if args.token == "aws:index/getPartition:getPartition":
+                return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
+            if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+                return {"names": [f"{region}{z}" for z in "abc"], "zoneIds": [f"use1-az{i}" for i in (1, 2, 4)]}
+            raise NotImplementedError(f"unmocked invoke {args.token}: add it to infra/mocks.py")
+
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+            if not args.custom:
+                return f"{args.name}-id", {}
+            return f"{args.name}-id", _fake_outputs(args.typ, args.name, dict(args.inputs), region)
+
+    class RecordingMonitor(MockMonitor):
+        """Keeps what the engine would see for each registration: type, name, parent, inputs."""
+
+        def __init__(self, mocks):
+            super().__init__(mocks)
+            self.records: list[dict] = []
+            self.component_outputs: dict[str, dict] = {}
+
+        def RegisterResource(self, request):
+            from pulumi.runtime import rpc
+
+            response = super().RegisterResource(request)
+            if request.type != "pulumi:pulumi:Stack":
+                inputs = rpc.deserialize_properties(request.object)
+                self.records.append({
+                    "urn": response.urn, "type": request.type, "name": request.name,
+                    "parent": request.parent or None, "custom": bool(request.custom),
+                    "provider": request.provider or None, "dependencies": list(request.dependencies),
+                    # How the policy pack joins resources (issue 7): by URN, never by ID.
+                    "property_dependencies": {k: list(v.urns) for k, v in request.propertyDependencies.items()},
+                    "ignore_changes": list(request.ignoreChanges),
+                    "retain_on_delete": bool(request.retainOnDelete),
+                    "inputs": json.loads(json.dumps(inputs, default=str)),
+                })
+            return response
+
+        def RegisterResourceOutputs(self, request):
+            from pulumi.runtime import rpc
+
+            outputs = rpc.deserialize_properties(request.outputs)
+            self.component_outputs[request.urn] = json.loads(json.dumps(outputs, default=str))
+            return super().RegisterResourceOutputs(request)
+
+    return TensileMocks(), RecordingMonitor
+
+
+@dataclass
+class ProgramRun:
+    """What one mocked run of the program declared, or why it failed."""
+
+    stack: str
+    resources: list[dict] = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)
+    """The stack's exports, resolved."""
+    component_outputs: dict = field(default_factory=dict)
+    """What each component passed to register_outputs, resolved, by URN."""
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    error_kind: str | None = None
+    """"stack-file" (missing/unreadable), "config" (validation) or "program" (a bug)."""
+    problems: list[str] = field(default_factory=list)
+    layout: dict = field(default_factory=dict)
+    """How the child process was laid out (sys.path[0], cwd) before the program ran."""
+    seconds: float = 0.0
+    """Wall time of the run in its process (imports, program, mocks)."""
+    cpu_seconds: float = 0.0
+    """CPU time of the same: what the run costs, whatever else the machine is doing."""
+
+    def of_type(self, typ: str) -> list[dict]:
+        return [r for r in self.resources if r["type"] == typ]
+
+    def named(self, name: str) -> dict:
+        matches = [r for r in self.resources if r["name"] == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources named {name!r}")
+        return matches[0]
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def run_in_this_process(stack: str, config: dict[str, str], program_dir: Path = PROGRAM_DIR) -> ProgramRun:
+    """Run the program the way the language host does (runpy over infra/), under mocks. Only once
+    per process: the mocks and the root stack are global."""
+    import pulumi
+
+    started = time.perf_counter()
+    run = ProgramRun(stack=stack)
+    region = config.get("aws:region") or "us-east-1"
+    mocks, monitor_class = _make_mocks(region)
+    monitor = monitor_class(mocks)
+    collector = _Collect()
+    logger = logging.getLogger(f"tensile.mocks.{stack}")
+    logger.addHandler(collector)
+    logger.propagate = False
+    pulumi.runtime.set_all_config(dict(config))
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, logger=logger, monitor=monitor)
+
+    captured: dict = {}
+
+    @pulumi.runtime.test
+    def program():
+        runpy.run_path(str(program_dir), run_name="__main__")
+        root = pulumi.runtime.get_root_resource()
+        return pulumi.Output.from_input(dict(root.outputs)).apply(captured.update)
+
+    try:
+        program()
+    except Exception as e:  # noqa: BLE001 - reported to the caller with its type, not swallowed
+        # Imported only now: the program itself must be what makes `infra` importable.
+        from infra.config import ConfigError
+
+        if isinstance(e, ConfigError):
+            run.error, run.error_kind, run.problems = str(e), "config", [str(p) for p in e.problems]
+        else:
+            run.error, run.error_kind = f"{type(e).__name__}: {e}", "program"
+    run.resources = monitor.records
+    run.component_outputs = monitor.component_outputs
+    run.outputs = json.loads(json.dumps(captured, default=str))
+    run.warnings = collector.messages
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def run_isolated(stack: str, *, config: dict[str, Any] | None = None, root: Path = REPO_ROOT,
+                 timeout: float = 120.0) -> ProgramRun:
+    """Run the program for `stack` in a fresh Python process laid out as the language host lays
+    it out for `main: infra/`: working directory infra/, only infra/ on sys.path (this file runs
+    as a script), the program run from ".". `config` (fully qualified keys, decoded values)
+    replaces the stack file, for tests of deliberately broken configs."""
+    with tempfile.TemporaryDirectory(prefix="tensile-mocks-") as tmp:
+        out = Path(tmp) / "run.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--stack", stack, "--out", str(out),
+                   "--root", str(root), "--program-dir", "."]
+        if config is not None:
+            config_path = Path(tmp) / "config.json"
+            config_path.write_text(json.dumps(config))
+            command += ["--config-json", str(config_path)]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PULUMI_CONFIG")}
+        proc = subprocess.run(command, cwd=PROGRAM_DIR, env=env, capture_output=True, text=True, timeout=timeout)
+        if not out.exists():
+            return ProgramRun(stack=stack, error=f"mock run crashed (exit {proc.returncode}): {proc.stderr[-2000:]}",
+                              error_kind="program")
+        data = json.loads(out.read_text())
+    return ProgramRun(**data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the Tensile Pulumi program under mocks (one stack).")
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--root", type=Path, default=REPO_ROOT)
+    parser.add_argument("--config-json", type=Path, help="raw config to use instead of the stack file")
+    parser.add_argument("--program-dir", type=Path, default=PROGRAM_DIR)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    # Evidence that the program, not this runner, makes `infra.*` importable.
+    layout = {"sys_path0": str(Path(sys.path[0]).resolve()), "cwd": str(Path.cwd()),
+              "infra_imported_before_program": "infra" in sys.modules}
+    if args.config_json:
+        raw = json.loads(args.config_json.read_text())
+        config = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+        run = run_in_this_process(args.stack, config, args.program_dir)
+    else:
+        try:
+            config, _secrets = read_stack_config(args.stack, args.root)
+        except StackFileError as e:
+            run = ProgramRun(stack=args.stack, error=str(e), error_kind="stack-file")
+        else:
+            run = run_in_this_process(args.stack, config, args.program_dir)
+    run.layout = layout
+    run.seconds = time.perf_counter() - started
+    run.cpu_seconds = time.process_time()
+    args.out.write_text(json.dumps(asdict(run)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

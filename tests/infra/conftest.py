@@ -1,0 +1,51 @@
+"""Shared fixtures for the infra tests: each stack's program runs once per session, in its own
+process (the SDK's mocks are process-global), both stacks at the same time."""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from infra import mocks  # noqa: E402
+
+STACKS = ("dev", "prod")
+
+
+@pytest.fixture(scope="session")
+def stack_runs() -> dict[str, mocks.ProgramRun]:
+    with ThreadPoolExecutor(max_workers=len(STACKS)) as pool:
+        runs = dict(zip(STACKS, pool.map(mocks.run_isolated, STACKS)))
+    for name, run in runs.items():
+        if run.error:
+            pytest.fail(f"stack {name} failed under mocks: {run.error}")
+    return runs
+
+
+@pytest.fixture(scope="session")
+def dev(stack_runs) -> mocks.ProgramRun:
+    return stack_runs["dev"]
+
+
+@pytest.fixture(scope="session")
+def prod(stack_runs) -> mocks.ProgramRun:
+    return stack_runs["prod"]
+
+
+@pytest.fixture(params=STACKS)
+def run(request, stack_runs) -> mocks.ProgramRun:
+    return stack_runs[request.param]
+
+
+@pytest.fixture(scope="session")
+def raw_configs() -> dict[str, dict]:
+    """Each stack file's config, decoded as the program sees it."""
+    import yaml
+
+    return {s: yaml.safe_load((REPO_ROOT / f"Pulumi.{s}.yaml").read_text())["config"] for s in STACKS}
