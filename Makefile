@@ -9,7 +9,9 @@ CONSTRAINTS := requirements/constraints.txt
 # DeepSpeed on this machine runs on the CPU accelerator with gloo.
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: demo test test-full bench install install-infra clean
+.PHONY: demo test test-full bench install install-infra preview clean
+
+STACK ?= dev
 
 install: $(VENV)/.stamp-training
 install-infra: $(VENV)/.stamp-infra
@@ -41,6 +43,9 @@ test: $(VENV)/.stamp-training $(VENV)/.stamp-infra
 
 test-full: $(VENV)/.stamp-training $(VENV)/.stamp-infra
 	$(BIN)/python -m pytest
+
+preview: $(VENV)/.stamp-infra
+	$(BIN)/python -m infra.preview --stack $(STACK)
 
 bench: $(VENV)/.stamp-training
 	$(BIN)/python -m benchmarks

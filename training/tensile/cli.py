@@ -125,6 +125,12 @@ def _print_demo(result: dict) -> None:
 @app.command()
 def preview(stack: str = typer.Option(..., help="Stack name: Pulumi.<stack>.yaml.")) -> None:
     """Run the infra program offline under Pulumi's mocks and print what it would create."""
+    repo_root = _repo_root()
+    if repo_root is None:
+        errors.print("[red]infra commands run from a Tensile checkout[/]: cd to the repository "
+                     "(the directory with Pulumi.yaml) and run them there")
+        raise typer.Exit(2)
+    sys.path.insert(0, str(repo_root))
     try:
         from infra.preview import run_preview
     except ImportError as e:
@@ -133,6 +139,14 @@ def preview(stack: str = typer.Option(..., help="Stack name: Pulumi.<stack>.yaml
                      "from the repository root, and run tensile from there")
         raise typer.Exit(2) from None
     raise typer.Exit(run_preview(stack))
+
+
+def _repo_root() -> Path | None:
+    """The checkout holding Pulumi.yaml and infra/: the working directory or one above it."""
+    for directory in (Path.cwd(), *Path.cwd().parents):
+        if (directory / "Pulumi.yaml").exists() and (directory / "infra").is_dir():
+            return directory
+    return None
 
 
 def main() -> None:
