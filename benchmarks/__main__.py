@@ -1,0 +1,14 @@
+"""`make bench`: run every benchmark and print its ratios."""
+
+import sys
+
+from benchmarks import recovery
+
+
+def main() -> int:
+    recovery.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Checkpoint faults: a crash mid-save, a corrupt newest checkpoint, a rival group, a spent budget."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from harness import SLOW_STEPS, assert_bit_identical, checkpoint_tensors, rounds, run_nodes, write_job
+
+from tensile.checkpoint import Catalog, DirectoryTier
+from tensile.ledger import RunLedger
+
+
+def test_crash_between_checkpoint_files_is_never_loaded(tmp_path, dataset):
+    # ZeRO-1 on one worker writes two files; the process dies after the first of step 6's.
+    config = write_job(tmp_path, dataset, zero={"stage": 1})
+    codes = run_nodes(tmp_path, config, ["node-a"], env={"TENSILE_FAULTS": "crash-in-save@6"})
+    assert codes == {"node-a": 0}
+    starts = rounds(tmp_path / "shared")
+    assert [r["resumed_step"] for r in starts] == [0, 3], "resumed from the checkpoint before the crash"
+    tier = DirectoryTier(tmp_path / "shared")
+    committed = {r.checkpoint_id for r in Catalog(tier).committed()}
+    assert all(r["checkpoint"] in committed for r in starts if r["checkpoint"])
+    assert RunLedger(tmp_path / "shared").status()["state"] == "completed"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bit-flip"])
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, dataset, fixed_size_runs, damage):
+    run_dir = tmp_path / "run"
+    shutil.copytree(fixed_size_runs[0]["uninterrupted"], run_dir,
+                    ignore=shutil.ignore_patterns("logs", "nodes"))
+    shared = run_dir / "shared"
+    tier = DirectoryTier(shared)
+    newest = Catalog(tier).find_resume_point().manifest
+    target = tier.checkpoint_dir(newest.checkpoint_id) / newest.files[0].path
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    (shared / "status.json").unlink()
+    config = write_job(run_dir, dataset)
+    assert run_nodes(run_dir, config, ["node-a", "node-b"]) == {"node-a": 0, "node-b": 0}
+    restart = rounds(shared)[-1]
+    assert restart["resumed_step"] == 9, "the previous checkpoint"
+    reason = "bytes" if damage == "truncate" else "sha256"
+    assert any(newest.checkpoint_id in s and reason in s for s in restart["skipped"]), restart["skipped"]
+    # Redoing steps 10-12 from step 9 lands on the same state as the original run.
+    assert_bit_identical(checkpoint_tensors(fixed_size_runs[0]["uninterrupted"] / "shared"),
+                         checkpoint_tensors(shared))
+
+
+def test_rival_group_cannot_publish_and_stops(tmp_path, dataset):
+    shared = tmp_path / "shared"
+    configs = []
+    for name in ("group-1", "group-2"):
+        config = write_job(tmp_path / name, dataset)
+        # Both groups point at one run: the same shared tier.
+        config.write_text(config.read_text().replace(str(tmp_path / name / "shared"), str(shared)))
+        configs.append((tmp_path / name, config))
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(run_nodes, run_dir, config, [f"{run_dir.name}-node"], env=SLOW_STEPS)
+                for run_dir, config in configs]
+        codes = {}
+        for job in jobs:
+            codes.update(job.result())
+    assert sorted(codes.values()) == [0, 4], f"one group completes, the other is fenced: {codes}"
+    loser = next(name for name, code in codes.items() if code == 4)
+    outcome = (tmp_path / loser.removesuffix("-node") / "nodes" / loser / "outcome.json").read_text()
+    assert "fenced" in outcome and "already published" in outcome
+    # Every committed checkpoint is whole and from one group; the lineage is a single chain.
+    tier = DirectoryTier(shared)
+    records = Catalog(tier).committed()
+    parent = None
+    for record in records:
+        assert record.checkpoint_id.endswith(record.group_token[:8])
+        if (tier.checkpoint_dir(record.checkpoint_id) / "manifest.json").exists():  # not pruned
+            manifest = tier.read_manifest(record.checkpoint_id)
+            tier.verify(manifest)
+            assert parent is None or manifest.parent_id == parent
+        parent = record.checkpoint_id
+    assert len({r.seq for r in records}) == len(records)
+
+
+def test_spent_failure_budget_ends_the_run(tmp_path, dataset):
+    config = write_job(tmp_path, dataset, elastic={"max_failures": 0})
+    codes = run_nodes(tmp_path, config, ["node-a"], env={"TENSILE_FAULTS": "raise@4"})
+    assert codes == {"node-a": 3}
+    status = RunLedger(tmp_path / "shared").status()
+    assert status["state"] == "failed" and "failure budget spent" in status["reason"]
