@@ -22,7 +22,11 @@ def test_crash_between_checkpoint_files_is_never_loaded(tmp_path, dataset):
     tier = DirectoryTier(tmp_path / "shared")
     committed = {r.checkpoint_id for r in Catalog(tier).committed()}
     assert all(r["checkpoint"] in committed for r in starts if r["checkpoint"])
-    assert RunLedger(tmp_path / "shared").status()["state"] == "completed"
+    ledger = RunLedger(tmp_path / "shared")
+    assert ledger.status()["state"] == "completed"
+    # The process died without a word (exit 137); its guard spent one failure for it.
+    failures = [e for e in ledger.events() if e["event"] == "failure"]
+    assert ledger.failures_spent() == 1 and "exited with code 137" in failures[0]["error"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bit-flip"])

@@ -93,3 +93,15 @@ def test_ledger_status_unreadable_is_none(tmp_path):
     ledger.status_path.write_text("{torn")
 
     assert ledger.status() is None
+
+
+def test_ledger_last_round_and_string_failure_keys(tmp_path):
+    ledger = RunLedger(tmp_path)
+    assert ledger.last_round() == 0
+    ledger.open_round({})
+    ledger.open_round({})
+    assert ledger.last_round() == 2
+    # A worker that died before its round began is keyed after the last round.
+    assert ledger.record_failure("2-before-start", {"rank": "0"}) is True
+    assert ledger.record_failure("2-before-start", {"rank": "1"}) is False
+    assert ledger.failures_spent() == 1

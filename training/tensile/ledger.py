@@ -57,7 +57,7 @@ class RunLedger:
                 json.dump(details, f)
             return number
 
-    def record_failure(self, round_number: int, details: dict[str, Any]) -> bool:
+    def record_failure(self, round_number: int | str, details: dict[str, Any]) -> bool:
         """Spend one failure for this round; False if the round already spent one."""
         self.failures_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -68,6 +68,11 @@ class RunLedger:
         with os.fdopen(fd, "w") as f:
             json.dump(details, f)
         return True
+
+    def last_round(self) -> int:
+        if not self.rounds_dir.exists():
+            return 0
+        return max((int(p.name) for p in self.rounds_dir.iterdir() if p.name.isdigit()), default=0)
 
     def failures_spent(self) -> int:
         if not self.failures_dir.exists():

@@ -1,13 +1,19 @@
 """The process torchrun starts on every node: one round of training, then an exit code that
 tells torchrun (restart or not) and Tensile's launcher (why) what happened.
+
+It runs as a small guard around the real worker process, so a worker that dies without a
+word (OOM kill, segfault) still spends the failure budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -37,10 +43,50 @@ def write_node_outcome(local_dir: Path, outcome: str, detail: str = "") -> None:
     (local_dir / "outcome.json").write_text(json.dumps({"outcome": outcome, "detail": detail}))
 
 
+def round_marker(local_dir: Path, rank: str | int) -> Path:
+    return local_dir / f"round.rank{rank}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tensile.worker")
     parser.add_argument("--config", required=True)
+    parser.add_argument("--guarded", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    return train(args.config) if args.guarded else guard(args.config)
+
+
+def guard(config_path: str) -> int:
+    """Run the worker as a child; record a failure if it dies other than by its own exit codes."""
+    child = subprocess.Popen([sys.executable, "-m", "tensile.worker", "--config", config_path, "--guarded"])
+
+    def forward(signum: int, frame: object) -> None:
+        # torchrun signals the whole process group; forwarding covers a signal sent to us alone.
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = child.wait()
+    if code in (EXIT_COMPLETED, EXIT_FAILURE, EXIT_REGROUP):
+        return code
+    from tensile.config import load_config
+    from tensile.ledger import RunLedger
+
+    config = load_config(config_path)
+    ledger = RunLedger(config.checkpoint.shared_dir)
+    rank = os.environ.get("RANK", "?")
+    local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
+    marker = round_marker(local_dir, rank)
+    # A worker that died before its round began is keyed after the last round, so a crash
+    # loop at start-up still spends the budget, once per attempt of the group.
+    key = marker.read_text().strip() if marker.exists() else f"{ledger.last_round()}-before-start"
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    if ledger.record_failure(key, {"rank": rank, "error": f"worker {how}"}):
+        ledger.record("failure", round=key, rank=rank, error=f"worker {how}")
+    return EXIT_FAILURE
+
+
+def train(config_path: str) -> int:
     logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK', '?')}] %(message)s")
     # Quiet DeepSpeed's per-call INFO lines; warnings still show.
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
@@ -55,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = StopRequest()
     stop.install()
-    config = load_config(args.config)
+    config = load_config(config_path)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
     deepspeed.utils.logger.setLevel(logging.WARNING)
@@ -66,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     round_start = None
     try:
         round_start = trainer.start_round()
+        round_marker(local_dir, rank).parent.mkdir(parents=True, exist_ok=True)
+        round_marker(local_dir, rank).write_text(str(round_start.round_number))
         if round_start.decision != "train":
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 write_node_outcome(local_dir, round_start.decision)
