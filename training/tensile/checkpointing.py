@@ -22,6 +22,7 @@ from tensile.checkpoint import Catalog, CommitRecord, DirectoryTier, FencingErro
 from tensile.checkpoint.api import CheckpointError
 from tensile.checkpoint.catalog import checkpoint_id_for
 from tensile import faults
+from tensile.reshard import UNIVERSAL_TAG, needs_reshard
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,12 @@ class EngineCheckpointer:
                 f"checkpoint {manifest.checkpoint_id} was saved with ZeRO stage {manifest.zero_stage}, "
                 f"this run uses stage {self.zero_stage}; set zero.stage to {manifest.zero_stage} "
                 f"or start a new run directory")
-        if manifest.zero_stage > 0 and manifest.world_size != self.world_size:
-            raise CheckpointError(
-                f"checkpoint {manifest.checkpoint_id} holds ZeRO-{manifest.zero_stage} state partitioned "
-                f"over {manifest.world_size} workers, and resharding it to {self.world_size} is not "
-                f"implemented yet; use zero.stage 0 for elastic runs, or resume at "
-                f"{manifest.world_size} workers")
+        # ZeRO state saved at another worker count loads from its universal layout
+        # (tensile.reshard converts it before the engine is built).
+        tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG
         load_dir = self.tier.checkpoint_dir(manifest.checkpoint_id)
         path, client_state = engine.load_checkpoint(
-            str(load_dir), tag=DEEPSPEED_TAG, load_optimizer_states=True,
-            load_lr_scheduler_states=True)
+            str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {load_dir}")
         return client_state or {}

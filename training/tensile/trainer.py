@@ -25,6 +25,7 @@ from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
 from tensile.ledger import RunLedger
 from tensile.model import CausalLM, parameter_groups, token_loss_sum
+from tensile.reshard import ensure_universal, needs_reshard
 from tensile.signals import StepWatchdog, StopRequest
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ def lr_schedule(config: TrainingConfig):
     return factor
 
 
-def deepspeed_config(config: TrainingConfig, plan: BatchPlan) -> dict[str, Any]:
+def deepspeed_config(config: TrainingConfig, plan: BatchPlan, *, load_universal: bool = False) -> dict[str, Any]:
     opt = config.optimizer
     return {
+        "checkpoint": {"load_universal": load_universal},
         **plan.deepspeed_batch_config(),
         "optimizer": {"type": "AdamW", "params": {
             "lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps, "weight_decay": opt.weight_decay,
@@ -100,7 +102,27 @@ class Trainer:
             box[0] = self._decide_round()
         dist.broadcast_object_list(box, src=0)
         self.round = box[0]
+        if self.round.decision == "train" and self.resharding:
+            self._prepare_reshard()
         return self.round
+
+    @property
+    def resharding(self) -> bool:
+        return self.round is not None and self.round.resume is not None and \
+            needs_reshard(self.round.resume.manifest, self.world_size)
+
+    def _prepare_reshard(self) -> None:
+        manifest = self.round.resume.manifest
+        # A file wait, not a collective: a large conversion outlasts the collective timeout.
+        seconds = ensure_universal(self.tier, manifest, rank=self.rank,
+                                   timeout_s=max(600.0, self.config.elastic.step_watchdog_s))
+        if self.rank == 0:
+            self.ledger.record("reshard", checkpoint=manifest.checkpoint_id, stage=manifest.zero_stage,
+                               from_world_size=manifest.world_size, to_world_size=self.world_size,
+                               convert_s=round(seconds, 3))
+            log.info("resharding ZeRO-%d state of %s from %d to %d workers (conversion %.1f s)",
+                     manifest.zero_stage, manifest.checkpoint_id, manifest.world_size,
+                     self.world_size, seconds)
 
     def _decide_round(self) -> RoundStart:
         token = uuid.uuid4().hex
@@ -131,7 +153,8 @@ class Trainer:
         model = CausalLM(self.config.model)
         groups = parameter_groups(model, weight_decay=self.config.optimizer.weight_decay)
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=groups, config=deepspeed_config(self.config, self.plan),
+            model=model, model_parameters=groups,
+            config=deepspeed_config(self.config, self.plan, load_universal=self.resharding),
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lr_schedule(self.config)))
 
