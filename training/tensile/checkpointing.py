@@ -49,7 +49,7 @@ class GroupLease:
 
 class EngineCheckpointer:
     def __init__(self, *, tier: DirectoryTier, local_dir: Path, rank: int, world_size: int,
-                 zero_stage: int, config_hash: str, data_version: str, keep_last: int):
+                 zero_stage: int, config_hash: str, model_hash: str, data_version: str, keep_last: int):
         self.tier = tier
         self.catalog = Catalog(tier)
         self.local_dir = local_dir
@@ -57,6 +57,7 @@ class EngineCheckpointer:
         self.world_size = world_size
         self.zero_stage = zero_stage
         self.config_hash = config_hash
+        self.model_hash = model_hash
         self.data_version = data_version
         self.keep_last = keep_last
 
@@ -95,7 +96,7 @@ class EngineCheckpointer:
         manifest = Manifest(
             checkpoint_id=checkpoint_id, parent_id=lease.parent_id, step=step,
             world_size=self.world_size, zero_stage=self.zero_stage, files=files,
-            config_hash=self.config_hash, data_version=self.data_version,
+            config_hash=self.config_hash, model_hash=self.model_hash, data_version=self.data_version,
             versions=library_versions(), created_at=time.time(), reason=reason)
         self.tier.write_manifest(manifest)
         record = CommitRecord(seq=lease.next_seq, checkpoint_id=checkpoint_id, step=step,
@@ -119,11 +120,6 @@ class EngineCheckpointer:
         manifest = point.manifest
         if manifest is None:
             raise CheckpointError("no checkpoint to load")
-        if manifest.zero_stage != self.zero_stage:
-            raise CheckpointError(
-                f"checkpoint {manifest.checkpoint_id} was saved with ZeRO stage {manifest.zero_stage}, "
-                f"this run uses stage {self.zero_stage}; set zero.stage to {manifest.zero_stage} "
-                f"or start a new run directory")
         # ZeRO state saved at another worker count loads from its universal layout
         # (tensile.reshard converts it before the engine is built).
         tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG

@@ -266,6 +266,11 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def model_hash(self) -> str:
+        """Hash of the model's shape (dropout excluded): what a checkpoint must match."""
+        shape = {k: v for k, v in dataclasses.asdict(self.model).items() if k not in ("dropout", "dropout_seed")}
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
     def trajectory_hash(self) -> str:
         """Hash of everything that shapes the training trajectory (not paths or worker counts)."""
         d = self.to_dict()

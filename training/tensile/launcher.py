@@ -20,7 +20,7 @@ from tensile.ledger import RunLedger
 # failures, so torchrun's own budget is only a backstop against a worker that cannot start.
 AGENT_RESTART_BACKSTOP = 1000
 
-EXIT_CODES = {"completed": 0, "failed": 3, "budget-exhausted": 3, "fenced": 4,
+EXIT_CODES = {"completed": 0, "failed": 3, "budget-exhausted": 3, "incompatible": 3, "fenced": 4,
               # Stopped by a signal (pod deletion, node drain) after saving: the usual 128 + SIGTERM.
               "stopped": 143}
 

@@ -25,7 +25,7 @@ from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
 from tensile.ledger import RunLedger
 from tensile.model import CausalLM, parameter_groups, token_loss_sum
-from tensile.reshard import ensure_universal, needs_reshard
+from tensile.reshard import ensure_universal, incompatibility, needs_reshard
 from tensile.signals import StepWatchdog, StopRequest
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class RoundStart:
     """What rank 0 decides at a round's start and broadcasts to every rank."""
 
     decision: str
-    """train, completed (nothing left to do) or budget-exhausted."""
+    """train, completed (nothing left to do), budget-exhausted or incompatible."""
     round_number: int
     token: str
     resume: ResumePoint | None
@@ -90,7 +90,7 @@ class Trainer:
         self.sampler = GlobalSampler(self.dataset.num_samples, config.batch.global_batch_size, config.run.seed)
         self.checkpointer = EngineCheckpointer(
             tier=self.tier, local_dir=local_dir, rank=rank, world_size=world_size,
-            zero_stage=config.zero.stage, config_hash=config.trajectory_hash(),
+            zero_stage=config.zero.stage, config_hash=config.trajectory_hash(), model_hash=config.model_hash(),
             data_version=self.dataset.data_version, keep_last=config.checkpoint.keep_last)
         self.round: RoundStart | None = None
         self.engine: Any = None
@@ -135,6 +135,14 @@ class Trainer:
                                      f"elastic.max_failures is {self.config.elastic.max_failures}")
             return RoundStart("budget-exhausted", 0, token, None)
         point = Catalog(self.tier).find_resume_point()
+        if point.manifest is not None:
+            problem = incompatibility(point.manifest, zero_stage=self.config.zero.stage,
+                                      world_size=self.world_size, model_hash=self.config.model_hash())
+            if problem:
+                log.error("cannot resume: %s", problem)
+                self.ledger.write_status("failed", reason=problem)
+                self.ledger.record("incompatible", reason=problem)
+                return RoundStart("incompatible", 0, token, None)
         number = self.ledger.open_round({"world_size": self.world_size, "token": token})
         self.ledger.record(
             "round-start", round=number, world_size=self.world_size, resumed_step=point.step,

@@ -3,6 +3,7 @@
 from tensile.checkpoint.api import (
     CheckpointCorrupt,
     CheckpointError,
+    CheckpointIncompatible,
     CommitRecord,
     FileEntry,
     FencingError,
@@ -14,6 +15,6 @@ from tensile.checkpoint.tier import DirectoryTier
 from tensile.checkpoint.catalog import Catalog, ResumePoint
 
 __all__ = [
-    "Catalog", "CheckpointCorrupt", "CheckpointError", "CommitLog", "CommitRecord", "DirectoryTier",
+    "Catalog", "CheckpointCorrupt", "CheckpointError", "CheckpointIncompatible", "CommitLog", "CommitRecord", "DirectoryTier",
     "FileEntry", "FencingError", "FORMAT_VERSION", "Manifest", "ResumePoint",
 ]

@@ -17,6 +17,11 @@ class CheckpointCorrupt(CheckpointError):
     """A checkpoint's files do not match its manifest (missing, truncated or altered)."""
 
 
+class CheckpointIncompatible(CheckpointError):
+    """The checkpoint cannot be resumed by this job as configured (another model, ZeRO stage,
+    or a reshard that is not supported). Not retryable: the run stops and says what differs."""
+
+
 class FencingError(CheckpointError):
     """Another worker group published first: this group is stale and must stop.
 
@@ -43,6 +48,8 @@ class Manifest:
     files: tuple[FileEntry, ...]
     config_hash: str
     data_version: str
+    model_hash: str = ""
+    """Hash of the model's shape: a checkpoint of another model is refused by name."""
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     created_at: float = 0.0
