@@ -22,6 +22,7 @@ TINY_JOB: dict[str, Any] = {
     "batch": {"global_batch_size": 12, "micro_batch_sizes": [1, 2, 4]},
     "zero": {"stage": 0},
     "elastic": {"min_workers": 1, "max_workers": 3, "collective_timeout_s": 4, "step_watchdog_s": 12,
+                "startup_timeout_s": 60,
                 "max_failures": 3, "keep_alive_interval_s": 1, "keep_alive_max_attempts": 3},
     "checkpoint": {"every_steps": 3, "keep_last": 3},
 }
@@ -43,7 +44,7 @@ def write_job(run_dir: Path, data_url: str, **sections: dict[str, Any]) -> Path:
 
 def run_nodes(run_dir: Path, config_path: Path, node_ids: list[str], *, env: dict[str, str] | None = None,
               driver: Callable[[LocalCluster, RunLedger], None] | None = None,
-              timeout_s: float = 180) -> dict[str, int]:
+              timeout_s: float = 300) -> dict[str, int]:
     """Start the nodes, call driver(cluster, ledger) every poll, wait; returns exit codes."""
     ledger = RunLedger(run_dir / "shared")
     env = {"TENSILE_FAULTS_DIR": str(run_dir / "faults"), **(env or {})}
@@ -137,6 +138,16 @@ class Script:
 
 def at_step(step: int, world: int | None = None) -> Callable[[list[dict]], bool]:
     return lambda events: last_step(events) >= step and (world is None or current_world_size(events) == world)
+
+
+def steps_in_round(count: int, world: int) -> Callable[[list[dict]], bool]:
+    """True once the newest round has `world` workers and has completed `count` steps."""
+    def condition(events: list[dict]) -> bool:
+        starts = [e for e in events if e["event"] == "round-start"]
+        if not starts or starts[-1]["world_size"] != world:
+            return False
+        return sum(1 for e in events if e["event"] == "step" and e["t"] > starts[-1]["t"]) >= count
+    return condition
 
 
 def copy_run(source: Path, target: Path) -> Path:

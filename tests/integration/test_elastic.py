@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import SLOW_STEPS, Script, at_step, final_weights, rounds, run_nodes, step_losses, write_job
+from harness import (SLOW_STEPS, Script, at_step, final_weights, rounds, run_nodes, step_losses,
+                     steps_in_round, write_job)
 
 from tensile.ledger import RunLedger
 
@@ -59,12 +60,9 @@ def test_scale_up_then_silent_vanish_keeps_trajectory(tmp_path, dataset, referen
     node freezes (SIGSTOP: no socket closes) and the survivors go on at 2."""
     config = write_job(tmp_path, dataset, **LONG_RUN)
 
-    def freeze_then_kill(cluster):
-        cluster.freeze("node-c")
-
     script = Script(
         (at_step(4, world=2), lambda cluster: cluster.start_node("node-c")),
-        (at_step(14, world=3), freeze_then_kill),
+        (steps_in_round(3, world=3), lambda cluster: cluster.freeze("node-c")),
         (lambda events: rounds_of(events)[-1]["world_size"] == 2 and len(rounds_of(events)) >= 3,
          lambda cluster: cluster.kill("node-c")),
     )

@@ -194,6 +194,9 @@ class ElasticConfig:
     """A collective that waits this long fails: how fast a silently vanished peer is seen."""
     step_watchdog_s: float = 60.0
     """A step (after the first) that takes this long ends the worker as hung."""
+    startup_timeout_s: float = 600.0
+    """A worker that has not finished its round's first step this long after starting (imports,
+    process group, checkpoint load) ends as hung: a peer vanished while the group formed."""
     max_failures: int = 3
     """Real failures the run may spend; preemptions and membership changes spend none."""
     park_timeout_s: float = 86400.0
@@ -212,6 +215,7 @@ class ElasticConfig:
         p.check(self.collective_timeout_s > 0, "collective_timeout_s",
                 f"must be > 0, got {self.collective_timeout_s}")
         p.check(self.step_watchdog_s > 0, "step_watchdog_s", f"must be > 0, got {self.step_watchdog_s}")
+        p.check(self.startup_timeout_s > 0, "startup_timeout_s", f"must be > 0, got {self.startup_timeout_s}")
         p.check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
         p.check(self.park_timeout_s > 0, "park_timeout_s", f"must be > 0, got {self.park_timeout_s}")
         p.check(self.keep_alive_interval_s >= 1, "keep_alive_interval_s",

@@ -45,8 +45,9 @@ class StepWatchdog:
     """Ends the process when no progress is reported for `timeout_s`.
 
     A peer that vanished without closing its sockets can leave a collective waiting far
-    longer than its timeout in some code paths; this is the backstop. Armed after the first
-    step, so start-up (imports, checkpoint load) is not judged by step time.
+    longer than its timeout in some code paths; this is the backstop. Start-up (imports,
+    process group, checkpoint load) is judged by its own, longer timeout: the owner lowers
+    `timeout_s` to the step timeout after the first step.
     """
 
     def __init__(self, timeout_s: float, on_hang: Callable[[float], None], poll_s: float = 0.5):

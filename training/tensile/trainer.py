@@ -77,12 +77,13 @@ def deepspeed_config(config: TrainingConfig, plan: BatchPlan, *, load_universal:
 
 class Trainer:
     def __init__(self, config: TrainingConfig, *, rank: int, world_size: int, local_dir: Path,
-                 stop: StopRequest):
+                 stop: StopRequest, watchdog: StepWatchdog):
         self.config = config
         self.rank = rank
         self.world_size = world_size
         self.local_dir = local_dir
         self.stop = stop
+        self.watchdog = watchdog
         self.tier = DirectoryTier(config.checkpoint.shared_dir)
         self.ledger = RunLedger(config.checkpoint.shared_dir)
         self.dataset = TokenDataset(config.data.url)
@@ -115,7 +116,7 @@ class Trainer:
         manifest = self.round.resume.manifest
         # A file wait, not a collective: a large conversion outlasts the collective timeout.
         seconds = ensure_universal(self.tier, manifest, rank=self.rank,
-                                   timeout_s=max(600.0, self.config.elastic.step_watchdog_s))
+                                   timeout_s=self.config.elastic.startup_timeout_s)
         if self.rank == 0:
             self.ledger.record("reshard", checkpoint=manifest.checkpoint_id, stage=manifest.zero_stage,
                                from_world_size=manifest.world_size, to_world_size=self.world_size,
@@ -182,13 +183,14 @@ class Trainer:
         lease = GroupLease(token=self.round.token, next_seq=self.round.resume.next_seq,
                            parent_id=self.round.resume.manifest.checkpoint_id
                            if self.round.resume.manifest else None)
-        watchdog = StepWatchdog(self.config.elastic.step_watchdog_s, self._on_hang).start()
+        watchdog = self.watchdog
         step = start_step
         try:
             while step < self.config.run.steps:
                 began = time.monotonic()
                 loss, stop_votes = self._train_step(step)
                 step += 1
+                watchdog.timeout_s = self.config.elastic.step_watchdog_s
                 watchdog.beat()
                 self.sampler.advance(step - 1)
                 if self.rank == 0:
@@ -255,11 +257,3 @@ class Trainer:
         if self.rank == 0:
             self.ledger.record("checkpoint", step=step, checkpoint=lease.parent_id, reason=reason,
                                seq=lease.next_seq - 1, **{k: round(v, 4) for k, v in timings.items()})
-
-    def _on_hang(self, silent_s: float) -> None:
-        from tensile.signals import exit_now
-        from tensile.worker import EXIT_REGROUP
-
-        log.error("no step progress for %.1f s: a peer is gone or hung; leaving to re-form", silent_s)
-        self.ledger.record("hang", rank=self.rank, silent_s=round(silent_s, 2))
-        exit_now(EXIT_REGROUP)

@@ -96,19 +96,30 @@ def train(config_path: str) -> int:
 
     from tensile.checkpoint import FencingError
     from tensile.config import load_config
-    from tensile.signals import StopRequest, exit_now
+    from tensile.ledger import RunLedger
+    from tensile.signals import StepWatchdog, StopRequest, exit_now
     from tensile.trainer import StopForMembership, Trainer
 
     stop = StopRequest()
     stop.install()
     config = load_config(config_path)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    ledger = RunLedger(config.checkpoint.shared_dir)
+
+    def on_hang(silent_s: float) -> None:
+        log.error("no progress for %.1f s: a peer is gone or hung; leaving to re-form", silent_s)
+        ledger.record("hang", rank=rank, silent_s=round(silent_s, 2))
+        exit_now(EXIT_REGROUP)
+
+    watchdog = StepWatchdog(config.elastic.startup_timeout_s, on_hang).start()
+    watchdog.beat()
     local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
     deepspeed.utils.logger.setLevel(logging.WARNING)
     deepspeed.init_distributed(dist_backend="gloo" if not _has_cuda() else "nccl",
                                timeout=timedelta(seconds=config.elastic.collective_timeout_s),
                                verbose=False)
-    trainer = Trainer(config, rank=rank, world_size=world_size, local_dir=local_dir, stop=stop)
+    trainer = Trainer(config, rank=rank, world_size=world_size, local_dir=local_dir, stop=stop,
+                      watchdog=watchdog)
     round_start = None
     try:
         round_start = trainer.start_round()
