@@ -28,7 +28,8 @@ def check_stack_budget(stack: Stack, config: Mapping, report: Report) -> None:
     for b in budgets:
         props, problems = b.props, []
         amount = dig(props, "limitAmount")
-        if contains_unknown([dig(props, "budgetType"), dig(props, "timeUnit"), amount, dig(props, "notifications")]):
+        if contains_unknown([dig(props, "budgetType"), dig(props, "timeUnit"), amount]) or is_unknown(
+                dig(props, "notifications")):
             report.unknown(f"{label(b)}: its type, period, amount or notifications")
             good = True  # not known to be wrong
             continue
@@ -43,6 +44,11 @@ def check_stack_budget(stack: Stack, config: Mapping, report: Report) -> None:
         kinds = set()
         for n in notifications:
             emails, topics = dig(n, "subscriberEmailAddresses"), dig(n, "subscriberSnsTopicArns")
+            if is_unknown(n) or is_unknown(dig(n, "notificationType")):
+                report.unknown(f"{label(b)}: a notification")
+                good = True
+                continue
+            # A topic ARN unknown at preview is still a subscriber: the topic is in the stack.
             if is_unknown(emails) and is_unknown(topics):
                 report.unknown(f"{label(b)}: a notification's subscribers")
             elif not (isinstance(emails, list) and emails) and not (isinstance(topics, list) and topics):

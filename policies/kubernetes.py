@@ -26,12 +26,13 @@ def _training_templates(resource: Resource, report: Report):
 
 def check_training_resources(resource: Resource, config: Mapping, report: Report) -> None:
     for template in _training_templates(resource, report):
-        gpu_limited = False
+        gpu_limited = unknown = False
         for where, container in k.containers(template.spec):
             if where.startswith("ephemeralContainers"):
                 continue
             if is_unknown(container) or is_unknown(dig(container, "resources")):
                 report.unknown(f"{label(resource)}: {where}.resources")
+                unknown = True
                 continue
             missing = [f"{section}.{name}" for section in ("requests", "limits") for name in ("cpu", "memory")
                        if dig(container, "resources", section, name) is MISSING]
@@ -46,7 +47,7 @@ def check_training_resources(resource: Resource, config: Mapping, report: Report
             if requested is not MISSING and limited is MISSING:
                 report.violation(f"{label(resource)}: container {dig(container, 'name')} requests {k.GPU_RESOURCE} "
                                  f"but sets no limit for it")
-        if k.mentions_gpu(template.spec) and not gpu_limited:
+        if k.mentions_gpu(template.spec) and not gpu_limited and not unknown:
             report.violation(f"{label(resource)}: a training pod on GPU nodes must request and limit "
                              f"{k.GPU_RESOURCE} in a container ({template.where or 'spec'})")
 

@@ -115,20 +115,25 @@ def check_efs_encrypted(resource: Resource, config: Mapping, report: Report) -> 
 
 def check_efs_zones(stack: Stack, config: Mapping, report: Report) -> None:
     for fs in stack.of_type(EFS):
-        zones, unknown = set(), []
+        zones, unknown, outside = set(), [], []
         for target in stack.referencing(fs, "fileSystemId", MOUNT_TARGET):
             subnets = stack.referenced(target, "subnetId", SUBNET)
             zone = dig(subnets[0].props, "availabilityZone") if subnets else MISSING
-            if zone is MISSING or is_unknown(zone):
+            if not subnets:
+                outside.append(target.name)
+            elif zone is MISSING or is_unknown(zone):
                 unknown.append(target.name)
             else:
                 zones.add(zone)
         need = int(config["minZones"])
         if len(zones) >= need:
             continue
-        if len(zones) + len(unknown) >= need:
-            report.undecided(f"{label(fs)}: the AZ of mount targets {', '.join(unknown)} (subnet not in this stack or "
-                           f"its AZ unknown)")
+        if len(zones) + len(unknown) + len(outside) >= need:
+            if unknown:
+                report.unknown(f"{label(fs)}: the AZ of mount targets {', '.join(unknown)}")
+            if outside:
+                report.undecided(f"{label(fs)}: mount targets {', '.join(outside)} use subnets this stack does not "
+                                 f"declare, so their AZs cannot be checked")
         else:
             report.violation(f"{label(fs)}: needs mount targets in at least {need} AZs, so losing one zone keeps "
                              f"the shared files reachable; has {sorted(zones) or 'none'}", fs.urn)
