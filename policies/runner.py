@@ -175,13 +175,16 @@ class Analyzer:
 
     # -- a whole stack -------------------------------------------------------------------------
 
-    def run(self, resources: list[Mapping[str, Any]], config: Mapping[str, Any] | None = None) -> PackResult:
+    def run(self, resources: list[Mapping[str, Any]], config: Mapping[str, Any] | None = None,
+            analyze_only: Iterable[str] | None = None) -> PackResult:
         """What `pulumi preview --policy-pack` asks of the pack for these resources: each resource
-        before it is created, then the stack."""
+        before it is created (or only those in `analyze_only`, by URN), then the stack."""
         started = time.perf_counter()
         self.configure(config)
         result = PackResult()
-        responses = [self.analyze(r) for r in resources if not r["type"].startswith("pulumi:providers:")]
+        only = None if analyze_only is None else set(analyze_only)
+        responses = [self.analyze(r) for r in resources
+                     if not r["type"].startswith("pulumi:providers:") and (only is None or r["urn"] in only)]
         responses.append(self.analyze_stack(resources))
         for response in responses:
             for d in response.diagnostics:
