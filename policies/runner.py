@@ -209,7 +209,9 @@ def summary_lines(result: PackResult, policy_count: int) -> list[str]:
     lines = [f"policy pack tensile-policies: {policy_count} policies, {len(result.mandatory)} mandatory and "
              f"{len(result.advisory)} advisory finding(s) in {result.seconds:.1f} s"]
     for d in sorted(result.diagnostics, key=lambda d: (d.level != "mandatory", d.policy, d.urn)):
-        message = d.message.split("\n", 1)[-1]
+        # The SDK prefixes the policy's description (violations) or "can't run policy ... during
+        # preview:" (unknowns); the rule's own message is what a reader needs.
+        message = d.message.split("\n", 1)[-1].split(" during preview: ", 1)[-1]
         where = f" [{d.urn.rsplit('::', 1)[-1]}]" if d.urn else ""
         lines.append(f"  {d.level}: {d.policy}{where}: {message}")
     lines.append("policy result: " + (f"FAILED ({', '.join(failing)})" if failing else "passed every mandatory policy"))
