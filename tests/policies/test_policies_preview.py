@@ -38,5 +38,7 @@ def test_preview_end_to_end_exits_3_when_a_mandatory_policy_fails(tmp_path):
     text = out.getvalue()
     assert "  mandatory: worst-case-cost-within-budget: worst-case monthly cost at the NodePools' GPU limits, " \
            "all on-demand, is $4,190, above the budget $3,000 × 1.0 = $3,000" in text
-    assert "policy result: FAILED (worst-case-cost-within-budget)" in text
+    # Exactly the rule meant for this break fails.
+    assert "policy result: FAILED (worst-case-cost-within-budget)\n" in text
+    assert text.count("  mandatory: ") == 1
     assert err.getvalue() == ""

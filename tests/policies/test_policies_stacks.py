@@ -35,27 +35,19 @@ def stack_file_config(stack: str) -> dict:
     return yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
 
 
-def _budget(monthly=None, forecast=None):
-    def change(config):
-        if monthly is not None:
-            config["tensile:budget"]["monthlyUsd"] = monthly
-        if forecast is not None:
-            config["tensile:budget"]["forecastThresholds"] = forecast
-    return change
-
-
 def _set(section, key, value):
     def change(config):
         config[section][key] = value
     return change
 
 
-# Stack files the program's validation lets through (dev warns on cost) but a rule must refuse:
-# name -> (stack, change to its config, pack config, the one rule it must trip).
+# Stack files the program's validation lets through but a rule must refuse: name -> (stack, change
+# to its config, pack config, the one rule it must trip). A dev budget below the worst case (dev only
+# warns) is the end-to-end `tensile preview` test (test_policies_preview.py): one program run fewer.
 BROKEN_CONFIGS = {
-    "dev-budget-below-worst-case": ("dev", _budget(monthly=3000), {}, "worst-case-cost-within-budget"),
     "dev-imds-hop-limit-3": ("dev", _set("tensile:karpenter", "imdsHopLimit", 3), {}, "ec2nodeclass-imdsv2"),
-    "dev-no-forecast-notification": ("dev", _budget(forecast=[]), {}, "stack-budget-with-notifications"),
+    "dev-no-forecast-notification": ("dev", _set("tensile:budget", "forecastThresholds", []), {},
+                                     "stack-budget-with-notifications"),
     "dev-api-open-where-the-pack-forbids-it": (
         "dev", _set("tensile:cluster", "endpointPublicAccessCidrs", ["0.0.0.0/0"]),
         {"eks-api-not-open": {"environments": ["dev", "prod"]}}, "eks-api-not-open"),
