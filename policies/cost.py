@@ -147,11 +147,16 @@ def check_worst_case(stack: Stack, config: Mapping, report: Report) -> None:
         name: cost_model.Price(usd_per_hour=float(usd), as_of="pack config", source="--policy-pack-config")
         for name, usd in config["prices"].items()})
     budgets = stack.of_type(BUDGET)
-    amounts = [dig(b.props, "limitAmount") for b in budgets]
+    # The stack's budget is the one filtered on its stack tag (infra/budgets.py); else the largest.
+    stack_budgets = [b for b in budgets if any(
+        isinstance(v, str) and v.startswith("user:tensile.io/stack$")
+        for f in (dig(b.props, "costFilters") if isinstance(dig(b.props, "costFilters"), list) else [])
+        for v in (dig(f, "values") if isinstance(dig(f, "values"), list) else []))] or budgets
+    amounts = [dig(b.props, "limitAmount") for b in stack_budgets]
     if any(is_unknown(a) for a in amounts):
         report.unknown("the stack budget's limitAmount")
         return
-    budget = sum(number(a) or 0 for a in amounts) if budgets else number(config.get("monthlyBudgetUsd"))
+    budget = max(number(a) or 0 for a in amounts) if amounts else number(config.get("monthlyBudgetUsd"))
     if not budget:
         report.violation("no stack budget to compare the worst case with (declare an aws.budgets.Budget or set "
                          "monthlyBudgetUsd in the pack config)")

@@ -69,12 +69,12 @@ def check_no_do_not_disrupt(resource: Resource, config: Mapping, report: Report)
         sources = [dig(template.metadata, "annotations")]
         if resource.type == k.POD:
             sources = [dig(resource.props, "metadata", "annotations")]
-        for annotations in sources:
-            if is_unknown(annotations):
+        for pod_annotations in sources:
+            if is_unknown(pod_annotations):
                 report.unknown(f"{label(resource)}: pod annotations")
-            elif isinstance(annotations, Mapping) and k.DO_NOT_DISRUPT in annotations:
+            elif isinstance(pod_annotations, Mapping) and k.DO_NOT_DISRUPT in pod_annotations:
                 report.violation(f"{label(resource)}: training pods must not carry {k.DO_NOT_DISRUPT} "
-                                 f"({annotations[k.DO_NOT_DISRUPT]!r}): Karpenter would never evict them, so on a "
+                                 f"({pod_annotations[k.DO_NOT_DISRUPT]!r}): Karpenter would never evict them, so on a "
                                  f"spot interruption they get no SIGTERM and cannot checkpoint")
 
 

@@ -5,6 +5,7 @@ identities scoped to one namespace and service account; EKS secrets encrypted wi
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Mapping
 
 from policies.framework import MISSING, Report, Resource, Rule, contains_unknown, dig, is_unknown, label
@@ -63,6 +64,9 @@ def check_iam_wildcards(resource: Resource, config: Mapping, report: Report) -> 
                              f"{', '.join(found)}; grant the actions and resources it needs")
 
 
+SERVICE_ACCOUNT_SUBJECT = re.compile(r"system:serviceaccount:[^:*?]+:[^:*?]+")
+
+
 def _oidc_trust_problems(document: Any) -> list[str] | None:
     """Problems with an IRSA trust policy (None if some value is unknown)."""
     problems = []
@@ -75,16 +79,14 @@ def _oidc_trust_problems(document: Any) -> list[str] | None:
         condition = dig(s, "Condition")
         if contains_unknown(condition):
             return None
-        subjects = [v for op in ("StringEquals",) for key, v in (dig(condition, op) or {}).items()
-                    if isinstance(key, str) and key.endswith(":sub")] if isinstance(dig(condition, "StringEquals"),
-                                                                                      Mapping) else []
-        loose = [key for op in ("StringLike",) if isinstance(dig(condition, op), Mapping)
-                 for key in dig(condition, op) if key.endswith(":sub")]
-        values = [x for v in subjects for x in _as_list(v)]
-        if loose or len(values) != 1 or not str(values[0]).startswith("system:serviceaccount:") or \
-                str(values[0]).count(":") != 3 or any(c in str(values[0]) for c in "*?"):
-            problems.append(f"Statement[{i}] trusts the cluster's OIDC provider for {values or loose or 'any'} "
-                            f"subject; use StringEquals on :sub with exactly one system:serviceaccount:NS:SA")
+        equals, like = dig(condition, "StringEquals"), dig(condition, "StringLike")
+        subjects = [x for key, v in (equals.items() if isinstance(equals, Mapping) else ())
+                    if key.endswith(":sub") for x in _as_list(v)]
+        loose = [key for key in (like if isinstance(like, Mapping) else ()) if key.endswith(":sub")]
+        if loose or len(subjects) != 1 or not SERVICE_ACCOUNT_SUBJECT.fullmatch(str(subjects[0])):
+            problems.append(f"Statement[{i}] trusts the cluster's OIDC provider for "
+                            f"{subjects or ('a StringLike pattern' if loose else 'any subject')}; use StringEquals on "
+                            f":sub with exactly one system:serviceaccount:NAMESPACE:SERVICE_ACCOUNT")
     return problems
 
 

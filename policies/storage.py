@@ -56,7 +56,8 @@ def check_kms(stack: Stack, config: Mapping, report: Report) -> None:
         if contains_unknown([dig(r, "applyServerSideEncryptionByDefault", "sseAlgorithm") for r in rules]
                             if isinstance(rules, list) else rules):
             return None
-        algorithms = [dig(r, "applyServerSideEncryptionByDefault", "sseAlgorithm") for r in (rules if isinstance(rules, list) else [])]
+        algorithms = [dig(r, "applyServerSideEncryptionByDefault", "sseAlgorithm")
+                      for r in (rules if isinstance(rules, list) else [])]
         if algorithms and all(a in ("aws:kms", "aws:kms:dsse") for a in algorithms):
             return True
         return f"{label(side)} uses {algorithms or 'no algorithm'}, not aws:kms"

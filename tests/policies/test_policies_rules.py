@@ -73,7 +73,8 @@ NODE_GROUP = res("aws:eks/nodeGroup:NodeGroup", "system", {
 KARPENTER = res("kubernetes:helm.sh/v3:Release", "karpenter", {
     "name": "karpenter", "values": {"nodeSelector": {"tensile.io/node-role": "system"}}})
 BUDGET = res("aws:budgets/budget:Budget", "stack-budget", {
-    "budgetType": "COST", "timeUnit": "MONTHLY", "limitAmount": "5000.00", "tags": TAGS, "notifications": [
+    "budgetType": "COST", "timeUnit": "MONTHLY", "limitAmount": "5000.00", "tags": TAGS,
+    "costFilters": [{"name": "TagKeyValue", "values": [f"user:tensile.io/stack${STACK}"]}], "notifications": [
         {"notificationType": "ACTUAL", "threshold": 80, "subscriberEmailAddresses": ["a@example.com"]},
         {"notificationType": "FORECASTED", "threshold": 100, "subscriberSnsTopicArns": [U]}]})
 
@@ -104,7 +105,8 @@ TLS_DOCUMENT = {"Version": "2012-10-17", "Statement": [{
     "Sid": "DenyNonTLS", "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": ["arn", "arn/*"],
     "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
 TLS_POLICY = res("aws:s3/bucketPolicy:BucketPolicy", "checkpoints-tls",
-                 {"bucket": "checkpoints-id", "policy": json.dumps(TLS_DOCUMENT)}, {"bucket": [BUCKET], "policy": [BUCKET]})
+                 {"bucket": "checkpoints-id", "policy": json.dumps(TLS_DOCUMENT)},
+                 {"bucket": [BUCKET], "policy": [BUCKET]})
 EFS = res("aws:efs/fileSystem:FileSystem", "shared", {"encrypted": True, "kmsKeyId": U, "tags": TAGS})
 SUBNET_A = res("aws:ec2/subnet:Subnet", "private-a", {"availabilityZone": "us-east-1a", "tags": TAGS})
 SUBNET_B = res("aws:ec2/subnet:Subnet", "private-b", {"availabilityZone": "us-east-1b", "tags": TAGS})
@@ -133,7 +135,8 @@ DEFAULT_DENY = res("kubernetes:networking.k8s.io/v1:NetworkPolicy", "vision-deny
     "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}})
 CLUSTER = res("aws:eks/cluster:Cluster", "eks", {
     "name": "tensile-dev", "tags": {**TAGS, "tensile.io/environment": "prod"},
-    "vpcConfig": {"endpointPrivateAccess": True, "endpointPublicAccess": True, "publicAccessCidrs": ["198.51.100.0/24"]},
+    "vpcConfig": {"endpointPrivateAccess": True, "endpointPublicAccess": True,
+                  "publicAccessCidrs": ["198.51.100.0/24"]},
     "encryptionConfig": {"resources": ["secrets"], "provider": {"keyArn": U}}})
 VPC_CNI = res("aws:eks/addon:Addon", "vpc-cni", {
     "clusterName": "tensile-dev", "addonName": "vpc-cni", "configurationValues": '{"enableNetworkPolicy": "true"}',
@@ -146,7 +149,8 @@ POD_IDENTITY = res("aws:eks/podIdentityAssociation:PodIdentityAssociation", "vis
 IRSA_TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
     "Principal": {"Federated": "arn:aws:iam::1:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/X"},
-    "Condition": {"StringEquals": {"oidc.eks.us-east-1.amazonaws.com/id/X:sub": "system:serviceaccount:vision:trainer"}}}]}
+    "Condition": {"StringEquals": {
+        "oidc.eks.us-east-1.amazonaws.com/id/X:sub": "system:serviceaccount:vision:trainer"}}}]}
 IRSA_ROLE = res("aws:iam/role:Role", "vision-irsa", {"assumeRolePolicy": json.dumps(IRSA_TRUST), "tags": TAGS})
 ACCESS_POINT = res("aws:efs/accessPoint:AccessPoint", "shared-vision", {
     "fileSystemId": "shared-id", "rootDirectory": {"path": "/teams/vision"},
@@ -241,6 +245,10 @@ CASES = [
     Case("worst-case-cost-within-budget", "pass", [NODE_POOL, edit(BUDGET, "limitAmount", "3000.00")],
          {"budgetFactor": 1.5}, "factor"),
     Case("worst-case-cost-within-budget", "mandatory", [NODE_POOL, BUDGET], {"prices": {"g6.4xlarge": 8.0}}, "prices"),
+    # A second, larger budget that is not the stack's (no stack-tag filter) does not raise the ceiling.
+    Case("worst-case-cost-within-budget", "mandatory", [NODE_POOL, edit(BUDGET, "limitAmount", "3000.00"), {
+        **edit(BUDGET, "costFilters", DELETE), "urn": urn("aws:budgets/budget:Budget", "other"), "name": "other",
+        "inputs": {**edit(BUDGET, "costFilters", DELETE)["inputs"], "limitAmount": "90000.00"}}], note="stack-budget"),
     Case("worst-case-cost-within-budget", "advisory", [edit(NODE_POOL, "spec.limits.nvidia.com/gpu", U), BUDGET]),
     # storage
     Case("s3-bucket-versioned", "pass", STORAGE),

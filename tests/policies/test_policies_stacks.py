@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from infra import mocks
-from policies import pack, runner
+from policies import runner
 
 from .conftest import REPO_ROOT, STACKS
 
