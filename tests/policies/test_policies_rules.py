@@ -412,3 +412,30 @@ def test_unknown_cases_really_carry_the_sentinel():
         if case.expect == "advisory" and case.note != "no-kueue":
             assert U in json.dumps(case.subject), case.id
     assert U in UNKNOWN_SENTINELS
+
+
+def _in_process(rule, case: Case) -> str:
+    """The verdict of `rule` on a case without gRPC (same plain data the pack hands its rules)."""
+    from policies.framework import Resource, Stack
+
+    def convert(r: dict) -> Resource:
+        return Resource(urn=r["urn"], type=r["type"], name=r["name"], props=r["inputs"],
+                        property_dependencies={k: tuple(v) for k, v in r["property_dependencies"].items()})
+
+    subject = Stack(map(convert, case.subject)) if isinstance(case.subject, list) else convert(case.subject)
+    report = rule.evaluate(subject, case.config)
+    return "mandatory" if report.violations else "advisory" if report.unknowns else "pass"
+
+
+def test_every_rule_broken_on_purpose_fails_its_cases():
+    """A rule whose check does nothing must fail at least one of its cases: no case passes vacuously."""
+    import dataclasses
+
+    for case in CASES:
+        assert _in_process(pack.BY_NAME[case.rule], case) == case.expect, case.id
+    undetected = []
+    for rule in pack.RULES:
+        broken = dataclasses.replace(rule, check=lambda subject, config, report: None)
+        if all(_in_process(broken, c) == c.expect for c in CASES if c.rule == rule.name):
+            undetected.append(rule.name)
+    assert undetected == []
