@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,16 +66,20 @@ class Analyzer:
     def __init__(self, pack_dir: Path = PACK_DIR, python: str = sys.executable, start_timeout: float = 60.0):
         self.pack_dir = Path(pack_dir)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+        # A file, not a pipe, for stderr: nobody reads it while the pack runs, and a full pipe would block it.
+        self._stderr = tempfile.TemporaryFile(mode="w+")
         # The CLI passes its engine's address; the pack only logs through it, so any address will do here.
         self.process = subprocess.Popen(
             [python, "-u", "-m", "pulumi.policy", "127.0.0.1:0", str(self.pack_dir)], cwd=self.pack_dir, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + start_timeout
-        line = self.process.stdout.readline().strip()
-        if not line.isdigit() or time.monotonic() > deadline:
+            stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        ready, _, _ = select.select([self.process.stdout], [], [], start_timeout)
+        line = self.process.stdout.readline().strip() if ready else ""
+        if not line.isdigit():
             self.process.kill()
-            _, err = self.process.communicate(timeout=10)
-            raise PackError(f"policy pack did not print a port (got {line!r}): {err[-3000:]}")
+            self.process.wait(timeout=10)
+            self._stderr.seek(0)
+            raise PackError(f"policy pack did not print a port within {start_timeout:.0f} s (got {line!r}): "
+                            f"{self._stderr.read()[-3000:]}")
         self.port = int(line)
 
         import grpc
@@ -99,9 +105,8 @@ class Analyzer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream:
-                stream.close()
+        self.process.stdout.close()
+        self._stderr.close()
 
     # -- the Analyzer service ------------------------------------------------------------------
 

@@ -117,3 +117,9 @@ def test_every_sentinel_kind_counts_as_unknown():
 
     assert all(is_unknown(s) for s in UNKNOWN_SENTINELS) and len(UNKNOWN_SENTINELS) == 5
     assert not is_unknown("tensile-prod") and json.dumps(U)
+
+
+def test_a_pack_that_cannot_start_is_a_clear_error(tmp_path):
+    (tmp_path / "__main__.py").write_text("raise SystemExit('broken pack')\n")
+    with pytest.raises(runner.PackError, match="did not print a port .*broken pack"):
+        runner.Analyzer(pack_dir=tmp_path, start_timeout=30)
