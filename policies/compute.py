@@ -8,7 +8,7 @@ import json
 from typing import Any, Mapping
 
 from infra import cost as cost_model
-from policies import objects as k
+from policies import objects
 from policies.framework import MISSING, Report, Resource, Rule, dig, is_unknown, label, number
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -18,7 +18,7 @@ ADDON = "aws:eks/addon:Addon"
 def _gpu_pool(resource: Resource, report: Report) -> Any:
     """The NodePool's spec if it is a GPU pool; None when not (or when that is unknown)."""
     spec = dig(resource.props, "spec")
-    gpu = k.is_gpu_node_pool(spec)
+    gpu = objects.is_gpu_node_pool(spec)
     if gpu is None:
         report.unknown(f"{label(resource)}: whether it launches GPU instances")
     return spec if gpu else None
@@ -28,16 +28,17 @@ def check_gpu_limit(resource: Resource, config: Mapping, report: Report) -> None
     spec = _gpu_pool(resource, report)
     if spec is None:
         return
-    limit = dig(spec, "limits", k.GPU_RESOURCE)
+    limit = dig(spec, "limits", objects.GPU_RESOURCE)
     if is_unknown(limit) or is_unknown(dig(spec, "limits")):
-        report.unknown(f"{label(resource)}: spec.limits.{k.GPU_RESOURCE}")
+        report.unknown(f"{label(resource)}: spec.limits.{objects.GPU_RESOURCE}")
         return
     value = number(limit)
     if limit is MISSING or value is None:
-        report.violation(f"{label(resource)}: spec.limits.{k.GPU_RESOURCE} must be a finite GPU count "
+        report.violation(f"{label(resource)}: spec.limits.{objects.GPU_RESOURCE} must be a finite GPU count "
                          f"(the pool's hard ceiling), got {'nothing' if limit is MISSING else repr(limit)}")
     elif not 0 < value <= config["maxGpusPerPool"]:
-        report.violation(f"{label(resource)}: spec.limits.{k.GPU_RESOURCE} must be in 1..{config['maxGpusPerPool']}, "
+        report.violation(f"{label(resource)}: spec.limits.{objects.GPU_RESOURCE} must be in "
+                         f"1..{config['maxGpusPerPool']}, "
                          f"got {limit}")
 
 
@@ -63,13 +64,13 @@ def check_gpu_taint(resource: Resource, config: Mapping, report: Report) -> None
 
 def gpu_models(spec: Any) -> tuple[set[str] | None, list[str]]:
     """The GPU models a pool can launch (None: not bounded, or unknown) and why it could not tell."""
-    name_req, type_req = k.requirement(spec, k.GPU_NAME), k.requirement(spec, k.INSTANCE_TYPE)
+    name_req, type_req = objects.requirement(spec, objects.GPU_NAME), objects.requirement(spec, objects.INSTANCE_TYPE)
     if is_unknown(name_req) or is_unknown(type_req):
         return None, ["unknown"]
-    by_name = k.allowed_values(name_req, ()) if dig(name_req, "operator") == "In" else None
+    by_name = objects.allowed_values(name_req, ()) if dig(name_req, "operator") == "In" else None
     by_type, problems = None, []
     if dig(type_req, "operator") == "In":
-        types = k.allowed_values(type_req, ())
+        types = objects.allowed_values(type_req, ())
         if types is None:
             return None, ["unknown"]
         unpriced = sorted(t for t in types if t not in cost_model.CATALOGUE)
@@ -94,7 +95,8 @@ def check_one_gpu_model(resource: Resource, config: Mapping, report: Report) -> 
         shown = "any" if models is None else ", ".join(sorted(models)) or "none"
         detail = f" ({'; '.join(problems)})" if problems else ""
         report.violation(f"{label(resource)}: a GPU pool must be restricted to exactly one GPU model (an `In` "
-                         f"requirement on {k.GPU_NAME} or on {k.INSTANCE_TYPE} from one model), so a job's workers "
+                         f"requirement on {objects.GPU_NAME} or on {objects.INSTANCE_TYPE} from one model), "
+                         f"so a job's workers "
                          f"never mix models; it allows: {shown}{detail}")
 
 
@@ -102,19 +104,19 @@ def check_on_demand_fallback(resource: Resource, config: Mapping, report: Report
     spec = _gpu_pool(resource, report)
     if spec is None:
         return
-    req = k.requirement(spec, k.CAPACITY_TYPE)
+    req = objects.requirement(spec, objects.CAPACITY_TYPE)
     if is_unknown(req):
-        report.unknown(f"{label(resource)}: the {k.CAPACITY_TYPE} requirement")
+        report.unknown(f"{label(resource)}: the {objects.CAPACITY_TYPE} requirement")
         return
     if req is MISSING:
         return  # Karpenter's default is on-demand only.
-    allowed = k.allowed_values(req, k.CAPACITY_TYPES)
+    allowed = objects.allowed_values(req, objects.CAPACITY_TYPES)
     if allowed is None:
-        report.unknown(f"{label(resource)}: the {k.CAPACITY_TYPE} requirement's values")
+        report.unknown(f"{label(resource)}: the {objects.CAPACITY_TYPE} requirement's values")
         return
     if "spot" in allowed and "on-demand" not in allowed:
         report.violation(f"{label(resource)}: a pool that allows spot must also allow on-demand, so Karpenter falls "
-                         f"back when spot is short; {k.CAPACITY_TYPE} allows {sorted(allowed)}")
+                         f"back when spot is short; {objects.CAPACITY_TYPE} allows {sorted(allowed)}")
 
 
 def check_imdsv2(resource: Resource, config: Mapping, report: Report) -> None:
@@ -180,13 +182,13 @@ def check_system_node_group(resource: Resource, config: Mapping, report: Report)
 def pins_off_spot(node_selector: Any, affinity: Any, config: Mapping) -> bool | None:
     """Does this placement keep pods on the system nodes or on-demand capacity (None: unknown)?"""
     key, value = _label_pair(config["systemNodeLabel"])
-    on_demand = {key: {value}, k.CAPACITY_TYPE: {"on-demand"}, "eks.amazonaws.com/capacityType": {"ON_DEMAND"}}
+    on_demand = {key: {value}, objects.CAPACITY_TYPE: {"on-demand"}, "eks.amazonaws.com/capacityType": {"ON_DEMAND"}}
     if is_unknown(node_selector) or is_unknown(affinity):
         return None
     if isinstance(node_selector, Mapping):
         if any(is_unknown(v) for v in node_selector.values()):
             return None
-        if node_selector.get(k.CAPACITY_TYPE) == "spot":
+        if node_selector.get(objects.CAPACITY_TYPE) == "spot":
             return False
         if any(node_selector.get(label_key) in values for label_key, values in on_demand.items()):
             return True
@@ -205,7 +207,7 @@ def pins_off_spot(node_selector: Any, affinity: Any, config: Mapping) -> bool | 
 
 def check_system_pods(resource: Resource, config: Mapping, report: Report) -> None:
     props = resource.props
-    if resource.type == k.HELM_RELEASE:
+    if resource.type == objects.HELM_RELEASE:
         name = dig(props, "name")
         releases: Mapping[str, str] = config["systemReleases"]
         if is_unknown(name) or name not in releases:
@@ -228,12 +230,12 @@ def check_system_pods(resource: Resource, config: Mapping, report: Report) -> No
             values = {}
         placement = pins_off_spot(dig(values, "nodeSelector"), dig(values, "affinity"), config)
         where = "configurationValues.nodeSelector"
-    elif k.is_workload(resource.type) and resource.type != "kubernetes:apps/v1:DaemonSet":
+    elif objects.is_workload(resource.type) and resource.type != "kubernetes:apps/v1:DaemonSet":
         namespace = dig(props, "metadata", "namespace")
         if is_unknown(namespace) or namespace not in config["systemNamespaces"]:
             return
         placement = True
-        for template in k.pod_templates(resource):
+        for template in objects.pod_templates(resource):
             pinned = pins_off_spot(dig(template.spec, "nodeSelector"), dig(template.spec, "affinity"), config)
             if pinned is None or placement is None:
                 placement = None
@@ -256,20 +258,20 @@ _PLACEMENT_CONFIG = {
 
 RULES = [
     Rule("gpu-nodepool-gpu-limit", "GPU NodePools have a finite nvidia.com/gpu limit (the hard cost ceiling).",
-         "resource", check_gpu_limit, (k.NODE_POOL,),
+         "resource", check_gpu_limit, (objects.NODE_POOL,),
          {"maxGpusPerPool": {"type": "number", "default": 512, "description": "largest GPU limit one pool may have"}}),
     Rule("gpu-nodepool-gpu-taint", "GPU NodePools taint their nodes so only GPU workloads schedule there.",
-         "resource", check_gpu_taint, (k.NODE_POOL,),
-         {"taintKey": {"type": "string", "default": k.GPU_RESOURCE}}),
+         "resource", check_gpu_taint, (objects.NODE_POOL,),
+         {"taintKey": {"type": "string", "default": objects.GPU_RESOURCE}}),
     Rule("gpu-nodepool-one-gpu-model", "Each GPU NodePool launches one GPU model (mixed models make stragglers).",
-         "resource", check_one_gpu_model, (k.NODE_POOL,)),
+         "resource", check_one_gpu_model, (objects.NODE_POOL,)),
     Rule("gpu-nodepool-on-demand-fallback", "A GPU NodePool that allows spot also allows on-demand.",
-         "resource", check_on_demand_fallback, (k.NODE_POOL,)),
+         "resource", check_on_demand_fallback, (objects.NODE_POOL,)),
     Rule("ec2nodeclass-imdsv2", "EC2NodeClasses require IMDSv2 with a bounded hop limit.",
-         "resource", check_imdsv2, (k.EC2_NODE_CLASS,),
+         "resource", check_imdsv2, (objects.EC2_NODE_CLASS,),
          {"minHopLimit": {"type": "number", "default": 1}, "maxHopLimit": {"type": "number", "default": 2}}),
     Rule("ec2nodeclass-encrypted-volumes", "EC2NodeClasses encrypt every EBS volume.",
-         "resource", check_encrypted_volumes, (k.EC2_NODE_CLASS,)),
+         "resource", check_encrypted_volumes, (objects.EC2_NODE_CLASS,)),
     Rule("system-nodegroup-on-demand", "The system node group runs on on-demand capacity.",
          "resource", check_system_node_group, (NODE_GROUP,), _PLACEMENT_CONFIG),
     Rule("system-pods-off-spot", "System pods (Karpenter, Kueue, CoreDNS, system namespaces) are pinned off spot.",

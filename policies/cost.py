@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from infra import cost as cost_model
-from policies import objects as k
+from policies import objects
 from policies.framework import MISSING, Report, Rule, Stack, contains_unknown, dig, is_unknown, label, number
 
 BUDGET = "aws:budgets/budget:Budget"
@@ -68,10 +68,10 @@ def check_stack_budget(stack: Stack, config: Mapping, report: Report) -> None:
 
 
 def _teams(stack: Stack, config: Mapping, report: Report) -> tuple[dict[str, str], Any]:
-    _, document = k.team_budgets(stack, config["teamBudgetsConfigMap"])
+    _, document = objects.team_budgets(stack, config["teamBudgetsConfigMap"])
     if is_unknown(document):
         report.unknown(f"ConfigMap {config['teamBudgetsConfigMap']}: data")
-    return k.known_teams(stack, config["teamBudgetsConfigMap"]), document
+    return objects.known_teams(stack, config["teamBudgetsConfigMap"]), document
 
 
 def check_team_budget(stack: Stack, config: Mapping, report: Report) -> None:
@@ -98,7 +98,7 @@ def _gpu_quota(queue_spec: Any) -> tuple[float | None, bool, bool]:
     for group in groups if isinstance(groups, list) else []:
         for flavor in dig(group, "flavors") if isinstance(dig(group, "flavors"), list) else []:
             for resource in dig(flavor, "resources") if isinstance(dig(flavor, "resources"), list) else []:
-                if dig(resource, "name") != k.GPU_RESOURCE:
+                if dig(resource, "name") != objects.GPU_RESOURCE:
                     continue
                 quota = number(dig(resource, "nominalQuota"))
                 if quota is not None:
@@ -113,8 +113,8 @@ def check_team_queue_quota(stack: Stack, config: Mapping, report: Report) -> Non
     if not teams:
         return
     queues = [r for r in stack.resources
-              if r.type.startswith(k.CLUSTER_QUEUE_PREFIX) and r.type.endswith(":ClusterQueue")]
-    if not any(r.type.startswith(k.CLUSTER_QUEUE_PREFIX) for r in stack.resources):
+              if r.type.startswith(objects.CLUSTER_QUEUE_PREFIX) and r.type.endswith(":ClusterQueue")]
+    if not any(r.type.startswith(objects.CLUSTER_QUEUE_PREFIX) for r in stack.resources):
         report.undecided(f"teams {', '.join(sorted(teams))}: this stack declares no Kueue objects yet, so their "
                          f"queue quotas cannot be checked")
         return
@@ -136,9 +136,9 @@ def check_team_queue_quota(stack: Stack, config: Mapping, report: Report) -> Non
             report.unknown(f"{label(queue)}: spec.resourceGroups")
         elif quota is None or quota <= 0:
             report.violation(f"{label(queue)}: team {team}'s ClusterQueue needs a nominalQuota > 0 for "
-                             f"{k.GPU_RESOURCE}, got {quota}", queue.urn)
+                             f"{objects.GPU_RESOURCE}, got {quota}", queue.urn)
         elif cohort is not MISSING and not capped:
-            report.violation(f"{label(queue)}: in cohort {cohort!r}, every {k.GPU_RESOURCE} quota needs a "
+            report.violation(f"{label(queue)}: in cohort {cohort!r}, every {objects.GPU_RESOURCE} quota needs a "
                              f"borrowingLimit, or borrowed GPUs can outspend team {team}'s budget", queue.urn)
 
 
@@ -162,18 +162,18 @@ def check_worst_case(stack: Stack, config: Mapping, report: Report) -> None:
                          "monthlyBudgetUsd in the pack config)")
         return
     pools = []
-    for pool in stack.of_type(k.NODE_POOL):
+    for pool in stack.of_type(objects.NODE_POOL):
         spec = dig(pool.props, "spec")
-        gpu = k.is_gpu_node_pool(spec)
+        gpu = objects.is_gpu_node_pool(spec)
         if gpu is False:
             continue
-        limit = dig(spec, "limits", k.GPU_RESOURCE)
-        type_req = k.requirement(spec, k.INSTANCE_TYPE)
+        limit = dig(spec, "limits", objects.GPU_RESOURCE)
+        type_req = objects.requirement(spec, objects.INSTANCE_TYPE)
         if (gpu is None or is_unknown(limit) or is_unknown(type_req)
-                or (type_req is not MISSING and k.allowed_values(type_req, ()) is None)):
+                or (type_req is not MISSING and objects.allowed_values(type_req, ()) is None)):
             report.unknown(f"{label(pool)}: its GPU limit or instance types")
             return
-        types = k.allowed_values(type_req, ()) if dig(type_req, "operator") == "In" else None
+        types = objects.allowed_values(type_req, ()) if dig(type_req, "operator") == "In" else None
         if number(limit) is None or not types:
             report.violation(f"{label(pool)}: cannot bound its cost: it needs a GPU limit and an `In` list of "
                              f"instance types", pool.urn)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from policies import objects as k
+from policies import objects
 from policies.framework import MISSING, Report, Resource, Rule, Stack, dig, is_unknown, label, number
 
 ADDON = "aws:eks/addon:Addon"
@@ -16,8 +16,8 @@ EKS_CLUSTER = "aws:eks/cluster:Cluster"
 
 
 def _training_templates(resource: Resource, report: Report):
-    for template in k.pod_templates(resource):
-        training = k.is_training_pod(template)
+    for template in objects.pod_templates(resource):
+        training = objects.is_training_pod(template)
         if training is None:
             report.unknown(f"{label(resource)}: {template.where or 'spec'} (is it a training pod?)")
         elif training:
@@ -27,7 +27,7 @@ def _training_templates(resource: Resource, report: Report):
 def check_training_resources(resource: Resource, config: Mapping, report: Report) -> None:
     for template in _training_templates(resource, report):
         gpu_limited = unknown = False
-        for where, container in k.containers(template.spec):
+        for where, container in objects.containers(template.spec):
             if where.startswith("ephemeralContainers"):
                 continue
             if is_unknown(container) or is_unknown(dig(container, "resources")):
@@ -40,16 +40,17 @@ def check_training_resources(resource: Resource, config: Mapping, report: Report
                 report.violation(f"{label(resource)}: training container {dig(container, 'name')} ({where}) must set "
                                  f"resources {', '.join(missing)} (Kueue admits by requests; limits keep a worker "
                                  f"from starving its neighbours)")
-            requested = dig(container, "resources", "requests", k.GPU_RESOURCE)
-            limited = dig(container, "resources", "limits", k.GPU_RESOURCE)
+            requested = dig(container, "resources", "requests", objects.GPU_RESOURCE)
+            limited = dig(container, "resources", "limits", objects.GPU_RESOURCE)
             if limited is not MISSING:
                 gpu_limited = True
             if requested is not MISSING and limited is MISSING:
-                report.violation(f"{label(resource)}: container {dig(container, 'name')} requests {k.GPU_RESOURCE} "
+                report.violation(f"{label(resource)}: container {dig(container, 'name')} requests "
+                                 f"{objects.GPU_RESOURCE} "
                                  f"but sets no limit for it")
-        if k.mentions_gpu(template.spec) and not gpu_limited and not unknown:
+        if objects.mentions_gpu(template.spec) and not gpu_limited and not unknown:
             report.violation(f"{label(resource)}: a training pod on GPU nodes must request and limit "
-                             f"{k.GPU_RESOURCE} in a container ({template.where or 'spec'})")
+                             f"{objects.GPU_RESOURCE} in a container ({template.where or 'spec'})")
 
 
 def check_termination_grace(resource: Resource, config: Mapping, report: Report) -> None:
@@ -67,14 +68,15 @@ def check_termination_grace(resource: Resource, config: Mapping, report: Report)
 def check_no_do_not_disrupt(resource: Resource, config: Mapping, report: Report) -> None:
     for template in _training_templates(resource, report):
         sources = [dig(template.metadata, "annotations")]
-        if resource.type == k.POD:
+        if resource.type == objects.POD:
             sources = [dig(resource.props, "metadata", "annotations")]
         for pod_annotations in sources:
             if is_unknown(pod_annotations):
                 report.unknown(f"{label(resource)}: pod annotations")
-            elif isinstance(pod_annotations, Mapping) and k.DO_NOT_DISRUPT in pod_annotations:
-                report.violation(f"{label(resource)}: training pods must not carry {k.DO_NOT_DISRUPT} "
-                                 f"({pod_annotations[k.DO_NOT_DISRUPT]!r}): Karpenter would never evict them, so on a "
+            elif isinstance(pod_annotations, Mapping) and objects.DO_NOT_DISRUPT in pod_annotations:
+                report.violation(f"{label(resource)}: training pods must not carry {objects.DO_NOT_DISRUPT} "
+                                 f"({pod_annotations[objects.DO_NOT_DISRUPT]!r}): Karpenter would never evict them, "
+                                 f"so on a "
                                  f"spot interruption they get no SIGTERM and cannot checkpoint")
 
 
@@ -87,7 +89,7 @@ def _budget_blocks(budget: Any, reason: str) -> bool:
 
 def check_keeps_training_nodes(resource: Resource, config: Mapping, report: Report) -> None:
     spec = dig(resource.props, "spec")
-    gpu = k.is_gpu_node_pool(spec)
+    gpu = objects.is_gpu_node_pool(spec)
     if gpu is None:
         report.unknown(f"{label(resource)}: whether it launches GPU instances")
         return
@@ -114,11 +116,11 @@ def check_keeps_training_nodes(resource: Resource, config: Mapping, report: Repo
 
 
 def check_privileged(resource: Resource, config: Mapping, report: Report) -> None:
-    for template in k.pod_templates(resource):
+    for template in objects.pod_templates(resource):
         if is_unknown(template.spec):
             report.unknown(f"{label(resource)}: {template.where or 'spec'}")
             continue
-        for where, container in k.containers(template.spec):
+        for where, container in objects.containers(template.spec):
             flag = dig(container, "securityContext", "privileged")
             if is_unknown(container) or is_unknown(flag):
                 report.unknown(f"{label(resource)}: {where}.securityContext.privileged")
@@ -139,11 +141,11 @@ def image_problem(image: str) -> str | None:
 
 
 def check_images(resource: Resource, config: Mapping, report: Report) -> None:
-    for template in k.pod_templates(resource):
+    for template in objects.pod_templates(resource):
         if is_unknown(template.spec):
             report.unknown(f"{label(resource)}: {template.where or 'spec'}")
             continue
-        for where, container in k.containers(template.spec):
+        for where, container in objects.containers(template.spec):
             image = dig(container, "image")
             if is_unknown(container) or is_unknown(image):
                 report.unknown(f"{label(resource)}: {where}.image")
@@ -153,13 +155,13 @@ def check_images(resource: Resource, config: Mapping, report: Report) -> None:
 
 
 def _team_namespace_objects(stack: Stack, config: Mapping, report: Report, type_: str, judge, what: str) -> None:
-    teams = k.known_teams(stack, config["teamBudgetsConfigMap"])
-    for namespace, name in k.team_namespaces(stack, teams):
-        objects = k.in_namespace(stack, namespace, name, type_)
-        verdicts = [judge(o) for o in objects]
+    teams = objects.known_teams(stack, config["teamBudgetsConfigMap"])
+    for namespace, name in objects.team_namespaces(stack, teams):
+        placed = objects.in_namespace(stack, namespace, name, type_)
+        verdicts = [judge(o) for o in placed]
         if any(v is True for v in verdicts):
             continue
-        if any(v is None for v in verdicts) or (is_unknown(name) and not objects):
+        if any(v is None for v in verdicts) or (is_unknown(name) and not placed):
             report.unknown(f"{label(namespace)}: its {what}")
         else:
             report.violation(f"{label(namespace)}: a team namespace needs {what}", namespace.urn)
@@ -171,7 +173,7 @@ def check_namespace_quota(stack: Stack, config: Mapping, report: Report) -> None
         if is_unknown(hard):
             return None
         return True if isinstance(hard, Mapping) and hard else False
-    _team_namespace_objects(stack, config, report, k.RESOURCE_QUOTA, judge, "a ResourceQuota with hard limits")
+    _team_namespace_objects(stack, config, report, objects.RESOURCE_QUOTA, judge, "a ResourceQuota with hard limits")
 
 
 def is_default_deny(policy: Resource) -> bool | None:
@@ -187,7 +189,7 @@ def is_default_deny(policy: Resource) -> bool | None:
 
 
 def check_namespace_default_deny(stack: Stack, config: Mapping, report: Report) -> None:
-    _team_namespace_objects(stack, config, report, k.NETWORK_POLICY, is_default_deny,
+    _team_namespace_objects(stack, config, report, objects.NETWORK_POLICY, is_default_deny,
                             "a default-deny NetworkPolicy (podSelector {}, policyTypes Ingress and Egress, no rules)")
 
 
@@ -222,7 +224,7 @@ TEAM_BUDGETS_CONFIG = {"teamBudgetsConfigMap": {"type": "string", "default": "te
 def _workloads_only(check):
     """Workload types vary (JobSet has several API versions), so the rule filters, not the type list."""
     def run(resource: Resource, config: Mapping, report: Report) -> None:
-        if k.is_workload(resource.type):
+        if objects.is_workload(resource.type):
             check(resource, config, report)
     run.__name__ = check.__name__
     return run
@@ -238,7 +240,7 @@ RULES = [
     Rule("training-pod-no-do-not-disrupt", "Training pods never carry karpenter.sh/do-not-disrupt.", "resource",
          _workloads_only(check_no_do_not_disrupt)),
     Rule("gpu-nodepool-keeps-training-nodes", "GPU NodePools never consolidate or drift-replace nodes running "
-         "training.", "resource", check_keeps_training_nodes, (k.NODE_POOL,)),
+         "training.", "resource", check_keeps_training_nodes, (objects.NODE_POOL,)),
     Rule("no-privileged-containers", "No container runs privileged.", "resource", _workloads_only(check_privileged)),
     Rule("no-latest-images", "Every image is pinned to a tag other than latest, or a digest.", "resource",
          _workloads_only(check_images)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from policies import objects as k
+from policies import objects
 from policies.framework import MISSING, Report, Resource, Rule, dig, is_unknown, label, stack_of
 from policies.taggable import taggable_types
 
@@ -33,7 +33,7 @@ def _tag_problems(tags: Any, required: list[str], stack: str, report: Report, wh
 
 
 def check_required_tags(resource: Resource, config: Mapping, report: Report) -> None:
-    if resource.type == k.EC2_NODE_CLASS:
+    if resource.type == objects.EC2_NODE_CLASS:
         tags, what = dig(resource.props, "spec", "tags"), f"{label(resource)}: spec.tags"
     elif resource.type in taggable_types():
         tags, what = dig(resource.props, "tags"), f"{label(resource)}: tags"
@@ -67,14 +67,15 @@ def check_team_tag(resource: Resource, config: Mapping, report: Report) -> None:
     if team is None:
         return
     tags = dig(resource.props, "tags")
-    value = dig(tags, k.TEAM_TAG)
+    value = dig(tags, objects.TEAM_TAG)
     if is_unknown(tags) or is_unknown(value):
-        report.unknown(f"{label(resource)}: tags.{k.TEAM_TAG}")
+        report.unknown(f"{label(resource)}: tags.{objects.TEAM_TAG}")
     elif not isinstance(value, str) or not value:
-        report.violation(f"{label(resource)}: a team resource must carry {k.TEAM_TAG}"
+        report.violation(f"{label(resource)}: a team resource must carry {objects.TEAM_TAG}"
                          + (f" = {team!r}" if isinstance(team, str) else ""))
     elif isinstance(team, str) and value != team:
-        report.violation(f"{label(resource)}: {k.TEAM_TAG} is {value!r} but the resource belongs to team {team!r}")
+        report.violation(f"{label(resource)}: {objects.TEAM_TAG} is {value!r} but the resource belongs to team "
+                         f"{team!r}")
 
 
 RULES = [
