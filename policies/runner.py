@@ -1,8 +1,8 @@
-"""Drive the pack the way the Pulumi CLI does, without the CLI: start it as the Python language
-host starts a policy pack (`python -u -m pulumi.policy ENGINE_ADDRESS policies/`), read the port
-it prints, and call the `pulumirpc.Analyzer` service over gRPC: `GetAnalyzerInfo`, `Configure`
-(every policy's enforcement level and config, schema defaults filled in, as the CLI sends them),
-`Analyze` per resource and `AnalyzeStack` once. Used by `tensile preview` and the tests.
+"""Drive the pack the way the Pulumi CLI does, without the CLI: start it as the CLI's
+`pulumi-analyzer-policy-python` shim does (`python -u -m pulumi.policy ENGINE_ADDRESS policies/`),
+read the port it prints, and call the `pulumirpc.Analyzer` service over gRPC: `GetAnalyzerInfo`,
+`Configure` (every policy's level and config over the schema defaults, as the CLI sends them),
+`ConfigureStack`, `Analyze` per resource and `AnalyzeStack` once. Used by `tensile preview` and tests.
 """
 
 from __future__ import annotations
@@ -158,6 +158,13 @@ class Analyzer:
                 enforcementLevel=LEVELS[entry["enforcementLevel"]], properties=properties))
         self.stub.Configure(request)
 
+    def configure_stack(self, stack: str, project: str = "tensile", dry_run: bool = True) -> None:
+        """What the CLI says about the stack before analysis (the Python SDK keeps only its tags)."""
+        from pulumi.runtime.proto import analyzer_pb2
+
+        self.stub.ConfigureStack(analyzer_pb2.AnalyzerStackConfigureRequest(
+            stack=stack, project=project, organization="organization", dry_run=dry_run))
+
     def analyze(self, resource: Mapping[str, Any]):
         from pulumi.runtime.proto import analyzer_pb2
 
@@ -186,6 +193,8 @@ class Analyzer:
         before it is created (or only those in `analyze_only`, by URN), then the stack."""
         started = time.perf_counter()
         self.configure(config)
+        if resources:
+            self.configure_stack(resources[0]["urn"].split("::")[0].rsplit(":", 1)[-1])
         result = PackResult()
         only = None if analyze_only is None else set(analyze_only)
         responses = [self.analyze(r) for r in resources
