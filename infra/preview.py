@@ -1,7 +1,11 @@
 """`tensile preview --stack NAME`: run the program under the SDK's mocks in its own process (no
 cloud, no CLI) and print the resource tree, counts by type and the cost range.
 
-Exit codes: 0 previewed, 1 the program failed (a bug), 2 no such stack or a broken stack file.
+When the checkout has the policy pack (policies/), it runs it the way `pulumi preview
+--policy-pack policies --policy-pack-config policies/config/<stack>.json` would and shows its result.
+
+Exit codes: 0 previewed, 1 the program failed (a bug), 2 no such stack or a broken stack file,
+3 previewed but a mandatory policy failed.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Callable, TextIO
 
 from infra import mocks
 
-EXIT_OK, EXIT_PROGRAM_ERROR, EXIT_BAD_STACK = 0, 1, 2
+EXIT_OK, EXIT_PROGRAM_ERROR, EXIT_BAD_STACK, EXIT_POLICY_VIOLATION = 0, 1, 2, 3
 
 
 def _join(values) -> str:
@@ -102,13 +106,25 @@ def _cost_lines(run: mocks.ProgramRun) -> list[str]:
     ]
 
 
-def _policy_line(root: Path) -> str:
-    if (root / "policies" / "__main__.py").exists():
-        return "policy pack: policies/ present; run it with `pulumi preview --policy-pack policies` (offline run: issue 7)"
-    return "policy pack: none in this checkout"
+def _policy_lines(run: mocks.ProgramRun, root: Path) -> tuple[list[str], int]:
+    """The pack's result for this run (started as the CLI starts it, over gRPC) and how many
+    mandatory findings it had; a one-line note when the checkout has no pack."""
+    pack_dir = root / "policies"
+    if not (pack_dir / "__main__.py").exists():
+        return ["policy pack: none in this checkout"], 0
+    try:
+        from policies import runner
+    except ImportError as e:
+        return [f"policy pack: not run ({e.name} is missing: pip install -r policies/requirements.txt)"], 0
+    try:
+        with runner.Analyzer(pack_dir=pack_dir) as analyzer:
+            result = analyzer.run(run.resources, runner.stack_config(run.stack, pack_dir / "config"))
+            return runner.summary_lines(result, len(analyzer.info().policies)), len(result.mandatory)
+    except runner.PackError as e:
+        return [f"policy pack: not run ({e})"], 0
 
 
-def _render_plain(run: mocks.ProgramRun, out: TextIO, root: Path) -> None:
+def _render_plain(run: mocks.ProgramRun, out: TextIO, root: Path, policy_lines: list[str] = ()) -> None:
     roots, children = _children(run)
     print(f"Stack {run.stack}: {len(run.resources)} resources (mocked, no cloud)", file=out)
 
@@ -128,10 +144,11 @@ def _render_plain(run: mocks.ProgramRun, out: TextIO, root: Path) -> None:
         print(f"  {line}", file=out)
     for warning in run.warnings:
         print(f"warning: {warning}", file=out)
-    print(_policy_line(root), file=out)
+    for line in policy_lines:
+        print(line, file=out)
 
 
-def _render_rich(run: mocks.ProgramRun, out: TextIO, root: Path) -> None:
+def _render_rich(run: mocks.ProgramRun, out: TextIO, root: Path, policy_lines: list[str] = ()) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -162,7 +179,8 @@ def _render_rich(run: mocks.ProgramRun, out: TextIO, root: Path) -> None:
         console.print(f"  {escape(line)}")
     for warning in run.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
-    console.print(escape(_policy_line(root)))
+    for line in policy_lines:
+        console.print(escape(line))
 
 
 def run_preview(stack: str, *, root: Path = mocks.REPO_ROOT, out: TextIO | None = None, err: TextIO | None = None,
@@ -190,9 +208,10 @@ def run_preview(stack: str, *, root: Path = mocks.REPO_ROOT, out: TextIO | None 
         return EXIT_PROGRAM_ERROR
     if plain is None:
         plain = importlib.util.find_spec("rich") is None
-    (_render_plain if plain else _render_rich)(run, out, root)
+    policy_lines, mandatory = _policy_lines(run, root)
+    (_render_plain if plain else _render_rich)(run, out, root, policy_lines)
     print(f"previewed in {time.perf_counter() - started:.1f} s (program {run.seconds:.1f} s)", file=out)
-    return EXIT_OK
+    return EXIT_POLICY_VIOLATION if mandatory else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
