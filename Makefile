@@ -31,8 +31,8 @@ $(VENV)/.stamp-training: $(VENV)/.stamp-torch training/pyproject.toml $(CONSTRAI
 	$(PIP) install -c $(CONSTRAINTS) -e 'training[dev]'
 	touch $@
 
-$(VENV)/.stamp-infra: $(VENV)/.stamp-training infra/requirements.txt $(CONSTRAINTS)
-	$(PIP) install -c $(CONSTRAINTS) -r infra/requirements.txt
+$(VENV)/.stamp-infra: $(VENV)/.stamp-training infra/requirements.txt policies/requirements.txt $(CONSTRAINTS)
+	$(PIP) install -c $(CONSTRAINTS) -r infra/requirements.txt -r policies/requirements.txt
 	touch $@
 
 demo: $(VENV)/.stamp-training
