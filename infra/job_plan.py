@@ -187,6 +187,8 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_workers: int, max_work
         "restartPolicy": "Never",
         "subdomain": job.name,
         "serviceAccountName": TRAINER_SERVICE_ACCOUNT,
+        # The trainer never calls the Kubernetes API (Pod Identity needs no token mount).
+        "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": termination_grace_seconds(job),
         "tolerations": [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": GPU_TAINT["effect"]}],
         "affinity": {
