@@ -17,6 +17,7 @@ from infra import planning, tagging  # noqa: E402
 from infra.addons import Addons, AddonsArgs  # noqa: E402
 from infra.budgets import Budgets, BudgetsArgs  # noqa: E402
 from infra.cluster import Cluster, ClusterArgs  # noqa: E402
+from infra.enforcer_deploy import BudgetEnforcer, BudgetEnforcerArgs  # noqa: E402
 from infra.gpu_pools import GpuNodePools, GpuNodePoolsArgs  # noqa: E402
 from infra.interruption import InterruptionQueue, InterruptionQueueArgs  # noqa: E402
 from infra.job import TrainingJob, TrainingJobArgs  # noqa: E402
@@ -59,6 +60,8 @@ teams = Teams("teams", TeamsArgs(
     teams=cfg.teams, pools=cfg.gpu_pools, prices=cfg.prices, platform=cfg.platform, cluster_name=cluster.name,
     bucket_arn=storage.bucket_arn, kms_key_arn=storage.kms_key_arn, file_system_id=storage.file_system_id,
     access_point_ids=storage.access_point_ids, provider=cluster.provider, kueue=(*addons.kueue_crds, addons.kueue)))
+BudgetEnforcer("enforcer", BudgetEnforcerArgs(
+    provider=cluster.provider, depends_on=(budgets.namespace, budgets.team_budgets, *addons.kueue_crds)))
 team_models = {t.name: t.gpu_models for t in cfg.teams}
 for job in cfg.jobs:
     TrainingJob(f"job-{job.team}-{job.name}", TrainingJobArgs(

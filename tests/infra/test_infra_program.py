@@ -38,10 +38,11 @@ EXPECTED_COUNTS = {
         "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2,
     },
 }
-EXPECTED_TOTALS = {"dev": 131, "prod": 182}
+EXPECTED_TOTALS = {"dev": 139, "prod": 190}
 COMPONENTS = {"tensile:infra:Network", "tensile:infra:Cluster", "tensile:infra:InterruptionQueue",
               "tensile:infra:Karpenter", "tensile:infra:GpuNodePools", "tensile:infra:Storage", "tensile:infra:Budgets",
-              "tensile:infra:Addons", "tensile:infra:Teams", "tensile:infra:TrainingJob"}
+              "tensile:infra:Addons", "tensile:infra:Teams", "tensile:infra:TrainingJob",
+              "tensile:infra:BudgetEnforcer"}
 
 
 def _one(run, typ):

@@ -15,14 +15,16 @@ from infra import validation
 KUEUE_PINNED = {"kueue.x-k8s.io_resourceflavors.yaml": "19e339c47e9c", "kueue.x-k8s.io_clusterqueues.yaml": "e0a5fc9b370c",
                 "kueue.x-k8s.io_localqueues.yaml": "dd10ef8d3578", "kueue.x-k8s.io_cohorts.yaml": "61fbe5ec55d4"}
 EXPECTED_KINDS = {
-    "dev": {"CustomResourceDefinition": 7, "NodePool": 1, "EC2NodeClass": 1, "Namespace": 2, "ConfigMap": 2,
+    "dev": {"CustomResourceDefinition": 7, "NodePool": 1, "EC2NodeClass": 1, "Namespace": 2, "ConfigMap": 3,
             "ResourceFlavor": 1, "Cohort": 1, "ClusterQueue": 1, "LocalQueue": 1, "ResourceQuota": 1, "LimitRange": 1,
-            "ServiceAccount": 1, "Role": 1, "RoleBinding": 1, "NetworkPolicy": 6, "PersistentVolume": 1,
-            "PersistentVolumeClaim": 1, "Deployment": 1, "Service": 2, "Job": 1},
-    "prod": {"CustomResourceDefinition": 7, "NodePool": 4, "EC2NodeClass": 4, "Namespace": 3, "ConfigMap": 2,
+            "ServiceAccount": 2, "Role": 2, "RoleBinding": 2, "NetworkPolicy": 6, "PersistentVolume": 1,
+            "PersistentVolumeClaim": 1, "Deployment": 2, "Service": 2, "Job": 1, "ClusterRole": 1,
+            "ClusterRoleBinding": 1},
+    "prod": {"CustomResourceDefinition": 7, "NodePool": 4, "EC2NodeClass": 4, "Namespace": 3, "ConfigMap": 3,
              "ResourceFlavor": 3, "Cohort": 1, "ClusterQueue": 2, "LocalQueue": 2, "ResourceQuota": 2, "LimitRange": 2,
-             "ServiceAccount": 2, "Role": 2, "RoleBinding": 2, "NetworkPolicy": 12, "PersistentVolume": 2,
-             "PersistentVolumeClaim": 2, "Deployment": 1, "Service": 2, "Job": 1},
+             "ServiceAccount": 3, "Role": 3, "RoleBinding": 3, "NetworkPolicy": 12, "PersistentVolume": 2,
+             "PersistentVolumeClaim": 2, "Deployment": 2, "Service": 2, "Job": 1, "ClusterRole": 1,
+             "ClusterRoleBinding": 1},
 }
 
 

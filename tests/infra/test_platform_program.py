@@ -165,7 +165,7 @@ def test_each_team_mounts_its_own_efs_access_point(run, raw_configs):
 
 def _job_and_store(run):
     (job,) = _k8s(run, "Job")
-    (store,) = _k8s(run, "Deployment")
+    (store,) = _k8s(run, "Deployment", job["metadata"]["namespace"])
     return job, store
 
 
@@ -291,3 +291,19 @@ def test_kueue_objects_wait_for_their_crds_which_helm_adopts(run):
     for r in run.resources:
         if r["type"].startswith("kubernetes:kueue.x-k8s.io/"):
             assert urns <= set(r["dependencies"]), r["name"]
+
+
+def test_budget_enforcer_runs_on_system_nodes_with_least_privilege(run):
+    (deployment,) = _k8s(run, "Deployment", "tensile-system")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"tensile.io/node-role": "system"}
+    assert pod["containers"][0]["command"][:2] == ["python", "/opt/tensile/enforcer.py"]
+    assert not pod["containers"][0]["image"].endswith(":latest")
+    (code,) = [c for c in _k8s(run, "ConfigMap", "tensile-system") if c["metadata"]["name"] == "tensile-enforcer-code"]
+    assert code["data"]["enforcer.py"] == (REPO_ROOT / "infra" / "enforcer.py").read_text()
+    (cluster_role,) = _k8s(run, "ClusterRole")
+    assert cluster_role["rules"] == [{"apiGroups": ["kueue.x-k8s.io"], "resources": ["clusterqueues"],
+                                      "verbs": ["get", "list", "patch"]}]
+    (role,) = _k8s(run, "Role", "tensile-system")
+    named = next(r for r in role["rules"] if "resourceNames" in r)
+    assert set(named["resourceNames"]) == {"team-budgets", "team-spend"} and "delete" not in named["verbs"]
