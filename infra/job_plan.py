@@ -214,9 +214,6 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_workers: int, max_work
         }],
         "volumes": volumes,
     }
-    if shape.efa_interfaces:
-        pod_spec["containers"][0]["resources"]["requests"]["hugepages-2Mi"] = "5120Mi"
-        pod_spec["containers"][0]["resources"]["limits"]["hugepages-2Mi"] = "5120Mi"
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": job.name, "namespace": job.team, "labels": {**labels, QUEUE_LABEL: LOCAL_QUEUE},
