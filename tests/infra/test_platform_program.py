@@ -307,3 +307,24 @@ def test_budget_enforcer_runs_on_system_nodes_with_least_privilege(run):
     (role,) = _k8s(run, "Role", "tensile-system")
     named = next(r for r in role["rules"] if "resourceNames" in r)
     assert set(named["resourceNames"]) == {"team-budgets", "team-spend"} and "delete" not in named["verbs"]
+
+
+# Pod Security "baseline" (enforced on team namespaces) allows adding only these capabilities.
+BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                         "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+
+
+def test_team_pods_pass_pod_security_baseline_and_run_hardened(run):
+    for namespace in _k8s(run, "Namespace"):
+        if namespace["metadata"]["labels"].get("tensile.io/team"):
+            assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    pods = [j["spec"]["template"]["spec"] for j in _k8s(run, "Job") + _k8s(run, "Deployment")]
+    for pod in pods:
+        assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+            assert security["capabilities"]["drop"] == ["ALL"]
+            assert set(security["capabilities"].get("add", [])) <= BASELINE_CAPABILITIES
+            assert not security.get("privileged")
