@@ -123,6 +123,9 @@ def team_add(stack: str, name: str, gpus: int, budget_usd: float, gpu_families: 
             _error(p, err)
         return EXIT_REFUSED
 
+    if any(re.match(r"^\s*tensile:teams:\s*[^\s#]", line) for line in text.splitlines()):
+        return _error(f"{path.name} writes tensile:teams in flow style ([...]); write it as a block list "
+                      "(one `- name: ...` entry per team) so an entry can be added without rewriting the file", err)
     new_text = insert_team(text, lambda indent: team_entry_text(
         name=name, gpus=gpus, budget_usd=budget_usd, gpu_models=models, member_role_arn=member_role_arn, indent=indent))
     try:

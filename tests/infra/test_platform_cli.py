@@ -121,3 +121,12 @@ def test_job_render_refuses_bad_input_without_a_traceback(root, kwargs, message)
     out, err = io.StringIO(), io.StringIO()
     assert cli.job_render("dev", **args, root=root, out=out, err=err) == 2
     assert message in err.getvalue() and "Traceback" not in err.getvalue() and out.getvalue() == ""
+
+
+def test_team_add_refuses_a_flow_style_team_list_rather_than_rewrite_it(root):
+    path = root / "Pulumi.dev.yaml"
+    text = path.read_text()
+    path.write_text(text[:text.index("  tensile:teams:")] + "  tensile:teams: []\n")
+    before = path.read_bytes()
+    code, _, err = _add(root, stack="dev", gpus=1, budget=900, families=["l4"])
+    assert code == 2 and "flow style" in err and path.read_bytes() == before
