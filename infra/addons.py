@@ -129,11 +129,13 @@ def efs_csi_values(file_system_id: str) -> dict:
         # Rendered without hooks (a v4 Chart or `helm template` skips them) the CSIDriver object
         # must be a plain template, not a hook.
         "useHelmHooksForCSIDriver": False,
+        "replicaCount": 2,
         "controller": {"serviceAccount": {"create": True, "name": EFS_CSI_SERVICE_ACCOUNT},
-                       "nodeSelector": dict(SYSTEM_NODE_LABEL), "replicaCount": 2},
-        # The node plugin must run on GPU nodes too: that is where the volumes are mounted.
-        "node": {"tolerations": [GPU_TOLERATION, {"key": "CriticalAddonsOnly", "operator": "Exists"}]},
+                       "nodeSelector": dict(SYSTEM_NODE_LABEL)},
+        # The node plugin must run on every node, GPU nodes included: volumes are mounted there.
+        "node": {"tolerations": [{"operator": "Exists"}]},
         "storageClasses": [{"name": EFS_STORAGE_CLASS, "reclaimPolicy": "Retain", "volumeBindingMode": "Immediate",
+                            "mountOptions": ["tls"],
                             "parameters": {"provisioningMode": "efs-ap", "fileSystemId": file_system_id,
                                            "directoryPerms": "700", "basePath": "/dynamic"}}],
     }

@@ -304,6 +304,8 @@ def shared_volume(team: str, *, file_system_id: str, access_point_id: str, capac
          "spec": {"capacity": {"storage": capacity}, "accessModes": ["ReadWriteMany"],
                   "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
                   "claimRef": {"namespace": team, "name": SHARED_PVC},
+                  # Encrypted in transit (efs-utils TLS tunnel); the file system is encrypted at rest.
+                  "mountOptions": ["tls"],
                   "csi": {"driver": "efs.csi.aws.com", "volumeHandle": f"{file_system_id}::{access_point_id}"}}},
         {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": SHARED_PVC, "namespace": team},
          "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
