@@ -14,13 +14,17 @@ import pulumi  # noqa: E402
 
 from infra import config as stack_config  # noqa: E402
 from infra import planning, tagging  # noqa: E402
+from infra.addons import Addons, AddonsArgs  # noqa: E402
 from infra.budgets import Budgets, BudgetsArgs  # noqa: E402
 from infra.cluster import Cluster, ClusterArgs  # noqa: E402
+from infra.enforcer_deploy import BudgetEnforcer, BudgetEnforcerArgs  # noqa: E402
 from infra.gpu_pools import GpuNodePools, GpuNodePoolsArgs  # noqa: E402
 from infra.interruption import InterruptionQueue, InterruptionQueueArgs  # noqa: E402
+from infra.job import TrainingJob, TrainingJobArgs  # noqa: E402
 from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
 from infra.network import Network, NetworkArgs  # noqa: E402
 from infra.storage import Storage, StorageArgs  # noqa: E402
+from infra.teams import Teams, TeamsArgs  # noqa: E402
 
 cfg = stack_config.load_from_pulumi()  # raises ConfigError, listing every problem, before any resource
 for warning in cfg.warnings:
@@ -49,6 +53,20 @@ storage = Storage("storage", StorageArgs(
 budgets = Budgets("budgets", BudgetsArgs(
     config=cfg.budget, stack=cfg.stack, teams=cfg.teams,
     gpu_hour_prices=planning.team_gpu_hour_prices(cfg.gpu_pools, cfg.prices), provider=cluster.provider))
+addons = Addons("addons", AddonsArgs(
+    platform=cfg.platform, cluster_name=cluster.name, file_system_id=storage.file_system_id, provider=cluster.provider,
+    depends_on=(cluster.system_nodes, karpenter.release)))
+teams = Teams("teams", TeamsArgs(
+    teams=cfg.teams, pools=cfg.gpu_pools, prices=cfg.prices, platform=cfg.platform, cluster_name=cluster.name,
+    bucket_arn=storage.bucket_arn, kms_key_arn=storage.kms_key_arn, file_system_id=storage.file_system_id,
+    access_point_ids=storage.access_point_ids, provider=cluster.provider, kueue=(*addons.kueue_crds, addons.kueue)))
+BudgetEnforcer("enforcer", BudgetEnforcerArgs(
+    provider=cluster.provider, depends_on=(budgets.namespace, budgets.team_budgets, *addons.kueue_crds)))
+team_models = {t.name: t.gpu_models for t in cfg.teams}
+for job in cfg.jobs:
+    TrainingJob(f"job-{job.team}-{job.name}", TrainingJobArgs(
+        job=job, team_models=team_models[job.team], pools=cfg.gpu_pools, bucket_name=storage.bucket_name,
+        provider=cluster.provider, depends_on=(teams.namespaces[job.team],)))
 
 estimate = planning.cost_estimate(pools=cfg.gpu_pools, cluster=cfg.cluster, network=cfg.network, prices=cfg.prices)
 pulumi.export("clusterName", cluster.name)

@@ -82,10 +82,11 @@ class Budgets(pulumi.ComponentResource):
         namespace = k8s.core.v1.Namespace(
             f"{name}-namespace", metadata={"name": ENFORCER_NAMESPACE, "labels": {"tensile.io/system": "true"}},
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider))
-        k8s.core.v1.ConfigMap(
+        self.team_budgets = k8s.core.v1.ConfigMap(
             f"{name}-team-budgets", metadata={"name": TEAM_BUDGETS_CONFIGMAP, "namespace": ENFORCER_NAMESPACE},
             data={"budgets.json": team_budgets_document(args.teams, args.gpu_hour_prices)},
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace]))
+        self.namespace = namespace
         self.topic_arn = topic.arn
         self.budget_name = budget.name
         self.register_outputs({"topicArn": topic.arn, "budgetName": budget.name,

@@ -113,6 +113,36 @@ class TeamConfig:
     borrowing_limit: int
     monthly_budget_usd: float
     gpu_models: tuple[str, ...]
+    member_role_arn: str = ""
+    """IAM role the team's people assume; an EKS access entry binds it to the team's namespace only."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlatformConfig:
+    """In-cluster add-ons and admission settings (Kubernetes issue)."""
+
+    prometheus_operator: bool
+    """A Prometheus operator (its CRDs) is installed: DCGM's ServiceMonitor is turned on."""
+    monitoring_namespace: str
+    """Namespace of the Prometheus that scrapes trainers; team network policies admit it."""
+    pods_ready_timeout: str
+    """Kueue waitForPodsReady timeout: an admitted job whose pods are not all ready by then is
+    evicted and requeued (capacity did not come), instead of holding quota while pending."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobConfig:
+    """A training run the stack deploys (optional; `tensile job render` makes the same objects)."""
+
+    name: str
+    team: str
+    training_config: str
+    """Path of the trainer's YAML config, relative to the repository root."""
+    image: str
+    gpu_model: str | None
+    gpus_per_worker: int
+    emergency_checkpoint_seconds: int
+    """Measured notice-to-durable time of an emergency checkpoint; the grace period covers it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -129,6 +159,8 @@ class StackConfig:
     budget: BudgetConfig
     teams: tuple[TeamConfig, ...]
     prices: cost.PriceBook
+    platform: PlatformConfig | None = None
+    jobs: tuple[JobConfig, ...] = ()
     warnings: tuple[str, ...] = ()
     """Problems that `budget.onWorstCaseOverBudget: warn` lets through; logged at preview."""
 
@@ -178,7 +210,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None) -
     r = sections.Reader()
     top: dict[str, Any] = {}
     known_top = {"environment", "costCentre", "network", "cluster", "karpenter", "gpuPools", "storage",
-                 "budget", "teams", "prices", "spotDiscounts"}
+                 "budget", "teams", "prices", "spotDiscounts", "platform", "jobs"}
     for key, value in raw.items():
         namespace, _, name = key.partition(":")
         if namespace != NAMESPACE:
@@ -205,6 +237,8 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None) -
     storage = sections.parse_storage(r, top.get("storage"))
     budget = sections.parse_budget(r, top.get("budget"))
     teams = sections.parse_teams(r, top.get("teams"), pools)
+    platform = sections.parse_platform(r, top.get("platform"))
+    jobs = sections.parse_jobs(r, top.get("jobs"), teams, pools)
 
     warnings: list[str] = []
     if not r.problems:
@@ -215,7 +249,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None) -
     return StackConfig(
         stack=stack, environment=environment, region=region, cost_centre=cost_centre, network=network,
         cluster=cluster, karpenter=karpenter, gpu_pools=pools, storage=storage, budget=budget, teams=teams,
-        prices=prices, warnings=tuple(warnings),
+        prices=prices, platform=platform, jobs=jobs, warnings=tuple(warnings),
     )
 
 

@@ -11,14 +11,28 @@ from typing import Any, Callable, Mapping
 from infra import cost
 from infra.config import (
     CLUSTER_LOG_TYPES, EKS_STANDARD_SUPPORT_ENDS, MIN_SUPPORT_LEFT,
-    REQUIRED_ADDONS, BudgetConfig, ClusterConfig, GpuPoolConfig, KarpenterConfig, NetworkConfig, Problem,
-    StorageConfig, SystemNodesConfig, TeamConfig,
+    REQUIRED_ADDONS, BudgetConfig, ClusterConfig, GpuPoolConfig, JobConfig, KarpenterConfig, NetworkConfig,
+    PlatformConfig, Problem, StorageConfig, SystemNodesConfig, TeamConfig,
 )
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+DURATION = re.compile(r"^\d+(s|m|h)$")
+# An image reference pinned to a tag or digest (never `:latest`, never untagged).
+PINNED_IMAGE = re.compile(r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$")
+
+
+def role_arn_problem(value: str) -> str | None:
+    return None if ROLE_ARN.match(value) else f"must be an IAM role ARN such as arn:aws:iam::111122223333:role/ml-team (got {value!r})"
+
+
+def image_problem(value: str) -> str | None:
+    if value.endswith(":latest"):
+        return f"must pin a version, not :latest (got {value!r})"
+    return None if PINNED_IMAGE.match(value) else f"must be registry/repository:tag or @sha256:digest (got {value!r})"
 
 
 class Reader:
@@ -340,7 +354,8 @@ def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[
     teams, names = [], set()
     for i, entry in enumerate(raw):
         path = f"teams[{i}]"
-        obj = r.section(entry, path, {"name", "gpuQuota", "borrowingLimit", "monthlyBudgetUsd", "gpuModels"})
+        obj = r.section(entry, path, {"name", "gpuQuota", "borrowingLimit", "monthlyBudgetUsd", "gpuModels",
+                                      "memberRoleArn"})
         name = r.value(obj, "name", path, str,
                        check=lambda v: None if DNS_LABEL.match(v) else f"must be a DNS label, got {v!r}")
         if name in names:
@@ -351,16 +366,71 @@ def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[
         budget = r.value(obj, "monthlyBudgetUsd", path, float, check=_positive)
         models = r.strings(obj, "gpuModels", path,
                            check=lambda v: None if v in pool_models else f"no GPU pool offers {v!r} (pools offer {', '.join(sorted(pool_models))})")
+        member_role = r.value(obj, "memberRoleArn", path, str, check=role_arn_problem)
         if quota and models:
             ceiling = sum(p.max_gpus for p in pools if p.gpu_model in models)
             if quota + (borrow or 0) > ceiling:
                 r.problem(f"{path}.gpuQuota",
                           f"quota {quota} + borrowing {borrow} exceeds the {ceiling} GPUs its pools allow: lower it or raise gpuPools maxGpus")
-        if None in (name, quota, budget) or not models:
+        if None in (name, quota, budget, member_role) or not models:
             continue
         teams.append(TeamConfig(name=name, gpu_quota=quota, borrowing_limit=borrow or 0,
-                                monthly_budget_usd=budget, gpu_models=models))
+                                monthly_budget_usd=budget, gpu_models=models, member_role_arn=member_role))
     return tuple(teams)
+
+
+def parse_platform(r: Reader, raw: Any) -> PlatformConfig:
+    path = "platform"
+    obj = r.section(raw, path, {"prometheusOperator", "monitoringNamespace", "podsReadyTimeout"}, required=False)
+    operator = r.value(obj, "prometheusOperator", path, bool, False)
+    monitoring = r.value(obj, "monitoringNamespace", path, str, "monitoring",
+                         check=lambda v: None if DNS_LABEL.match(v) else f"must be a namespace name, got {v!r}")
+    timeout = r.value(obj, "podsReadyTimeout", path, str, "15m",
+                      check=lambda v: None if DURATION.match(v) else f"must be a duration such as 15m (got {v!r})")
+    return PlatformConfig(prometheus_operator=bool(operator), monitoring_namespace=monitoring or "monitoring",
+                          pods_ready_timeout=timeout or "15m")
+
+
+def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[GpuPoolConfig, ...]) -> tuple[JobConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.problem("jobs", "must be a list of training jobs")
+        return ()
+    by_team = {t.name: t for t in teams}
+    jobs, names = [], set()
+    for i, entry in enumerate(raw):
+        path = f"jobs[{i}]"
+        obj = r.section(entry, path, {"name", "team", "trainingConfig", "image", "gpuModel", "gpusPerWorker",
+                                      "emergencyCheckpointSeconds"})
+        name = r.value(obj, "name", path, str,
+                       check=lambda v: None if DNS_LABEL.match(v) and len(v) <= 40 else f"must be a DNS label of at most 40 characters, got {v!r}")
+        team_name = r.value(obj, "team", path, str,
+                            check=lambda v: None if v in by_team else f"no team {v!r} (teams: {', '.join(sorted(by_team)) or 'none'})")
+        if (team_name, name) in names:
+            r.problem(f"{path}.name", f"duplicate job {name!r} in team {team_name!r}")
+        names.add((team_name, name))
+        training = r.value(obj, "trainingConfig", path, str)
+        image = r.value(obj, "image", path, str, check=image_problem)
+        team = by_team.get(team_name)
+        model = r.value(obj, "gpuModel", path, str, None,
+                        check=lambda v: None if team is None or v in team.gpu_models
+                        else f"team {team_name} may use {', '.join(team.gpu_models)}, not {v!r}")
+        gpus = r.value(obj, "gpusPerWorker", path, int, 1, check=_positive)
+        grace = r.value(obj, "emergencyCheckpointSeconds", path, int, 60,
+                        check=lambda v: None if 1 <= v <= 90 else
+                        f"must be 1..90: the save must fit inside the two-minute spot notice (got {v})")
+        if team is not None and gpus:
+            models = [model] if model else list(team.gpu_models)
+            widest = max((cost.CATALOGUE[t].gpus for p in pools if p.gpu_model in models for t in p.instance_types),
+                         default=0)
+            if gpus > widest:
+                r.problem(f"{path}.gpusPerWorker", f"no instance of {', '.join(models)} has {gpus} GPUs (largest: {widest})")
+        if None in (name, team_name, training, image, gpus, grace) or team is None:
+            continue
+        jobs.append(JobConfig(name=name, team=team_name, training_config=training, image=image, gpu_model=model,
+                              gpus_per_worker=gpus, emergency_checkpoint_seconds=grace))
+    return tuple(jobs)
 
 
 def check_costs(r: Reader, *, stack: str, pools, teams, budget: BudgetConfig, cluster: ClusterConfig,

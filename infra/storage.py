@@ -88,18 +88,20 @@ class Storage(pulumi.ComponentResource):
         for az, subnet_id in zip(args.availability_zones, args.private_subnet_ids):
             aws.efs.MountTarget(f"{name}-efs-{az}", file_system_id=file_system.id, subnet_id=subnet_id,
                                 security_groups=[efs_sg.id], opts=child)
+        self.access_point_ids = {}
         for i, team in enumerate(args.teams):
             uid = TEAM_UID_BASE + i
-            aws.efs.AccessPoint(
+            self.access_point_ids[team.name] = aws.efs.AccessPoint(
                 f"{name}-efs-{team.name}", file_system_id=file_system.id,
                 posix_user=aws.efs.AccessPointPosixUserArgs(uid=uid, gid=uid),
                 root_directory=aws.efs.AccessPointRootDirectoryArgs(
                     path=f"/teams/{team.name}",
                     creation_info=aws.efs.AccessPointRootDirectoryCreationInfoArgs(
                         owner_uid=uid, owner_gid=uid, permissions="0750")),
-                tags={"Name": f"{args.cluster_name}-{team.name}", tagging.TEAM_TAG: team.name}, opts=child)
+                tags={"Name": f"{args.cluster_name}-{team.name}", tagging.TEAM_TAG: team.name}, opts=child).id
 
         self.bucket_name = bucket.bucket
+        self.bucket_arn = bucket.arn
         self.file_system_id = file_system.id
         self.kms_key_arn = key.arn
         self.register_outputs({"bucketName": self.bucket_name, "fileSystemId": self.file_system_id,

@@ -1,0 +1,66 @@
+"""A run of the training package on the cluster: the objects `infra.job_plan` plans (config,
+rendezvous store on the system nodes, headless Service, Kueue-admitted Indexed Job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from infra import job_plan
+from infra.config import GpuPoolConfig, JobConfig
+from infra.k8s_objects import declare
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_training_config(path: str, root: Path = REPO_ROOT) -> dict:
+    file = (root / path).resolve()
+    try:
+        return yaml.safe_load(file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise job_plan.JobPlanError(f"cannot read training config {path}: {e}") from e
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingJobArgs:
+    job: JobConfig
+    team_models: tuple[str, ...]
+    pools: tuple[GpuPoolConfig, ...]
+    bucket_name: pulumi.Input[str]
+    provider: k8s.Provider
+    depends_on: Sequence[pulumi.Resource] = ()
+    """The team's namespace, queue and identity."""
+
+
+class TrainingJob(pulumi.ComponentResource):
+    def __init__(self, name: str, args: TrainingJobArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("tensile:infra:TrainingJob", name, None, opts)
+        raw = read_training_config(args.job.training_config)
+        # Planned now with a placeholder bucket (bad bounds fail the preview, not the apply);
+        # the real bucket name is an output, filled in per object below.
+        objects = pulumi.Output.from_input(args.bucket_name).apply(lambda bucket: job_plan.job_objects(
+            args.job, training_config=raw, team_models=args.team_models, pools=args.pools, bucket=bucket))
+        template = job_plan.job_objects(args.job, training_config=raw, team_models=args.team_models,
+                                        pools=args.pools, bucket="bucket")
+        base = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on))
+        declared = []
+        for i, manifest in enumerate(template):
+            kind = manifest["kind"]
+            live = objects.apply(lambda objs, i=i: objs[i])
+            resolved = {**manifest, **{k: live.apply(lambda o, k=k: o[k]) for k in manifest
+                                       if k not in ("apiVersion", "kind", "metadata")}}
+            opts = base
+            if kind == "Job":
+                # Kueue owns these after admission (partial admission, suspension): Pulumi must
+                # not fight it on the next `up`.
+                opts = pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(
+                    depends_on=declared, ignore_changes=["spec.parallelism", "spec.completions", "spec.suspend"]))
+            suffix = manifest["metadata"]["name"].removeprefix(args.job.name).strip("-") or "workers"
+            declared.append(declare(f"{name}-{kind.lower()}-{suffix}", resolved, opts))
+        self.register_outputs({"job": args.job.name, "team": args.job.team,
+                               "objects": [f"{m['kind']}/{m['metadata']['name']}" for m in template]})

@@ -1,0 +1,262 @@
+"""The elastic training job as plain manifests: an Indexed Job of N..M workers admitted by the
+team's Kueue queue (partial admission down to N), a headless Service for the workers, and the
+rendezvous store as its own small Deployment + Service on the on-demand system nodes.
+Pure: `tensile job render` prints these, the TrainingJob component declares them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import yaml
+
+from infra import cost
+from infra.cluster import SYSTEM_NODE_LABEL
+from infra.config import GpuPoolConfig, JobConfig
+from infra.planning import GPU_TAINT
+from infra.team_plan import (GPU, GPU_NAME_LABEL, LOCAL_QUEUE, METRICS_PORT, RDZV_PORT, SHARED_PVC, TEAM_LABEL,
+                             TRAINER_SERVICE_ACCOUNT, team_prefix)
+
+JOB_LABEL = "tensile.io/job"
+ROLE_LABEL = "tensile.io/role"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"
+COMPLETIONS_EQUAL_PARALLELISM = "kueue.x-k8s.io/job-completions-equal-parallelism"
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
+CONFIG_DIR = "/etc/tensile"
+WORK_DIR = "/var/lib/tensile"
+STOPPED_EXIT_CODE = 143
+"""The trainer exits 143 when SIGTERM stopped it after saving: a preemption, not a failure."""
+GRACE_MARGIN_SECONDS = 30
+"""Above the measured emergency-checkpoint time: torchrun's shutdown and the pod's own exit."""
+HEADROOM = 0.75
+"""Share of a node's vCPUs and memory a worker requests: the rest is kubelet, system reserve and
+the daemonsets every GPU node runs (VPC CNI, kube-proxy, device plugin, DCGM, EFS CSI, monitoring)."""
+
+# EFA interfaces per instance type (EC2 "Supported instance types" for EFA, read 2026-11-28).
+EFA_INTERFACES: dict[str, int] = {"g6e.24xlarge": 2, "g6e.48xlarge": 4, "p4d.24xlarge": 4, "p4de.24xlarge": 4,
+                                  "p5.48xlarge": 32, "p5e.48xlarge": 32, "p5en.48xlarge": 16}
+
+
+class JobPlanError(ValueError):
+    """The job cannot be planned on this stack (no pool fits, a bad training config)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerShape:
+    gpu_models: tuple[str, ...]
+    gpus: int
+    cpu: int
+    memory_gib: int
+    efa_interfaces: int
+
+
+def worker_shape(job: JobConfig, team_models: tuple[str, ...], pools: tuple[GpuPoolConfig, ...]) -> WorkerShape:
+    """Requests that fit every instance size of the job's GPU model(s) that has enough GPUs, so
+    Karpenter may pick any of them (spot diversification)."""
+    models = (job.gpu_model,) if job.gpu_model else team_models
+    types = [t for p in pools if p.gpu_model in models for t in p.instance_types
+             if cost.lookup(t).gpus >= job.gpus_per_worker]
+    if not types:
+        raise JobPlanError(f"no pool of {', '.join(models)} has a node with {job.gpus_per_worker} GPUs")
+    cpu = min(math.floor(cost.lookup(t).vcpus / cost.lookup(t).gpus * job.gpus_per_worker * HEADROOM) for t in types)
+    memory = min(math.floor(cost.lookup(t).memory_gib / cost.lookup(t).gpus * job.gpus_per_worker * HEADROOM)
+                 for t in types)
+    efa_pools = [p for p in pools if p.gpu_model in models and p.efa]
+    efa = 0
+    if efa_pools and len(efa_pools) == len([p for p in pools if p.gpu_model in models]):
+        # A whole-node EFA worker asks for every interface of the smallest EFA host that fits.
+        efa = min(EFA_INTERFACES.get(t, 0) for p in efa_pools for t in p.instance_types
+                  if cost.lookup(t).gpus >= job.gpus_per_worker)
+    return WorkerShape(gpu_models=tuple(models), gpus=job.gpus_per_worker, cpu=max(1, cpu),
+                       memory_gib=max(1, memory), efa_interfaces=efa)
+
+
+def termination_grace_seconds(job: JobConfig) -> int:
+    return job.emergency_checkpoint_seconds + GRACE_MARGIN_SECONDS
+
+
+def checkpoint_url(bucket: str, job: JobConfig) -> str:
+    return f"s3://{bucket}/{team_prefix(job.team)}runs/{job.name}"
+
+
+def training_config_document(raw: dict, *, job: JobConfig, bucket: str) -> tuple[str, int, int]:
+    """The trainer's config as the pods see it: checkpoints in the team's S3 prefix, node-local
+    staging on the pod's disk, relative data paths under the work directory. Returns the YAML
+    text and the elastic bounds (min, max workers)."""
+    if not isinstance(raw, dict):
+        raise JobPlanError("the training config must be a YAML mapping")
+    doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    elastic = doc.get("elastic") or {}
+    try:
+        low, high = int(elastic.get("min_workers", 1)), int(elastic.get("max_workers", 4))
+    except (TypeError, ValueError) as e:
+        raise JobPlanError(f"elastic.min_workers/max_workers must be integers: {e}") from e
+    if not 1 <= low <= high:
+        raise JobPlanError(f"elastic bounds must satisfy 1 <= min_workers <= max_workers (got {low}..{high})")
+    checkpoint = dict(doc.get("checkpoint") or {})
+    checkpoint["shared_dir"] = checkpoint_url(bucket, job)
+    checkpoint["local_dir"] = f"{WORK_DIR}/local"
+    doc["checkpoint"] = checkpoint
+    data = dict(doc.get("data") or {})
+    url = str(data.get("url", "data"))
+    if "://" not in url and not url.startswith("/"):
+        data["url"] = str(PurePosixPath(WORK_DIR) / "work" / url)
+    doc["data"] = data
+    run = dict(doc.get("run") or {})
+    run["name"] = job.name
+    doc["run"] = run
+    return yaml.safe_dump(doc, sort_keys=False), low, high
+
+
+def _labels(job: JobConfig, role: str) -> dict:
+    return {JOB_LABEL: job.name, ROLE_LABEL: role, TEAM_LABEL: job.team}
+
+
+def _hardened_container() -> dict:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "runAsUser": 10001, "runAsGroup": 10001, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def rendezvous_objects(job: JobConfig) -> list[dict]:
+    """The c10d rendezvous store: its own pod on the on-demand system nodes, so it outlives any
+    spot worker; a ClusterIP Service gives workers a stable address."""
+    name = f"{job.name}-rdzv"
+    labels = _labels(job, "rdzv")
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": job.team, "labels": labels},
+        "spec": {
+            "replicas": 1, "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {JOB_LABEL: job.name, ROLE_LABEL: "rdzv"}},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "nodeSelector": dict(SYSTEM_NODE_LABEL),
+                "serviceAccountName": TRAINER_SERVICE_ACCOUNT, "automountServiceAccountToken": False,
+                "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "store", "image": job.image, "imagePullPolicy": "IfNotPresent",
+                    "command": ["tensile", "rdzv-store", "--host", "0.0.0.0", "--port", str(RDZV_PORT)],
+                    "ports": [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}],
+                    "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
+                                  "limits": {"cpu": "1", "memory": "1Gi"}},
+                    "readinessProbe": {"tcpSocket": {"port": RDZV_PORT}, "periodSeconds": 5},
+                    "livenessProbe": {"tcpSocket": {"port": RDZV_PORT}, "periodSeconds": 20, "failureThreshold": 6},
+                    "securityContext": _hardened_container(),
+                }],
+            }},
+        },
+    }
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": job.team, "labels": labels},
+               "spec": {"type": "ClusterIP", "selector": {JOB_LABEL: job.name, ROLE_LABEL: "rdzv"},
+                        "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"}]}}
+    return [deployment, service]
+
+
+def worker_job(job: JobConfig, shape: WorkerShape, *, min_workers: int, max_workers: int, bucket: str) -> dict:
+    labels = _labels(job, "worker")
+    rdzv = f"{job.name}-rdzv.{job.team}.svc.cluster.local:{RDZV_PORT}"
+    requests = {"cpu": str(shape.cpu), "memory": f"{shape.memory_gib}Gi", GPU: str(shape.gpus)}
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "TENSILE_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "TENSILE_CHECKPOINT_URL", "value": checkpoint_url(bucket, job)},
+    ]
+    if shape.efa_interfaces:
+        requests[EFA_RESOURCE] = str(shape.efa_interfaces)
+        # libfabric's EFA provider; GPUDirect RDMA where the host supports it (p4d, p5).
+        env += [{"name": "FI_PROVIDER", "value": "efa"}, {"name": "FI_EFA_USE_DEVICE_RDMA", "value": "1"},
+                {"name": "FI_EFA_FORK_SAFE", "value": "1"}, {"name": "NCCL_DEBUG", "value": "WARN"}]
+        # EFA pins memory within the container's memlock limit, which EKS AMIs' containerd leaves
+        # unlimited: no IPC_LOCK (the namespaces enforce Pod Security "baseline", which refuses it).
+    container_security = _hardened_container()
+    volumes = [
+        {"name": "config", "configMap": {"name": f"{job.name}-config"}},
+        {"name": "work", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{min(64, max(1, shape.memory_gib // 4))}Gi"}},
+        {"name": "shared", "persistentVolumeClaim": {"claimName": SHARED_PVC}},
+    ]
+    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+              {"name": "work", "mountPath": WORK_DIR}, {"name": "tmp", "mountPath": "/tmp"},
+              {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "shared", "mountPath": "/mnt/shared"}]
+    pod_spec = {
+        "restartPolicy": "Never",
+        "subdomain": job.name,
+        "serviceAccountName": TRAINER_SERVICE_ACCOUNT,
+        # The trainer never calls the Kubernetes API (Pod Identity needs no token mount).
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": termination_grace_seconds(job),
+        "tolerations": [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": GPU_TAINT["effect"]}],
+        "affinity": {
+            # One GPU model per job: Kueue's flavor (chosen at admission) narrows this to one.
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+                "matchExpressions": [{"key": GPU_NAME_LABEL, "operator": "In", "values": list(shape.gpu_models)}]}]}},
+            # One zone per job: the first worker's zone binds the rest (a restarted job may move).
+            "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                "labelSelector": {"matchLabels": {JOB_LABEL: job.name, ROLE_LABEL: "worker"}},
+                "topologyKey": "topology.kubernetes.io/zone"}]},
+        },
+        "securityContext": {"runAsNonRoot": True, "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "trainer", "image": job.image, "imagePullPolicy": "IfNotPresent",
+            "command": ["tensile", "launch", "--config", f"{CONFIG_DIR}/train.yaml", "--node-id", "$(POD_NAME)",
+                        "--local-dir", f"{WORK_DIR}/local", "--rdzv-endpoint", rdzv,
+                        "--nproc-per-node", str(shape.gpus)],
+            "env": env,
+            "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+            "resources": {"requests": dict(requests), "limits": dict(requests)},
+            "volumeMounts": mounts,
+            "securityContext": container_security,
+        }],
+        "volumes": volumes,
+    }
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": job.name, "namespace": job.team, "labels": {**labels, QUEUE_LABEL: LOCAL_QUEUE},
+                     "annotations": {
+                         # Partial admission: Kueue may start the job with N..M workers.
+                         MIN_PARALLELISM: str(min_workers),
+                         # An Indexed Job's completions follow its admitted parallelism.
+                         COMPLETIONS_EQUAL_PARALLELISM: "true",
+                         # Pulumi must not wait for a training run to finish.
+                         "pulumi.com/skipAwait": "true"}},
+        "spec": {
+            "completionMode": "Indexed", "parallelism": max_workers, "completions": max_workers,
+            # Preemptions (SIGTERM after a save, node drains) do not use up the failure budget;
+            # the Job controller recreates the worker and Karpenter finds it a node.
+            "backoffLimit": 3 * max_workers,
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In",
+                                                     "values": [STOPPED_EXIT_CODE]}},
+            ]},
+            "template": {"metadata": {"labels": labels,
+                                      "annotations": {"prometheus.io/scrape": "true",
+                                                      "prometheus.io/port": str(METRICS_PORT)}},
+                         "spec": pod_spec},
+        },
+    }
+
+
+def headless_service(job: JobConfig) -> dict:
+    """Stable DNS names for the workers (`<job>-<index>.<job>.<team>.svc`) for NCCL and logs."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": job.name, "namespace": job.team, "labels": _labels(job, "worker")},
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {JOB_LABEL: job.name, ROLE_LABEL: "worker"},
+                     "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT, "protocol": "TCP"}]}}
+
+
+def job_objects(job: JobConfig, *, training_config: dict, team_models: tuple[str, ...],
+                pools: tuple[GpuPoolConfig, ...], bucket: str) -> list[dict]:
+    """Every object of one run, in apply order."""
+    text, low, high = training_config_document(training_config, job=job, bucket=bucket)
+    shape = worker_shape(job, team_models, pools)
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": f"{job.name}-config", "namespace": job.team, "labels": _labels(job, "config")},
+                  "data": {"train.yaml": text}}
+    return [config_map, *rendezvous_objects(job), headless_service(job),
+            worker_job(job, shape, min_workers=low, max_workers=high, bucket=bucket)]
