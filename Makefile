@@ -9,7 +9,7 @@ CONSTRAINTS := requirements/constraints.txt
 # DeepSpeed on this machine runs on the CPU accelerator with gloo.
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: demo test test-full bench install install-infra preview clean
+.PHONY: demo test test-full bench install install-infra preview validate scan clean
 
 STACK ?= dev
 
@@ -47,8 +47,14 @@ test-full: $(VENV)/.stamp-training $(VENV)/.stamp-infra
 preview: $(VENV)/.stamp-infra
 	$(BIN)/python -m infra.preview --stack $(STACK)
 
+validate: $(VENV)/.stamp-infra
+	$(BIN)/python -m infra.validation --stack $(STACK) --out build/manifests/$(STACK)
+
+scan: $(VENV)/.stamp-infra
+	PYTHON=$(PYTHON) scripts/checkov-scan.sh
+
 bench: $(VENV)/.stamp-training
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-checkov build runs .pytest_cache

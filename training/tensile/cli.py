@@ -116,15 +116,17 @@ def _print_demo(result: dict) -> None:
                       f"{e.recovery_s:.1f}" if e.recovery_s is not None else "-", str(e.new_world_size))
     console.print(table)
     console.print(f"final loss: elastic {s.final_loss:.5f}   uninterrupted reference {ref.final_loss:.5f}   "
-                  f"max per-step loss difference {result['max_loss_diff']:.2e}   "
-                  f"max final weight difference {result['max_weight_diff']:.2e}")
+                  f"max per-step loss difference {result['max_loss_diff']:.2e}")
+    # The largest single difference is usually in an attention key bias: its true gradient is
+    # zero (softmax ignores a shift), so Adam normalises pure rounding noise into real steps.
+    console.print(f"final weights vs reference: relative L2 difference {result['weight_rel_l2']:.2e}, "
+                  f"max absolute {result['max_weight_diff']:.2e}")
     console.print(f"elastic run {result['elastic_s']:.0f} s, whole demo {result['total_s']:.0f} s; "
                   f"run directory: {result['run_dir']}")
 
 
-@app.command()
-def preview(stack: str = typer.Option(..., help="Stack name: Pulumi.<stack>.yaml.")) -> None:
-    """Run the infra program offline under Pulumi's mocks and print what it would create."""
+def _infra(function_name: str):
+    """An infra entry point: needs the checkout (infra/ beside Pulumi.yaml) and the infra install."""
     repo_root = _repo_root()
     if repo_root is None:
         errors.print("[red]infra commands run from a Tensile checkout[/]: cd to the repository "
@@ -132,13 +134,55 @@ def preview(stack: str = typer.Option(..., help="Stack name: Pulumi.<stack>.yaml
         raise typer.Exit(2)
     sys.path.insert(0, str(repo_root))
     try:
-        from infra.preview import run_preview
+        module = __import__("infra.preview" if function_name == "run_preview" else "infra.cli",
+                            fromlist=[function_name])
     except ImportError as e:
         errors.print(f"[red]infra commands need the infra install[/] ({e.name} is missing): "
-                     "run `make install-infra` (or `pip install -r infra/requirements.txt`) "
-                     "from the repository root, and run tensile from there")
+                     "run `make install-infra` (or `pip install -r infra/requirements.txt "
+                     "-r policies/requirements.txt`) from the repository root")
         raise typer.Exit(2) from None
-    raise typer.Exit(run_preview(stack))
+    return getattr(module, function_name)
+
+
+@app.command()
+def preview(stack: str = typer.Option(..., help="Stack name: Pulumi.<stack>.yaml.")) -> None:
+    """Run the infra program offline under Pulumi's mocks, then the policy pack; print both."""
+    raise typer.Exit(_infra("run_preview")(stack))
+
+
+team_app = typer.Typer(no_args_is_help=True, help="Teams of a stack (Pulumi.<stack>.yaml).")
+job_app = typer.Typer(no_args_is_help=True, help="Training runs on the cluster.")
+app.add_typer(team_app, name="team")
+app.add_typer(job_app, name="job")
+
+
+@team_app.command("add")
+def team_add(name: str = typer.Argument(..., help="Team name (its namespace)."),
+             stack: str = typer.Option(..., help="Stack name: Pulumi.<stack>.yaml."),
+             gpus: int = typer.Option(..., help="GPU quota."),
+             budget: float = typer.Option(..., help="Monthly budget, USD."),
+             gpu_family: list[str] = typer.Option(..., "--gpu-family",
+                                                  help="GPU model (h100) or instance family (p5); repeatable."),
+             member_role_arn: str = typer.Option(..., help="IAM role of the team's members.")) -> None:
+    """Add a team to the stack file (validated; the file is left untouched on error)."""
+    raise typer.Exit(_infra("team_add")(stack, name, gpus, budget, gpu_family, member_role_arn))
+
+
+@job_app.command("render")
+def job_render(name: str = typer.Argument(..., help="Run name."),
+               stack: str = typer.Option(..., help="Stack name: Pulumi.<stack>.yaml."),
+               team: str = typer.Option(..., help="Team whose queue admits the run."),
+               config: str = typer.Option(..., help="Trainer config (relative to the repo root, or absolute)."),
+               image: str = typer.Option(..., help="Training image."),
+               bucket: str = typer.Option(..., help="Checkpoint bucket (pulumi stack output checkpointBucket)."),
+               gpu_model: Optional[str] = typer.Option(None, help="Pin one GPU model."),
+               gpus_per_worker: int = typer.Option(1, help="GPUs per worker pod."),
+               emergency_checkpoint_seconds: int = typer.Option(60, help="Measured emergency-save time.")) -> None:
+    """Print a training run's Kubernetes objects (for kubectl apply -f -)."""
+    raise typer.Exit(_infra("job_render")(
+        stack, name=name, team=team, training_config=config, image=image, bucket=bucket,
+        gpu_model=gpu_model, gpus_per_worker=gpus_per_worker,
+        emergency_checkpoint_seconds=emergency_checkpoint_seconds))
 
 
 def _repo_root() -> Path | None:

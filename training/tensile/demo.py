@@ -78,19 +78,27 @@ def summarize(events: list[dict[str, Any]], disruptions: list[Disruption]) -> Ru
 
 
 def final_weights(shared_dir: Path) -> dict[str, torch.Tensor]:
-    """Model weights of the newest committed checkpoint (ZeRO stage 0 layout)."""
+    """Model weights of the newest committed checkpoint (consolidated for ZeRO-3)."""
     from tensile.checkpoint import Catalog, DirectoryTier
 
     tier = DirectoryTier(shared_dir)
     point = Catalog(tier).find_resume_point()
     if point.manifest is None:
         raise FileNotFoundError(f"no committed checkpoint under {shared_dir}")
-    path = tier.checkpoint_dir(point.manifest.checkpoint_id) / "state" / "mp_rank_00_model_states.pt"
-    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    directory = tier.checkpoint_dir(point.manifest.checkpoint_id)
+    if point.manifest.zero_stage == 3:  # the module file holds only placeholders
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="state")
+    return torch.load(directory / "state" / "mp_rank_00_model_states.pt", map_location="cpu",
+                      weights_only=False)["module"]
 
 
-def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+def weight_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(relative L2 difference over all weights, max absolute difference)."""
+    diff = torch.cat([(a[k].float() - b[k].float()).flatten() for k in a])
+    norm = torch.cat([b[k].float().flatten() for k in a]).norm()
+    return (diff.norm() / norm).item(), diff.abs().max().item()
 
 
 def prepare_run(run_dir: Path, config_name: str = "demo.yaml") -> tuple[Path, TrainingConfig]:
@@ -172,12 +180,12 @@ def run_demo(run_dir: Path, *, lose_at_step: int = 40, add_at_step: int = 80,
             reference.wait(timeout_s)
     summary = summarize(ledger.events(), disruptions)
     reference_summary = summarize(RunLedger(run_dir / "reference" / "shared").events(), [])
-    weight_diff = max_weight_difference(final_weights(Path(config.checkpoint.shared_dir)),
-                                        final_weights(run_dir / "reference" / "shared"))
+    weight_rel_l2, weight_max = weight_differences(final_weights(Path(config.checkpoint.shared_dir)),
+                                                   final_weights(run_dir / "reference" / "shared"))
     loss_diffs = [abs(summary.losses[s] - reference_summary.losses[s])
                   for s in summary.losses if s in reference_summary.losses]
     return {
         "summary": summary, "reference": reference_summary, "status": ledger.status(),
-        "max_weight_diff": weight_diff, "max_loss_diff": max(loss_diffs, default=float("nan")),
+        "weight_rel_l2": weight_rel_l2, "max_weight_diff": weight_max, "max_loss_diff": max(loss_diffs, default=float("nan")),
         "elastic_s": elastic_s, "total_s": time.time() - started, "run_dir": run_dir,
     }
