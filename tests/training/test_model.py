@@ -300,3 +300,17 @@ def test_token_loss_sum_gradient_does_not_depend_on_the_batch_split():
 def test_token_loss_sum_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"loss_mask \(2, 4\) must match targets"):
         token_loss_sum(torch.randn(2, 5, 3), torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 4))
+
+
+def test_build_model_uses_the_configured_factory():
+    from tensile.model import build_model
+
+    default = build_model(ModelConfig(d_model=32, n_heads=2, n_layers=1))
+    assert isinstance(default, CausalLM)
+    # Any importable callable taking the ModelConfig: here the default class by its path.
+    plugged = build_model(ModelConfig(d_model=32, n_heads=2, n_layers=1, factory="tensile.model:CausalLM"))
+    assert isinstance(plugged, CausalLM)
+    with pytest.raises(ValueError, match="cannot be imported"):
+        build_model(ModelConfig(factory="tensile.nowhere:build"))
+    with pytest.raises(ValueError, match="package.module:callable"):
+        ModelConfig(factory="not a path")

@@ -61,6 +61,9 @@ class ModelConfig:
     """Drop probability at the embedding and after each attention and MLP sublayer."""
     tie_embeddings: bool = True
     """Use the token embedding as the output projection."""
+    factory: str = ""
+    """`package.module:callable` building the model from this config; empty means Tensile's
+    CausalLM. The model's forward takes (tokens, sample_keys, step) and returns logits."""
     dropout_seed: int = 0
     """Key mixed into every dropout mask, so masks change between runs only when this does."""
 
@@ -75,6 +78,9 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        module, _, attribute = self.factory.partition(":")
+        if self.factory and not (module and attribute and all(p.isidentifier() for p in module.split("."))):
+            raise ValueError(f"ModelConfig.factory must look like 'package.module:callable', got {self.factory!r}")
         if isinstance(self.dropout_seed, bool) or not isinstance(self.dropout_seed, int):
             raise ValueError(f"ModelConfig.dropout_seed must be an integer, got {self.dropout_seed!r}")
 

@@ -5,6 +5,7 @@ Dropout masks depend on (seed, step, sample, site) only, so any batch split give
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -169,6 +170,19 @@ class CausalLM(nn.Module):
         for block in self.blocks:
             hidden = block(hidden, keys, step)
         return self.output_head(self.final_norm(hidden))
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The configured model: `config.factory` if set (a pluggable model), else CausalLM."""
+    if not config.factory:
+        return CausalLM(config)
+    module_name, _, attribute = config.factory.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"model.factory {config.factory!r} cannot be imported: {e}; install the "
+                         f"package that provides it in the training image") from e
+    return factory(config)
 
 
 def parameter_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:

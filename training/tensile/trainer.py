@@ -24,7 +24,7 @@ from tensile.checkpointing import EngineCheckpointer, GroupLease
 from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
 from tensile.ledger import RunLedger
-from tensile.model import CausalLM, parameter_groups, token_loss_sum
+from tensile.model import build_model, parameter_groups, token_loss_sum
 from tensile.reshard import ensure_universal, incompatibility, needs_reshard
 from tensile.signals import StepWatchdog, StopRequest
 
@@ -159,7 +159,7 @@ class Trainer:
         import deepspeed
 
         torch.manual_seed(self.config.run.seed)
-        model = CausalLM(self.config.model)
+        model = build_model(self.config.model)
         groups = parameter_groups(model, weight_decay=self.config.optimizer.weight_decay)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=groups,
