@@ -389,3 +389,69 @@ def test_checkpoint_id_for_round_trips_its_step():
     assert step_of(checkpoint_id_for(1234, "0123456789abcdef")) == 1234
     assert step_of("scratch") is None
     assert step_of("step-xx-abc") is None
+
+
+# --- Rollback pins -------------------------------------------------------------------------------
+
+
+def _commit_child(tier, tmp_path, seq, step, parent, branch, token):
+    """A committed checkpoint whose manifest names its parent and branch."""
+    manifest = _save(tier, tmp_path, step, token)
+    manifest = _manifest(manifest.checkpoint_id, manifest.files, step=step, parent_id=parent, branch=branch)
+    tier.write_manifest(manifest)
+    tier.commit_log.publish(CommitRecord(seq=seq, checkpoint_id=manifest.checkpoint_id, step=step,
+                                         group_token=token))
+    return manifest
+
+
+def test_catalog_pin_makes_an_older_checkpoint_the_resume_point_until_its_branch_moves_on(tmp_path):
+    tier = DirectoryTier(tmp_path / "shared")
+    first = _commit_child(tier, tmp_path, 1, 10, None, "", "a" * 32)
+    second = _commit_child(tier, tmp_path, 2, 20, first.checkpoint_id, "", "a" * 32)
+    catalog = Catalog(tier)
+    assert catalog.find_resume_point().manifest.checkpoint_id == second.checkpoint_id
+    catalog.pin(first.checkpoint_id)
+    point = catalog.find_resume_point()
+    assert point.manifest.checkpoint_id == first.checkpoint_id and point.pinned == first.checkpoint_id
+    assert point.next_seq == 3
+    # Training after the rollback publishes on the pin's branch; that is the new resume point.
+    branched = _commit_child(tier, tmp_path, 3, 20, first.checkpoint_id, first.checkpoint_id, "b" * 32)
+    assert catalog.find_resume_point().manifest.checkpoint_id == branched.checkpoint_id
+    assert branched.checkpoint_id != second.checkpoint_id, "the same step under another name"
+
+
+def test_catalog_prune_never_deletes_the_pin_or_its_lineage(tmp_path):
+    tier = DirectoryTier(tmp_path / "shared")
+    parent = None
+    manifests = []
+    for seq in range(1, 7):
+        manifest = _commit_child(tier, tmp_path, seq, seq * 10, parent, "", "a" * 32)
+        manifests.append(manifest)
+        parent = manifest.checkpoint_id
+    catalog = Catalog(tier)
+    catalog.pin(manifests[2].checkpoint_id)  # step 30, whose lineage is steps 10 and 20
+    deleted = catalog.prune(keep_last=2)
+    kept = set(tier.list_checkpoint_ids())
+    assert {m.checkpoint_id for m in manifests[:3]} <= kept
+    assert manifests[3].checkpoint_id in deleted
+    assert {m.checkpoint_id for m in manifests[4:]} <= kept
+
+
+def test_catalog_pin_refuses_a_corrupt_checkpoint_and_a_broken_pin_is_reported(tmp_path):
+    tier = DirectoryTier(tmp_path / "shared")
+    good = _commit_child(tier, tmp_path, 1, 10, None, "", "a" * 32)
+    bad = _commit_child(tier, tmp_path, 2, 20, good.checkpoint_id, "", "a" * 32)
+    _flip_a_byte(tier.checkpoint_dir(bad.checkpoint_id) / "sampler.json")
+    catalog = Catalog(tier)
+    with pytest.raises(CheckpointCorrupt, match="sha256"):
+        catalog.pin(bad.checkpoint_id)
+    catalog.pin(good.checkpoint_id)
+    _flip_a_byte(tier.checkpoint_dir(good.checkpoint_id) / "sampler.json")
+    with pytest.raises(CheckpointCorrupt, match="pinned checkpoint"):
+        catalog.find_resume_point()
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,19 @@ DEEPSPEED_TAG = "state"
 """DeepSpeed writes its files under `<checkpoint>/<tag>/`."""
 
 
+def code_version() -> str:
+    """The training code's commit: baked into the image (TENSILE_CODE_VERSION, which has no
+    .git), else read from the checkout this package runs from, else "unknown"."""
+    baked = os.environ.get("TENSILE_CODE_VERSION")
+    if baked:
+        return baked
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def library_versions() -> dict[str, str]:
     import deepspeed
 
@@ -45,6 +59,8 @@ class GroupLease:
     token: str
     next_seq: int
     parent_id: str | None
+    branch: str = ""
+    """The rollback this group's checkpoints descend from ("" on the original line)."""
 
 
 class EngineCheckpointer:
@@ -97,7 +113,8 @@ class EngineCheckpointer:
             checkpoint_id=checkpoint_id, parent_id=lease.parent_id, step=step,
             world_size=self.world_size, zero_stage=self.zero_stage, files=files,
             config_hash=self.config_hash, model_hash=self.model_hash, data_version=self.data_version,
-            versions=library_versions(), created_at=time.time(), reason=reason)
+            versions=library_versions(), created_at=time.time(), reason=reason,
+            branch=lease.branch, code_version=code_version())
         self.tier.write_manifest(manifest)
         record = CommitRecord(seq=lease.next_seq, checkpoint_id=checkpoint_id, step=step,
                               group_token=lease.token)

@@ -185,6 +185,98 @@ def job_render(name: str = typer.Argument(..., help="Run name."),
         emergency_checkpoint_seconds=emergency_checkpoint_seconds))
 
 
+checkpoint_app = typer.Typer(no_args_is_help=True, help="A run's checkpoints on its shared tier.")
+app.add_typer(checkpoint_app, name="checkpoint")
+SHARED = typer.Argument(..., help="The run's shared tier (checkpoint.shared_dir).")
+
+
+def _checkpoint_errors(function, *args):
+    from tensile.checkpoint import CheckpointError
+
+    try:
+        return function(*args)
+    except CheckpointError as e:
+        errors.print(f"[red]checkpoint error[/]: {e}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@checkpoint_app.command("ls")
+def checkpoint_ls(shared_dir: Path = SHARED,
+                  verify: bool = typer.Option(False, help="Check every file's sha256 too."),
+                  all_commits: bool = typer.Option(False, "--all", help="Include commits whose checkpoint retention deleted.")) -> None:
+    """The commit log, newest first: lineage, steps, sizes, worker count, stage, validity."""
+    from tensile.checkpoint_tools import list_checkpoints
+
+    rows = list_checkpoints(shared_dir, verify=verify)
+    table = Table(title=f"checkpoints in {shared_dir}")
+    for column in ("seq", "checkpoint", "step", "workers", "ZeRO", "size", "parent", "branch", "reason", "state"):
+        table.add_column(column)
+    for row in rows:
+        if row.problem == "deleted by retention" and not all_commits:
+            continue
+        m = row.manifest
+        state = row.problem or ("valid" if verify else "committed")
+        if row.pinned:
+            state += " (pinned)"
+        table.add_row(str(row.seq), row.checkpoint_id, str(m.step) if m else "-", str(m.world_size) if m else "-",
+                      str(m.zero_stage) if m else "-", f"{row.size_bytes / 1e6:.1f} MB",
+                      (m.parent_id or "-") if m else "-", (m.branch or "-") if m else "-",
+                      m.reason if m else "-", state)
+    console.print(table)
+
+
+@checkpoint_app.command("verify")
+def checkpoint_verify(shared_dir: Path = SHARED) -> None:
+    """Check every committed checkpoint against its manifest; exit 1 if the resume point is bad."""
+    from tensile.checkpoint import Catalog, DirectoryTier
+    from tensile.checkpoint_tools import list_checkpoints
+
+    rows = list_checkpoints(shared_dir, verify=True)
+    for row in rows:
+        console.print(f"{row.checkpoint_id}: {row.problem or 'valid'}")
+    point = _checkpoint_errors(Catalog(DirectoryTier(shared_dir)).find_resume_point)
+    if point.manifest is None:
+        errors.print("[red]no valid checkpoint to resume from[/]")
+        raise typer.Exit(1)
+    console.print(f"a restart resumes from {point.manifest.checkpoint_id} (step {point.manifest.step})")
+
+
+@checkpoint_app.command("export")
+def checkpoint_export(shared_dir: Path = SHARED,
+                      out: Path = typer.Option(..., help="Output .safetensors file."),
+                      checkpoint: Optional[str] = typer.Option(None, help="Checkpoint id (default: the resume point).")) -> None:
+    """Consolidated fp32 weights as safetensors, whatever the ZeRO stage and worker count."""
+    from tensile.checkpoint_tools import export_weights
+
+    manifest, count = _checkpoint_errors(export_weights, shared_dir, checkpoint, out)
+    console.print(f"exported {count} tensors of {manifest.checkpoint_id} (step {manifest.step}) to {out}")
+
+
+@checkpoint_app.command("reshard")
+def checkpoint_reshard(shared_dir: Path = SHARED,
+                       world_size: int = typer.Option(..., help="The worker count the job will resume at."),
+                       checkpoint: Optional[str] = typer.Option(None, help="Checkpoint id (default: the resume point).")) -> None:
+    """Prepare a checkpoint for another worker count ahead of a planned resize."""
+    from tensile.checkpoint_tools import reshard_ahead
+
+    manifest, seconds = _checkpoint_errors(reshard_ahead, shared_dir, checkpoint, world_size)
+    if seconds:
+        console.print(f"{manifest.checkpoint_id}: universal layout ready for {world_size} workers ({seconds:.1f} s)")
+    else:
+        console.print(f"{manifest.checkpoint_id}: loads at {world_size} workers as it is")
+
+
+@checkpoint_app.command("rollback")
+def checkpoint_rollback(shared_dir: Path = SHARED,
+                        checkpoint: str = typer.Argument(..., help="The checkpoint id to resume from.")) -> None:
+    """Pin an earlier checkpoint as the resume point; training continues from it on a new branch."""
+    from tensile.checkpoint_tools import rollback
+
+    manifest = _checkpoint_errors(rollback, shared_dir, checkpoint)
+    console.print(f"pinned {manifest.checkpoint_id} (step {manifest.step}): the next start resumes from it; "
+                  f"retention keeps it and its lineage")
+
+
 def _repo_root() -> Path | None:
     """The checkout holding Pulumi.yaml and infra/: the working directory or one above it."""
     for directory in (Path.cwd(), *Path.cwd().parents):

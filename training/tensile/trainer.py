@@ -180,9 +180,7 @@ class Trainer:
     def train(self) -> str:
         """Runs the round; returns "completed", or raises StopForMembership / FencingError."""
         start_step = self.resume()
-        lease = GroupLease(token=self.round.token, next_seq=self.round.resume.next_seq,
-                           parent_id=self.round.resume.manifest.checkpoint_id
-                           if self.round.resume.manifest else None)
+        lease = self._lease()
         watchdog = self.watchdog
         step = start_step
         try:
@@ -214,6 +212,16 @@ class Trainer:
             self.ledger.write_status("completed", step=step)
             self.ledger.record("completed", step=step)
         return "completed"
+
+    def _lease(self) -> GroupLease:
+        point = self.round.resume
+        manifest = point.manifest
+        if manifest is None:
+            return GroupLease(token=self.round.token, next_seq=point.next_seq, parent_id=None)
+        # Resuming from a rollback pin starts a branch named after it; descendants inherit it.
+        branch = manifest.checkpoint_id if point.pinned == manifest.checkpoint_id else manifest.branch
+        return GroupLease(token=self.round.token, next_seq=point.next_seq,
+                          parent_id=manifest.checkpoint_id, branch=branch)
 
     def _train_step(self, step: int) -> tuple[float, int]:
         faults.maybe_raise(step=step, rank=self.rank)

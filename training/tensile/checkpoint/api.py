@@ -55,6 +55,11 @@ class Manifest:
     created_at: float = 0.0
     reason: str = "periodic"
     """Why it was taken: periodic, final, or stop (an emergency save on a stop request)."""
+    branch: str = ""
+    """The rollback this checkpoint descends from ("" on the original line): training after
+    `tensile checkpoint rollback ID` starts a branch named ID."""
+    code_version: str = ""
+    """The training code's commit (baked into the image at build time)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tensile.checkpoint.api import CheckpointCorrupt, CommitRecord, Manifest
 from tensile.checkpoint.tier import DirectoryTier
@@ -29,6 +33,8 @@ class ResumePoint:
     manifest: Manifest | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(what, why) for each newer commit that could not be used."""
+    pinned: str | None = None
+    """The rollback pin in force when the point was chosen."""
 
     @property
     def step(self) -> int:
@@ -39,16 +45,42 @@ class Catalog:
     def __init__(self, tier: DirectoryTier):
         self.tier = tier
 
+    # ---- the resume pin (rollback) -----------------------------------------------------
+    @property
+    def pin_path(self) -> Path:
+        return self.tier.root / "pins" / "resume.json"
+
+    def pinned(self) -> str | None:
+        try:
+            return json.loads(self.pin_path.read_text())["checkpoint_id"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    def pin(self, checkpoint_id: str, reason: str = "rollback") -> Manifest:
+        """Make `checkpoint_id` the resume point; training continues from it on a new branch."""
+        manifest = self.tier.read_manifest(checkpoint_id)
+        self.tier.verify(manifest)
+        self.pin_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.pin_path.with_suffix(".partial")
+        partial.write_text(json.dumps({"checkpoint_id": checkpoint_id, "step": manifest.step,
+                                       "reason": reason, "pinned_at": time.time()}))
+        os.replace(partial, self.pin_path)
+        return manifest
+
     def find_resume_point(self) -> ResumePoint:
-        """The newest committed checkpoint whose manifest and checksums verify."""
+        """The newest committed checkpoint whose manifest and checksums verify. With a pin,
+        only the pinned checkpoint and its branch's descendants qualify."""
         log_ = self.tier.commit_log
-        point = ResumePoint(next_seq=log_.head() + 1)
+        pin = self.pinned()
+        point = ResumePoint(next_seq=log_.head() + 1, pinned=pin)
         for seq, record, unreadable in log_.newest_first():
             if record is None:
                 point.skipped.append((f"commit {seq}", unreadable or "unreadable"))
                 continue
             try:
                 manifest = self.tier.read_manifest(record.checkpoint_id)
+                if pin and record.checkpoint_id != pin and manifest.branch != pin:
+                    continue  # off the pinned branch: kept, not resumed from
                 self.tier.verify(manifest)
             except CheckpointCorrupt as e:
                 point.skipped.append((record.checkpoint_id, str(e)))
@@ -56,7 +88,21 @@ class Catalog:
                 continue
             point.record, point.manifest = record, manifest
             break
+        if pin and point.manifest is None:
+            raise CheckpointCorrupt(f"pinned checkpoint {pin} is not committed or does not verify; "
+                                    f"pin another with `tensile checkpoint rollback`")
         return point
+
+    def lineage(self, checkpoint_id: str) -> list[str]:
+        """The checkpoint and its ancestors, newest first, as far as manifests remain."""
+        chain, current = [], checkpoint_id
+        while current and current not in chain:
+            chain.append(current)
+            try:
+                current = self.tier.read_manifest(current).parent_id
+            except CheckpointCorrupt:
+                break
+        return chain
 
     def committed(self) -> list[CommitRecord]:
         """Readable commit records, oldest first."""
@@ -69,6 +115,9 @@ class Catalog:
         if not records:
             return []
         keep = {r.checkpoint_id for r in records[-keep_last:]}
+        pin = self.pinned()
+        if pin:  # never the pinned checkpoint or its lineage
+            keep.update(self.lineage(pin))
         newest_step = records[-1].step
         deleted = []
         for checkpoint_id in self.tier.list_checkpoint_ids():
