@@ -94,3 +94,11 @@ def test_spent_failure_budget_ends_the_run(tmp_path, dataset):
     assert codes == {"node-a": 3}
     status = RunLedger(tmp_path / "shared").status()
     assert status["state"] == "failed" and "failure budget spent" in status["reason"]
+
+
+def test_missing_dataset_ends_the_run_at_once_with_the_reason(tmp_path):
+    config = write_job(tmp_path, str(tmp_path / "no-such-dataset"))
+    assert run_nodes(tmp_path, config, ["node-a"]) == {"node-a": 3}
+    status = RunLedger(tmp_path / "shared").status()
+    assert status["state"] == "failed" and "no index.json" in status["reason"]
+    assert RunLedger(tmp_path / "shared").failures_spent() == 0, "not retried"

@@ -95,7 +95,8 @@ def train(config_path: str) -> int:
     import torch.distributed as dist
 
     from tensile.checkpoint import FencingError
-    from tensile.config import load_config
+    from tensile.config import ConfigError, load_config
+    from tensile.data import DatasetError
     from tensile.ledger import RunLedger
     from tensile.signals import StepWatchdog, StopRequest, exit_now
     from tensile.trainer import StopForMembership, Trainer
@@ -118,10 +119,10 @@ def train(config_path: str) -> int:
     deepspeed.init_distributed(dist_backend="gloo" if not _has_cuda() else "nccl",
                                timeout=timedelta(seconds=config.elastic.collective_timeout_s),
                                verbose=False)
-    trainer = Trainer(config, rank=rank, world_size=world_size, local_dir=local_dir, stop=stop,
-                      watchdog=watchdog)
     round_start = None
     try:
+        trainer = Trainer(config, rank=rank, world_size=world_size, local_dir=local_dir, stop=stop,
+                          watchdog=watchdog)
         round_start = trainer.start_round()
         round_marker(local_dir, rank).parent.mkdir(parents=True, exist_ok=True)
         round_marker(local_dir, rank).write_text(str(round_start.round_number))
@@ -146,15 +147,21 @@ def train(config_path: str) -> int:
     except StopForMembership as e:
         log.info("%s", e)
         exit_now(EXIT_REGROUP)
+    except (DatasetError, ConfigError) as e:
+        # No retry can fix these: end the run and say why, instead of spending the budget.
+        log.error("cannot train: %s", e)
+        ledger.write_status("failed", reason=str(e))
+        write_node_outcome(local_dir, "failed", str(e))
+        exit_now(EXIT_COMPLETED)
     except Exception as e:  # noqa: BLE001 - the exit code must classify every error
         if is_peer_loss(e):
             log.warning("a peer is gone (%s): leaving to re-form", str(e).splitlines()[0][:200])
-            trainer.ledger.record("peer-lost", rank=rank, error=str(e).splitlines()[0][:200])
+            ledger.record("peer-lost", rank=rank, error=str(e).splitlines()[0][:200])
             exit_now(EXIT_REGROUP)
-        number = round_start.round_number if round_start else 0
+        key = round_start.round_number if round_start else f"{ledger.last_round()}-before-start"
         log.exception("training failed")
-        if trainer.ledger.record_failure(number, {"rank": rank, "error": repr(e)[:500]}):
-            trainer.ledger.record("failure", round=number, rank=rank, error=repr(e)[:500])
+        if ledger.record_failure(key, {"rank": rank, "error": repr(e)[:500]}):
+            ledger.record("failure", round=key, rank=rank, error=repr(e)[:500])
         exit_now(EXIT_FAILURE)
     return EXIT_FAILURE
 
