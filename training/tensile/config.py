@@ -252,6 +252,24 @@ class CheckpointConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class SignalsConfig:
+    imds_enabled: bool = False
+    """Watch the instance metadata service for spot notices. Pods reach it only when the
+    node's IMDS hop limit is >= 2; off by default (SIGTERM from the node drain still works)."""
+    imds_endpoint: str = "http://169.254.169.254"
+    """Metadata service address; TENSILE_IMDS_ENDPOINT overrides it per node."""
+    imds_poll_s: float = 1.0
+    """Seconds between polls."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.imds_endpoint.startswith("http://"), "imds_endpoint",
+                f"must be an http:// address, got {self.imds_endpoint!r}")
+        p.check(self.imds_poll_s > 0, "imds_poll_s", f"must be > 0, got {self.imds_poll_s}")
+        p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
 class TrainingConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -261,6 +279,7 @@ class TrainingConfig:
     zero: ZeroConfig = field(default_factory=ZeroConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
 
     def cross_checks(self) -> list[tuple[str, str]]:
         """Invariants between sections."""

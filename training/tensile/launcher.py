@@ -22,7 +22,7 @@ AGENT_RESTART_BACKSTOP = 1000
 
 EXIT_CODES = {"completed": 0, "failed": 3, "budget-exhausted": 3, "incompatible": 3, "fenced": 4,
               # Stopped by a signal (pod deletion, node drain) after saving: the usual 128 + SIGTERM.
-              "stopped": 143}
+              "stopped": 143, "preempted": 143}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +113,12 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
     try:
         while process.poll() is None:
             time.sleep(0.5)
+            if _node_outcome(spec) == "preempted":
+                # Saved and leaving: end the agent at once so it cannot rejoin the next round.
+                # SIGKILL, not SIGTERM: a torchrun agent that shuts down cleanly closes the
+                # rendezvous for every node; a vanished one is dropped at its next heartbeat.
+                _kill_tree(process)
+                break
             status = ledger.status()
             if status and status["state"] in ("completed", "failed"):
                 # A node still waiting in rendezvous would wait out join_timeout for nothing.
@@ -123,9 +129,31 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
     finally:
         signal.signal(signal.SIGTERM, previous)
     outcome, code = read_outcome(config, spec, process.returncode)
-    if stopping and outcome != "completed":
+    if stopping and outcome not in ("completed", "preempted"):
         return "stopped", EXIT_CODES["stopped"]
     return outcome, code
+
+
+def _node_outcome(spec: NodeSpec) -> str | None:
+    try:
+        return json.loads((spec.local_dir / "outcome.json").read_text())["outcome"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for member in tree:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=30)
 
 
 def _stop(process: subprocess.Popen, *, grace_s: float) -> None:

@@ -41,6 +41,23 @@ class StopRequest:
         return self._reason
 
 
+class CheckpointRequest:
+    """Set by a rebalance recommendation: checkpoint at the next step boundary, keep training."""
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        self._reason = reason
+
+    @property
+    def requested(self) -> bool:
+        return self._reason is not None
+
+    def clear(self) -> None:
+        self._reason = None
+
+
 class StepWatchdog:
     """Ends the process when no progress is reported for `timeout_s`.
 

@@ -26,7 +26,7 @@ from tensile.data import GlobalSampler, TokenDataset
 from tensile.ledger import RunLedger
 from tensile.model import build_model, parameter_groups, token_loss_sum
 from tensile.reshard import ensure_universal, incompatibility, needs_reshard
-from tensile.signals import StepWatchdog, StopRequest
+from tensile.signals import CheckpointRequest, StepWatchdog, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,14 @@ def deepspeed_config(config: TrainingConfig, plan: BatchPlan, *, load_universal:
 
 class Trainer:
     def __init__(self, config: TrainingConfig, *, rank: int, world_size: int, local_dir: Path,
-                 stop: StopRequest, watchdog: StepWatchdog):
+                 stop: StopRequest, watchdog: StepWatchdog, checkpoint_request: CheckpointRequest | None = None):
         self.config = config
         self.rank = rank
         self.world_size = world_size
         self.local_dir = local_dir
         self.stop = stop
         self.watchdog = watchdog
+        self.checkpoint_request = checkpoint_request or CheckpointRequest()
         self.tier = DirectoryTier(config.checkpoint.shared_dir)
         self.ledger = RunLedger(config.checkpoint.shared_dir)
         self.dataset = TokenDataset(config.data.url)
@@ -186,7 +187,7 @@ class Trainer:
         try:
             while step < self.config.run.steps:
                 began = time.monotonic()
-                loss, stop_votes = self._train_step(step)
+                loss, stop_votes, checkpoint_votes = self._train_step(step)
                 step += 1
                 watchdog.timeout_s = self.config.elastic.step_watchdog_s
                 watchdog.beat()
@@ -199,10 +200,12 @@ class Trainer:
                                  loss, self.world_size)
                 stopping = stop_votes > 0
                 final = step == self.config.run.steps
-                if stopping or final or step % self.config.checkpoint.every_steps == 0:
+                asked = checkpoint_votes > 0
+                if stopping or final or asked or step % self.config.checkpoint.every_steps == 0:
                     watchdog.pause()
-                    reason = "final" if final else "stop" if stopping else "periodic"
+                    reason = "final" if final else "stop" if stopping else "rebalance" if asked else "periodic"
                     self._save(step, lease, reason)
+                    self.checkpoint_request.clear()
                     watchdog.beat()
                 if stopping and not final:
                     raise StopForMembership(f"stop agreed at step {step} ({self.stop.reason or 'a peer asked'})")
@@ -223,7 +226,7 @@ class Trainer:
         return GroupLease(token=self.round.token, next_seq=point.next_seq,
                           parent_id=manifest.checkpoint_id, branch=branch)
 
-    def _train_step(self, step: int) -> tuple[float, int]:
+    def _train_step(self, step: int) -> tuple[float, int, int]:
         faults.maybe_raise(step=step, rank=self.rank)
         faults.step_delay()
         sample_ids = self.sampler.sample_ids_for_step(step)
@@ -247,9 +250,12 @@ class Trainer:
             self.engine.backward(micro_sum * scale, scale_wrt_gas=False)
             self.engine.step()
             loss_sum += micro_sum.detach().double()
-        report = torch.tensor([loss_sum.item(), 1.0 if self.stop.requested else 0.0], dtype=torch.float64)
+        # One all-reduce per step carries the loss and every rank's votes, so all ranks agree
+        # on a stop or an extra checkpoint at this same step boundary.
+        report = torch.tensor([loss_sum.item(), float(self.stop.requested),
+                               float(self.checkpoint_request.requested)], dtype=torch.float64)
         dist.all_reduce(report)
-        return report[0].item() / global_tokens, int(report[1].item())
+        return report[0].item() / global_tokens, int(report[1].item()), int(report[2].item())
 
     def _read(self, ids: list[int], padding: int) -> torch.Tensor:
         tokens = self.dataset.read(ids) if ids else torch.zeros(0, self.dataset.sample_length, dtype=torch.long)

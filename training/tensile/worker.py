@@ -98,7 +98,7 @@ def train(config_path: str) -> int:
     from tensile.config import ConfigError, load_config
     from tensile.data import DatasetError
     from tensile.ledger import RunLedger
-    from tensile.signals import StepWatchdog, StopRequest, exit_now
+    from tensile.signals import CheckpointRequest, StepWatchdog, StopRequest, exit_now
     from tensile.trainer import StopForMembership, Trainer
 
     stop = StopRequest()
@@ -114,6 +114,9 @@ def train(config_path: str) -> int:
 
     watchdog = StepWatchdog(config.elastic.startup_timeout_s, on_hang).start()
     watchdog.beat()
+    checkpoint_request = CheckpointRequest()
+    if config.signals.imds_enabled:
+        watch_spot_notices(config, stop, checkpoint_request, ledger, rank)
     local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
     deepspeed.utils.logger.setLevel(logging.WARNING)
     deepspeed.init_distributed(dist_backend="gloo" if not _has_cuda() else "nccl",
@@ -122,7 +125,7 @@ def train(config_path: str) -> int:
     round_start = None
     try:
         trainer = Trainer(config, rank=rank, world_size=world_size, local_dir=local_dir, stop=stop,
-                          watchdog=watchdog)
+                          watchdog=watchdog, checkpoint_request=checkpoint_request)
         round_start = trainer.start_round()
         round_marker(local_dir, rank).parent.mkdir(parents=True, exist_ok=True)
         round_marker(local_dir, rank).write_text(str(round_start.round_number))
@@ -146,6 +149,9 @@ def train(config_path: str) -> int:
         exit_now(EXIT_COMPLETED)
     except StopForMembership as e:
         log.info("%s", e)
+        if stop.reason == SPOT_INTERRUPTION:
+            # This node is being reclaimed: the launcher ends its agent, so it does not rejoin.
+            write_node_outcome(local_dir, "preempted", str(e))
         exit_now(EXIT_REGROUP)
     except (DatasetError, ConfigError) as e:
         # No retry can fix these: end the run and say why, instead of spending the budget.
@@ -164,6 +170,27 @@ def train(config_path: str) -> int:
             ledger.record("failure", round=key, rank=rank, error=repr(e)[:500])
         exit_now(EXIT_FAILURE)
     return EXIT_FAILURE
+
+
+SPOT_INTERRUPTION = "spot-interruption"
+
+
+def watch_spot_notices(config, stop, checkpoint_request, ledger, rank: int) -> None:
+    from tensile.imds import SpotNoticeWatcher
+
+    def on_interruption(notice: dict) -> None:
+        log.warning("spot interruption notice %s: checkpointing and leaving", notice)
+        ledger.record("spot-notice", kind="interruption", rank=rank, notice=notice)
+        stop.request(SPOT_INTERRUPTION)
+
+    def on_rebalance(notice: dict) -> None:
+        log.info("rebalance recommendation %s: checkpointing now", notice)
+        ledger.record("spot-notice", kind="rebalance", rank=rank, notice=notice)
+        checkpoint_request.request("rebalance")
+
+    endpoint = os.environ.get("TENSILE_IMDS_ENDPOINT", config.signals.imds_endpoint)
+    SpotNoticeWatcher(endpoint, poll_s=config.signals.imds_poll_s, on_interruption=on_interruption,
+                      on_rebalance=on_rebalance).start()
 
 
 def _has_cuda() -> bool:
