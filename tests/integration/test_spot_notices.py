@@ -68,3 +68,33 @@ def test_rebalance_then_interruption_loses_no_step(tmp_path, dataset):
     done_before = max(e["step"] for e in events if e["event"] == "step" and e["t"] < starts[1]["t"])
     assert starts[1]["resumed_step"] == stop_step == done_before
     assert ledger.failures_spent() == 0 and ledger.status()["state"] == "completed"
+
+
+def test_metrics_endpoint_serves_the_trainers_figures(tmp_path, dataset):
+    import re
+    import urllib.request
+
+    from tensile.localcluster import free_port
+
+    port = free_port()
+    config = write_job(tmp_path, dataset, run={"name": "itest", "seed": 11, "steps": 12, "log_every": 6,
+                                               "metrics_port": port})
+    scraped: list[str] = []
+
+    def scrape(cluster, ledger):
+        if scraped:
+            return
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+        except OSError:
+            return
+        durable = re.search(r'tensile_last_durable_step\{run="itest"\} ([0-9.]+)', text)
+        if durable and float(durable.group(1)) > 0:  # mid-run, after a checkpoint
+            scraped.append(text)
+
+    assert run_nodes(tmp_path, config, ["node-a"], env=SLOW_STEPS, driver=scrape) == {"node-a": 0}
+    assert scraped, "the endpoint answered while the run was going"
+    for name in ("tensile_step_seconds", "tensile_samples_per_second", "tensile_world_size", "tensile_restarts",
+                 "tensile_preemptions", "tensile_checkpoint_stall_seconds", "tensile_checkpoint_persist_seconds",
+                 "tensile_steps_lost"):
+        assert name in scraped[0], name

@@ -95,6 +95,8 @@ class RunConfig:
     """Optimizer steps to train for; the run completes after this many."""
     log_every: int = 10
     """Print a progress line every this many steps (every step is still recorded)."""
+    metrics_port: int = 0
+    """Prometheus endpoint on each node (its first worker); 0 = off. TENSILE_METRICS_PORT overrides."""
 
     def __post_init__(self) -> None:
         p = _Problems()
@@ -102,6 +104,7 @@ class RunConfig:
                 "name", f"must be letters, digits, '-' or '_', got {self.name!r}")
         p.check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
         p.check(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
+        p.check(0 <= self.metrics_port < 65536, "metrics_port", f"must be a port number or 0, got {self.metrics_port}")
         p.raise_if_any()
 
 

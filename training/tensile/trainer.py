@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tensile.checkpointing import EngineCheckpointer, GroupLease
 from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
 from tensile.ledger import RunLedger
+from tensile.metrics import TrainerMetrics, run_history
 from tensile.model import build_model, parameter_groups, token_loss_sum
 from tensile.reshard import ensure_universal, incompatibility, needs_reshard
 from tensile.signals import CheckpointRequest, StepWatchdog, StopRequest
@@ -44,6 +45,8 @@ class RoundStart:
     round_number: int
     token: str
     resume: ResumePoint | None
+    history: dict[str, int] = field(default_factory=dict)
+    """Restarts, preemptions and steps lost so far (for metrics)."""
 
 
 def lr_schedule(config: TrainingConfig):
@@ -77,7 +80,8 @@ def deepspeed_config(config: TrainingConfig, plan: BatchPlan, *, load_universal:
 
 class Trainer:
     def __init__(self, config: TrainingConfig, *, rank: int, world_size: int, local_dir: Path,
-                 stop: StopRequest, watchdog: StepWatchdog, checkpoint_request: CheckpointRequest | None = None):
+                 stop: StopRequest, watchdog: StepWatchdog, checkpoint_request: CheckpointRequest | None = None,
+                 metrics: TrainerMetrics | None = None):
         self.config = config
         self.rank = rank
         self.world_size = world_size
@@ -85,6 +89,7 @@ class Trainer:
         self.stop = stop
         self.watchdog = watchdog
         self.checkpoint_request = checkpoint_request or CheckpointRequest()
+        self.metrics = metrics
         self.tier = DirectoryTier(config.checkpoint.shared_dir)
         self.ledger = RunLedger(config.checkpoint.shared_dir)
         self.dataset = TokenDataset(config.data.url)
@@ -106,6 +111,9 @@ class Trainer:
         self.round = box[0]
         if self.round.decision == "train" and self.resharding:
             self._prepare_reshard()
+        if self.metrics and self.round.decision == "train":
+            self.metrics.round_started(world_size=self.world_size, resumed_step=self.round.resume.step,
+                                       failures_spent=self.ledger.failures_spent(), **self.round.history)
         return self.round
 
     @property
@@ -153,7 +161,7 @@ class Trainer:
             failures_spent=spent)
         for what, why in point.skipped:
             log.warning("not resuming from %s: %s", what, why)
-        return RoundStart("train", number, token, point)
+        return RoundStart("train", number, token, point, history=run_history(self.ledger.events()))
 
     # ---- the model ---------------------------------------------------------------------
     def build(self) -> None:
@@ -192,9 +200,12 @@ class Trainer:
                 watchdog.timeout_s = self.config.elastic.step_watchdog_s
                 watchdog.beat()
                 self.sampler.advance(step - 1)
+                step_s = time.monotonic() - began
+                if self.metrics:
+                    self.metrics.step_done(step=step, seconds=step_s, samples=self.plan.global_batch_size)
                 if self.rank == 0:
                     self.ledger.record("step", step=step, loss=loss, world_size=self.world_size,
-                                       step_s=round(time.monotonic() - began, 4))
+                                       step_s=round(step_s, 4))
                     if step % self.config.run.log_every == 0:
                         log.info("step %d/%d loss %.4f (%d workers)", step, self.config.run.steps,
                                  loss, self.world_size)
@@ -268,6 +279,9 @@ class Trainer:
                         "config_hash": self.config.trajectory_hash()}
         timings = self.checkpointer.save(self.engine, step=step, lease=lease,
                                          client_state=client_state, reason=reason)
+        if self.metrics:
+            self.metrics.checkpoint_done(step=step, reason=reason, stall_s=timings["write_s"],
+                                         persist_s=timings["persist_s"], size=timings["bytes"])
         if self.rank == 0:
             self.ledger.record("checkpoint", step=step, checkpoint=lease.parent_id, reason=reason,
                                seq=lease.next_seq - 1, **{k: round(v, 4) for k, v in timings.items()})

@@ -98,6 +98,7 @@ def train(config_path: str) -> int:
     from tensile.config import ConfigError, load_config
     from tensile.data import DatasetError
     from tensile.ledger import RunLedger
+    from tensile.metrics import TrainerMetrics
     from tensile.signals import CheckpointRequest, StepWatchdog, StopRequest, exit_now
     from tensile.trainer import StopForMembership, Trainer
 
@@ -115,6 +116,10 @@ def train(config_path: str) -> int:
     watchdog = StepWatchdog(config.elastic.startup_timeout_s, on_hang).start()
     watchdog.beat()
     checkpoint_request = CheckpointRequest()
+    metrics = TrainerMetrics(config.run.name)
+    port = int(os.environ.get("TENSILE_METRICS_PORT", config.run.metrics_port) or 0)
+    if port and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        metrics.serve(port)
     if config.signals.imds_enabled:
         watch_spot_notices(config, stop, checkpoint_request, ledger, rank)
     local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
@@ -125,7 +130,7 @@ def train(config_path: str) -> int:
     round_start = None
     try:
         trainer = Trainer(config, rank=rank, world_size=world_size, local_dir=local_dir, stop=stop,
-                          watchdog=watchdog, checkpoint_request=checkpoint_request)
+                          watchdog=watchdog, checkpoint_request=checkpoint_request, metrics=metrics)
         round_start = trainer.start_round()
         round_marker(local_dir, rank).parent.mkdir(parents=True, exist_ok=True)
         round_marker(local_dir, rank).write_text(str(round_start.round_number))

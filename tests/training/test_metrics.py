@@ -1,0 +1,29 @@
+from prometheus_client import generate_latest
+
+from tensile.metrics import TrainerMetrics, run_history
+
+
+def test_trainer_metrics_expose_every_figure():
+    metrics = TrainerMetrics("demo")
+    metrics.round_started(world_size=2, restarts=1, preemptions=1, steps_lost=3, failures_spent=0, resumed_step=10)
+    metrics.step_done(step=11, seconds=0.5, samples=16)
+    metrics.checkpoint_done(step=11, reason="stop", stall_s=0.02, persist_s=0.3, size=1e6)
+    text = generate_latest(metrics.registry).decode()
+    for line in ('tensile_world_size{run="demo"} 2.0', 'tensile_samples_per_second{run="demo"} 32.0',
+                 'tensile_last_durable_step{run="demo"} 11.0', 'tensile_steps_lost{run="demo"} 3.0',
+                 'tensile_checkpoint_stall_seconds{run="demo"} 0.02', 'tensile_restarts{run="demo"} 1.0',
+                 'tensile_checkpoints_total{reason="stop",run="demo"} 1.0'):
+        assert line in text, line
+
+
+def test_run_history_counts_restarts_preemptions_and_lost_steps():
+    events = [
+        {"event": "round-start", "t": 0, "resumed_step": 0},
+        *({"event": "step", "t": s, "step": s} for s in range(1, 8)),
+        {"event": "checkpoint", "t": 5.5, "step": 5, "reason": "periodic"},
+        {"event": "round-start", "t": 10, "resumed_step": 5},  # steps 6 and 7 redone
+        {"event": "step", "t": 11, "step": 6},
+        {"event": "checkpoint", "t": 11.5, "step": 6, "reason": "stop"},
+        {"event": "round-start", "t": 20, "resumed_step": 6},  # nothing lost
+    ]
+    assert run_history(events) == {"restarts": 2, "preemptions": 1, "steps_lost": 2}

@@ -1,0 +1,73 @@
+"""The trainer's Prometheus endpoint: step time, throughput, workers, restarts, preemptions,
+checkpoint stall and persist times, the last durable step and the steps lost.
+
+One endpoint per node (its local rank 0), on TENSILE_METRICS_PORT; off when unset or 0.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+
+class TrainerMetrics:
+    def __init__(self, run_name: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"run": run_name}
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labelnames=list(labels), registry=self.registry).labels(**labels)
+
+        self.step_seconds = gauge("tensile_step_seconds", "Wall time of the last optimizer step.")
+        self.samples_per_second = gauge("tensile_samples_per_second", "Global samples per second, last step.")
+        self.world_size = gauge("tensile_world_size", "Workers in the current group.")
+        self.step = gauge("tensile_step", "Optimizer steps completed.")
+        self.restarts = gauge("tensile_restarts", "Group re-formations since the run began.")
+        self.preemptions = gauge("tensile_preemptions", "Stops agreed on a signal or spot notice, run total.")
+        self.steps_lost = gauge("tensile_steps_lost", "Steps redone after restarts, run total.")
+        self.failures_spent = gauge("tensile_failures_spent", "Failure budget spent.")
+        self.checkpoint_stall_seconds = gauge("tensile_checkpoint_stall_seconds",
+                                              "Time the loop was blocked writing the last checkpoint locally.")
+        self.checkpoint_persist_seconds = gauge("tensile_checkpoint_persist_seconds",
+                                                "Time to make the last checkpoint durable on the shared tier.")
+        self.last_durable_step = gauge("tensile_last_durable_step", "Step of the newest committed checkpoint.")
+        self.checkpoint_bytes = gauge("tensile_checkpoint_bytes", "Size of the last checkpoint.")
+        self._checkpoints = Counter("tensile_checkpoints", "Checkpoints committed by this group.",
+                                    labelnames=["run", "reason"], registry=self.registry)
+        self._labels = labels
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, addr="0.0.0.0", registry=self.registry)
+
+    def round_started(self, *, world_size: int, restarts: int, preemptions: int, steps_lost: int,
+                      failures_spent: int, resumed_step: int) -> None:
+        self.world_size.set(world_size)
+        self.restarts.set(restarts)
+        self.preemptions.set(preemptions)
+        self.steps_lost.set(steps_lost)
+        self.failures_spent.set(failures_spent)
+        self.step.set(resumed_step)
+        self.last_durable_step.set(resumed_step)
+
+    def step_done(self, *, step: int, seconds: float, samples: int) -> None:
+        self.step.set(step)
+        self.step_seconds.set(seconds)
+        self.samples_per_second.set(samples / seconds if seconds > 0 else 0.0)
+
+    def checkpoint_done(self, *, step: int, reason: str, stall_s: float, persist_s: float, size: float) -> None:
+        self.checkpoint_stall_seconds.set(stall_s)
+        self.checkpoint_persist_seconds.set(persist_s)
+        self.last_durable_step.set(step)
+        self.checkpoint_bytes.set(size)
+        self._checkpoints.labels(reason=reason, **self._labels).inc()
+
+
+def run_history(events: list[dict]) -> dict[str, int]:
+    """Restarts, preemptions and steps lost so far, from the run's ledger events."""
+    rounds = [e for e in events if e["event"] == "round-start"]
+    steps = [e for e in events if e["event"] == "step"]
+    lost = 0
+    for previous, current in zip(rounds, rounds[1:]):
+        done = max((e["step"] for e in steps if previous["t"] < e["t"] < current["t"]), default=0)
+        lost += max(0, done - current["resumed_step"])
+    preemptions = sum(1 for e in events if e["event"] == "checkpoint" and e.get("reason") == "stop")
+    return {"restarts": max(0, len(rounds) - 1), "preemptions": preemptions, "steps_lost": lost}
