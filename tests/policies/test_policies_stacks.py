@@ -19,9 +19,7 @@ from .conftest import REPO_ROOT, STACKS
 def test_pack_passes_every_mandatory_rule_on_each_stack(analyzer, stack_runs, stack):
     result = analyzer.run(stack_runs[stack].resources, runner.stack_config(stack))
     assert result.mandatory == []
-    # The only advisory: the Kueue objects (Kubernetes issue) are not in these stacks yet.
-    assert {d.policy for d in result.advisory} == {"team-has-queue-quota"}
-    assert "declares no Kueue objects yet" in result.advisory[0].message
+    assert result.advisory == []
 
 
 U = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
@@ -178,5 +176,4 @@ def test_pack_at_preview_joins_by_urn_and_turns_unknowns_advisory(analyzer, stac
     # The bucket's TLS policy and Karpenter's controller policy are JSON computed from ARNs: unknown
     # at preview, so advisory. Side resources point at the bucket and mount targets at subnets through
     # unknown IDs, yet those rules still decide: the joins go by URN.
-    assert {d.policy for d in result.advisory} == {"s3-bucket-tls-only", "iam-no-wildcard-admin",
-                                                   "team-has-queue-quota"}
+    assert {d.policy for d in result.advisory} == {"s3-bucket-tls-only", "iam-no-wildcard-admin"}
