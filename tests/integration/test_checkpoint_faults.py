@@ -29,7 +29,7 @@ def test_crash_between_checkpoint_files_is_never_loaded(tmp_path, dataset):
     assert ledger.failures_spent() == 1 and "exited with code 137" in failures[0]["error"]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "bit-flip"])
+@pytest.mark.parametrize("damage", ["truncate", pytest.param("bit-flip", marks=pytest.mark.full)])
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, dataset, fixed_size_runs, damage):
     run_dir = tmp_path / "run"
     shutil.copytree(fixed_size_runs[0]["uninterrupted"], run_dir,
