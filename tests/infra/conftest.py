@@ -4,7 +4,6 @@ process (the SDK's mocks are process-global), both stacks at the same time."""
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ if str(REPO_ROOT) not in sys.path:
 from infra import mocks  # noqa: E402
 
 STACKS = ("dev", "prod")
-
-
-@pytest.fixture(scope="session")
-def stack_runs() -> dict[str, mocks.ProgramRun]:
-    with ThreadPoolExecutor(max_workers=len(STACKS)) as pool:
-        runs = dict(zip(STACKS, pool.map(mocks.run_isolated, STACKS)))
-    for name, run in runs.items():
-        if run.error:
-            pytest.fail(f"stack {name} failed under mocks: {run.error}")
-    return runs
 
 
 @pytest.fixture(scope="session")
