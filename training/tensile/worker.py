@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def guard(config_path: str) -> int:
     """Run the worker as a child; record a failure if it dies other than by its own exit codes."""
+    agent = os.getppid()
     child = subprocess.Popen([sys.executable, "-m", "tensile.worker", "--config", config_path, "--guarded"])
 
     def forward(signum: int, frame: object) -> None:
@@ -68,6 +69,12 @@ def guard(config_path: str) -> int:
         signal.signal(sig, forward)
     code = child.wait()
     if code in (EXIT_COMPLETED, EXIT_FAILURE, EXIT_REGROUP):
+        return code
+    if code in (-signal.SIGTERM, -signal.SIGINT):
+        return code  # asked to stop (torchrun restarting its workers) and did: not a failure
+    if os.getppid() != agent:
+        # The torchrun agent is gone too: the whole node is being torn down (reclaimed, or
+        # ended by its launcher after a spot notice), which is not this worker's failure.
         return code
     from tensile.config import load_config
     from tensile.ledger import RunLedger
@@ -90,6 +97,11 @@ def train(config_path: str) -> int:
     logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK', '?')}] %(message)s")
     # Quiet DeepSpeed's per-call INFO lines; warnings still show.
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    from tensile.signals import StopRequest, exit_now
+
+    # Before the slow imports: torchrun may restart a worker that is still starting.
+    stop = StopRequest()
+    stop.install()
 
     import deepspeed
     import torch.distributed as dist
@@ -99,11 +111,11 @@ def train(config_path: str) -> int:
     from tensile.data import DatasetError
     from tensile.ledger import RunLedger
     from tensile.metrics import TrainerMetrics
-    from tensile.signals import CheckpointRequest, StepWatchdog, StopRequest, exit_now
+    from tensile.signals import CheckpointRequest, StepWatchdog
     from tensile.trainer import StopForMembership, Trainer
 
-    stop = StopRequest()
-    stop.install()
+    if stop.requested:  # asked to stop while importing: nothing to save yet
+        exit_now(EXIT_REGROUP)
     config = load_config(config_path)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     ledger = RunLedger(config.checkpoint.shared_dir)
