@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -148,11 +147,6 @@ def steps_in_round(count: int, world: int) -> Callable[[list[dict]], bool]:
             return False
         return sum(1 for e in events if e["event"] == "step" and e["t"] > starts[-1]["t"]) >= count
     return condition
-
-
-def copy_run(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target
 
 
 SLOW_STEPS = {"TENSILE_FAULT_STEP_DELAY_S": os.environ.get("TENSILE_TEST_STEP_DELAY_S", "0.25")}

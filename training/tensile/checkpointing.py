@@ -146,20 +146,3 @@ class EngineCheckpointer:
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {load_dir}")
         return client_state or {}
-
-
-def ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def node_outcome_path(local_dir: Path) -> Path:
-    return local_dir / "outcome.json"
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

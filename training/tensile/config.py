@@ -68,10 +68,10 @@ class ModelConfig:
     """Key mixed into every dropout mask, so masks change between runs only when this does."""
 
     def __post_init__(self) -> None:
-        for field in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
-            value = getattr(self, field)
+        for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ModelConfig.{field} must be a positive integer, got {value!r}")
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"ModelConfig.d_model={self.d_model} must be divisible by ModelConfig.n_heads={self.n_heads}"

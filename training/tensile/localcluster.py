@@ -20,7 +20,6 @@ from typing import Any, Callable
 
 import psutil
 
-from tensile.ledger import RunLedger
 
 
 def free_port() -> int:
@@ -122,9 +121,6 @@ class LocalCluster:
                 return True
             time.sleep(poll_s)
         return False
-
-    def ledger(self, shared_dir: Path) -> RunLedger:
-        return RunLedger(shared_dir)
 
     def shutdown(self) -> None:
         for node_id, node in self.nodes.items():
