@@ -9,7 +9,6 @@ error; a CEL rule the library cannot evaluate is listed, never passed silently.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
