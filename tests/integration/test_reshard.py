@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from harness import SLOW_STEPS, Script, at_step, final_weights, rounds, run_nodes, step_losses, write_job
+from harness import SLOW_STEPS, Script, at_step, rounds, run_nodes, step_losses, write_job
 
+from tensile.demo import final_weights
 from tensile.ledger import RunLedger
 
 LOSS_RTOL = 1e-5
@@ -16,20 +17,6 @@ LOSS_RTOL = 1e-5
 def stop_everyone(cluster):
     for node_id in list(cluster.nodes):
         cluster.terminate(node_id)
-
-
-def consolidated_weights(shared: Path) -> dict:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from tensile.checkpoint import Catalog, DirectoryTier
-
-    tier = DirectoryTier(shared)
-    manifest = Catalog(tier).find_resume_point().manifest
-    return get_fp32_state_dict_from_zero_checkpoint(str(tier.checkpoint_dir(manifest.checkpoint_id)), tag="state")
-
-
-def weights_of(shared: Path, stage: int) -> dict:
-    return final_weights(shared) if stage == 0 else consolidated_weights(shared)
 
 
 @pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.full), 2])
@@ -58,7 +45,7 @@ def test_rescale_2_to_1_to_3_keeps_trajectory(tmp_path, dataset, fixed_size_runs
     assert sorted(losses) == list(range(1, 13))
     worst = max(abs(losses[s] - expected[s]) / expected[s] for s in expected)
     assert worst <= LOSS_RTOL, f"per-step loss differs by up to {worst:.2e}"
-    weights, reference_weights = weights_of(shared, stage), weights_of(reference, 0)
+    weights, reference_weights = final_weights(shared), final_weights(reference)
     worst_weight = max((weights[k] - reference_weights[k]).abs().max().item() for k in reference_weights)
     assert worst_weight <= 1e-5, f"final weights differ by up to {worst_weight:.2e}"
     print(f"ZeRO-{stage} 2→1→3: max relative loss difference {worst:.2e}, weights {worst_weight:.2e}")

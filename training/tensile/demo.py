@@ -78,20 +78,12 @@ def summarize(events: list[dict[str, Any]], disruptions: list[Disruption]) -> Ru
 
 
 def final_weights(shared_dir: Path) -> dict[str, torch.Tensor]:
-    """Model weights of the newest committed checkpoint (consolidated for ZeRO-3)."""
-    from tensile.checkpoint import Catalog, DirectoryTier
+    """Consolidated fp32 weights of the checkpoint a restart would resume from."""
+    from tensile.checkpoint import DirectoryTier
+    from tensile.checkpoint_tools import consolidated_weights, resolve
 
     tier = DirectoryTier(shared_dir)
-    point = Catalog(tier).find_resume_point()
-    if point.manifest is None:
-        raise FileNotFoundError(f"no committed checkpoint under {shared_dir}")
-    directory = tier.checkpoint_dir(point.manifest.checkpoint_id)
-    if point.manifest.zero_stage == 3:  # the module file holds only placeholders
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="state")
-    return torch.load(directory / "state" / "mp_rank_00_model_states.pt", map_location="cpu",
-                      weights_only=False)["module"]
+    return consolidated_weights(tier, resolve(tier, None))
 
 
 def weight_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
