@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file
 import yaml
 
 from tensile.checkpoint import Catalog, DirectoryTier
@@ -73,8 +74,11 @@ def checkpoint_tensors(shared_dir: Path) -> dict[str, Any]:
     assert point.manifest is not None, f"no committed checkpoint in {shared_dir}"
     out: dict[str, Any] = {}
     for entry in point.manifest.files:
-        state = torch.load(tier.checkpoint_dir(point.manifest.checkpoint_id) / entry.path,
-                           map_location="cpu", weights_only=False)
+        path = tier.checkpoint_dir(point.manifest.checkpoint_id) / entry.path
+        if path.suffix == ".safetensors":
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=False)
         _flatten(state, entry.path.split("/")[-1], out)
     return out
 

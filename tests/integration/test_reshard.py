@@ -19,7 +19,7 @@ def stop_everyone(cluster):
         cluster.terminate(node_id)
 
 
-@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.full), 2])
+@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.full), 2, 3])
 def test_rescale_2_to_1_to_3_keeps_trajectory(tmp_path, dataset, fixed_size_runs, stage):
     # The same job at 2 workers, never disturbed (ZeRO-0: the trajectory does not depend on the stage).
     reference = fixed_size_runs[0]["uninterrupted"] / "shared"
@@ -58,7 +58,7 @@ def resume_copy(source: Path, target: Path) -> Path:
 
 
 @pytest.mark.parametrize(("stage", "change", "expected"), [
-    (3, {}, "resume at 2 workers, or train elastically with zero.stage 1 or 2"),
+    (3, {"zero": {"stage": 2}}, "set zero.stage to 3"),
     pytest.param(0, {"model": {"d_model": 48}}, "another model shape", marks=pytest.mark.full),
     pytest.param(0, {"zero": {"stage": 1}}, "set zero.stage to 0", marks=pytest.mark.full),
 ])

@@ -1,8 +1,9 @@
 """Saving and loading a DeepSpeed engine through Tensile's commit protocol.
 
-Each rank writes its DeepSpeed files to its node's own disk, copies them to the shared tier
-(fsynced, hashed); rank 0 gathers the hashes, writes the manifest last and publishes the
-commit record exclusively. Only then does the checkpoint count.
+Each rank writes its files to its node's own disk — ZeRO 1–3 state in Tensile's sharded layout
+(loads at any worker count), ZeRO-0 as DeepSpeed's own checkpoint — and copies them to the
+shared tier (fsynced, hashed); rank 0 gathers the hashes, writes the manifest last and publishes
+the commit record exclusively. Only then does the checkpoint count.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tensile.checkpoint import Catalog, CommitRecord, DirectoryTier, FencingError, Manifest, ResumePoint
+from tensile.checkpoint import (LAYOUT_DEEPSPEED, LAYOUT_SHARDED, Catalog, CommitRecord, DirectoryTier, FencingError,
+                                Manifest, ResumePoint)
 from tensile.checkpoint.api import CheckpointError
 from tensile.checkpoint.catalog import checkpoint_id_for
 from tensile import faults
 from tensile.reshard import UNIVERSAL_TAG, needs_reshard
+from tensile.sharded_state import META, DirectoryShardSource, load_sharded, save_sharded
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +87,16 @@ class EngineCheckpointer:
         checkpoint_id = checkpoint_id_for(step, lease.token)
         # Per rank, so ranks sharing a node never mix files before upload.
         local_root = self.local_dir / "checkpoints" / f"{checkpoint_id}.rank{self.rank}"
-        engine.save_checkpoint(str(local_root), tag=DEEPSPEED_TAG, client_state=client_state,
-                               save_latest=False)
+        if self.layout == LAYOUT_SHARDED:
+            save_sharded(engine, zero_stage=self.zero_stage, directory=local_root, rank=self.rank,
+                         world_size=self.world_size, client_state=client_state)
+        else:
+            engine.save_checkpoint(str(local_root), tag=DEEPSPEED_TAG, client_state=client_state,
+                                   save_latest=False)
         written = time.monotonic()
         entries = []
-        for path in sorted((local_root / DEEPSPEED_TAG).iterdir()):
-            rel = f"{DEEPSPEED_TAG}/{path.name}"
-            entries.append(self.tier.put_file(checkpoint_id, rel, path))
+        for path in sorted(p for p in local_root.rglob("*") if p.is_file()):
+            entries.append(self.tier.put_file(checkpoint_id, str(path.relative_to(local_root)), path))
             faults.maybe_crash_in_save(step=step, rank=self.rank)
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, entries)
@@ -114,7 +120,7 @@ class EngineCheckpointer:
             world_size=self.world_size, zero_stage=self.zero_stage, files=files,
             config_hash=self.config_hash, model_hash=self.model_hash, data_version=self.data_version,
             versions=library_versions(), created_at=time.time(), reason=reason,
-            branch=lease.branch, code_version=code_version())
+            branch=lease.branch, code_version=code_version(), layout=self.layout)
         self.tier.write_manifest(manifest)
         record = CommitRecord(seq=lease.next_seq, checkpoint_id=checkpoint_id, step=step,
                               group_token=lease.token)
@@ -127,6 +133,10 @@ class EngineCheckpointer:
             log.info("retention removed %s", ", ".join(deleted))
         return "ok"
 
+    @property
+    def layout(self) -> str:
+        return LAYOUT_SHARDED if self.zero_stage > 0 else LAYOUT_DEEPSPEED
+
     def _drop_older_local_copies(self, keep: Path) -> None:
         for path in (self.local_dir / "checkpoints").iterdir():
             if path != keep and path.name.endswith(f".rank{self.rank}"):
@@ -137,7 +147,19 @@ class EngineCheckpointer:
         manifest = point.manifest
         if manifest is None:
             raise CheckpointError("no checkpoint to load")
-        # ZeRO state saved at another worker count loads from its universal layout
+        if manifest.layout == LAYOUT_SHARDED:
+            source = DirectoryShardSource(self.tier.checkpoint_dir(manifest.checkpoint_id))
+            sizes = {entry.path: entry.size for entry in manifest.files}
+            try:
+                client_state, stats = load_sharded(
+                    engine, zero_stage=self.zero_stage, source=source, saved_world_size=manifest.world_size,
+                    meta_size=sizes[META], what=f"checkpoint {manifest.checkpoint_id}")
+            finally:
+                source.close()
+            log.info("loaded %s (saved by %d workers) in %.2f s, %d bytes read by this rank",
+                     manifest.checkpoint_id, manifest.world_size, stats.seconds, stats.bytes_read)
+            return client_state
+        # A version-1 checkpoint: ZeRO state saved at another worker count loads from its universal layout
         # (tensile.reshard converts it before the engine is built).
         tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG
         load_dir = self.tier.checkpoint_dir(manifest.checkpoint_id)

@@ -118,21 +118,23 @@ class Trainer:
 
     @property
     def resharding(self) -> bool:
-        return self.round is not None and self.round.resume is not None and \
-            needs_reshard(self.round.resume.manifest, self.world_size)
+        """The resume point's ZeRO state was saved at another worker count."""
+        manifest = self.round.resume.manifest if self.round is not None and self.round.resume else None
+        return manifest is not None and manifest.zero_stage > 0 and manifest.world_size != self.world_size
 
     def _prepare_reshard(self) -> None:
         manifest = self.round.resume.manifest
-        # A file wait, not a collective: a large conversion outlasts the collective timeout.
-        seconds = ensure_universal(self.tier, manifest, rank=self.rank,
-                                   timeout_s=self.config.elastic.startup_timeout_s)
+        seconds = 0.0
+        if needs_reshard(manifest, self.world_size):  # a version-1 checkpoint: convert it first
+            # A file wait, not a collective: a large conversion outlasts the collective timeout.
+            seconds = ensure_universal(self.tier, manifest, rank=self.rank,
+                                       timeout_s=self.config.elastic.startup_timeout_s)
         if self.rank == 0:
             self.ledger.record("reshard", checkpoint=manifest.checkpoint_id, stage=manifest.zero_stage,
                                from_world_size=manifest.world_size, to_world_size=self.world_size,
-                               convert_s=round(seconds, 3))
-            log.info("resharding ZeRO-%d state of %s from %d to %d workers (conversion %.1f s)",
-                     manifest.zero_stage, manifest.checkpoint_id, manifest.world_size,
-                     self.world_size, seconds)
+                               layout=manifest.layout, convert_s=round(seconds, 3))
+            log.info("resharding ZeRO-%d state of %s from %d to %d workers (%s layout)", manifest.zero_stage,
+                     manifest.checkpoint_id, manifest.world_size, self.world_size, manifest.layout)
 
     def _decide_round(self) -> RoundStart:
         token = uuid.uuid4().hex
@@ -172,7 +174,8 @@ class Trainer:
         groups = parameter_groups(model, weight_decay=self.config.optimizer.weight_decay)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=groups,
-            config=deepspeed_config(self.config, self.plan, load_universal=self.resharding),
+            config=deepspeed_config(self.config, self.plan, load_universal=needs_reshard(
+                self.round.resume.manifest if self.round.resume else None, self.world_size)),
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lr_schedule(self.config)))
 

@@ -9,6 +9,8 @@ from tensile.checkpoint.api import (
     FencingError,
     Manifest,
     FORMAT_VERSION,
+    LAYOUT_DEEPSPEED,
+    LAYOUT_SHARDED,
 )
 from tensile.checkpoint.commit_log import CommitLog
 from tensile.checkpoint.tier import DirectoryTier
@@ -16,5 +18,5 @@ from tensile.checkpoint.catalog import Catalog, ResumePoint
 
 __all__ = [
     "Catalog", "CheckpointCorrupt", "CheckpointError", "CheckpointIncompatible", "CommitLog", "CommitRecord", "DirectoryTier",
-    "FileEntry", "FencingError", "FORMAT_VERSION", "Manifest", "ResumePoint",
+    "FileEntry", "FencingError", "FORMAT_VERSION", "LAYOUT_DEEPSPEED", "LAYOUT_SHARDED", "Manifest", "ResumePoint",
 ]
