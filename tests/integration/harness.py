@@ -17,7 +17,10 @@ from tensile.localcluster import LocalCluster, current_world_size, last_step
 
 TINY_JOB: dict[str, Any] = {
     "run": {"name": "itest", "seed": 11, "steps": 12, "log_every": 4},
-    "model": {"vocab_size": 256, "seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.1},
+    "model": {"vocab_size": 256, "seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.1,
+              # Tied embedding/output (the default), two optimizer groups, and a frozen layer: what
+              # resharding must get right.
+              "frozen": ["position_embedding"]},
     "optimizer": {"lr": 3e-3, "warmup_steps": 2},
     "batch": {"global_batch_size": 12, "micro_batch_sizes": [1, 2, 4]},
     "zero": {"stage": 0},

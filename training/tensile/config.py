@@ -66,6 +66,9 @@ class ModelConfig:
     CausalLM. The model's forward takes (tokens, sample_keys, step) and returns logits."""
     dropout_seed: int = 0
     """Key mixed into every dropout mask, so masks change between runs only when this does."""
+    frozen: list[str] = field(default_factory=list)
+    """Parameter-name prefixes to freeze (not trained, not in the optimizer), e.g.
+    `position_embedding` or `blocks.0.`: fine-tuning on top of fixed layers."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
@@ -83,6 +86,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.factory must look like 'package.module:callable', got {self.factory!r}")
         if isinstance(self.dropout_seed, bool) or not isinstance(self.dropout_seed, int):
             raise ValueError(f"ModelConfig.dropout_seed must be an integer, got {self.dropout_seed!r}")
+        if not isinstance(self.frozen, list) or not all(isinstance(p, str) and p for p in self.frozen):
+            raise ValueError(f"ModelConfig.frozen must be a list of parameter-name prefixes, got {self.frozen!r}")
 
 
 @dataclass(kw_only=True, slots=True)
