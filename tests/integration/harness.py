@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import yaml
 
 from tensile.checkpoint import Catalog, DirectoryTier
+from tensile.demo import final_weights  # noqa: F401  (re-exported for the tests)
 from tensile.ledger import RunLedger
 from tensile.localcluster import LocalCluster, current_world_size, last_step
 
@@ -108,12 +109,6 @@ def assert_bit_identical(a: dict[str, Any], b: dict[str, Any]) -> None:
             assert torch.equal(a[key], b[key]), f"{key} differs (max {(a[key] - b[key]).abs().max()})"
         else:
             assert a[key] == b[key], f"{key}: {a[key]} != {b[key]}"
-
-
-def final_weights(shared_dir: Path) -> dict[str, torch.Tensor]:
-    tensors = checkpoint_tensors(shared_dir)
-    prefix = "mp_rank_00_model_states.pt.module."
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def step_losses(shared_dir: Path) -> dict[int, float]:

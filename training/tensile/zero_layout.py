@@ -102,6 +102,9 @@ class ZeroPartition:
                      "persistent_parameters")
         else:
             raise ValueError(f"ZeRO stage {stage} has no partitioned state")
+        if any(getattr(self.optimizer, flag, False) for flag in ("cpu_offload", "offload_optimizer", "swap_optimizer")):
+            # Offloaded partitions live in pinned host or NVMe buffers this reader does not walk.
+            raise RuntimeError("ZeRO-Offload is not supported by Tensile's sharded checkpoints")
 
     # ---- the flat partitions the inner optimizer steps on -----------------------------
     def flat_partitions(self) -> list[tuple[torch.Tensor, int]]:
