@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from harness import SLOW_STEPS, Script, final_weights, rounds, run_nodes, step_losses, steps_in_round, write_job
+from harness import SLOW_STEPS, Script, final_weights, rounds, run_nodes, step_losses, write_job
 
 from tensile.ledger import RunLedger
 
@@ -19,6 +19,16 @@ WEIGHT_ATOL = 1e-5
 def stop_everyone(cluster):
     for node_id in list(cluster.nodes):
         cluster.terminate(node_id)
+
+
+def first_step_of_round(number: int):
+    """True once the run's `number`-th round has completed a step (the previous round had the
+    same size when two in a row do, so the size alone cannot tell them apart)."""
+    def condition(events: list[dict]) -> bool:
+        starts = [e for e in events if e["event"] == "round-start"]
+        return len(starts) >= number and any(
+            e["event"] == "step" and e["t"] > starts[number - 1]["t"] for e in events)
+    return condition
 
 
 def rescale_through(run_dir: Path, config: Path, sizes: list[int]) -> None:
@@ -32,7 +42,7 @@ def rescale_through(run_dir: Path, config: Path, sizes: list[int]) -> None:
             assert set(codes.values()) == {0}, (sizes, codes)
         else:
             codes = run_nodes(run_dir, config, nodes, env=SLOW_STEPS,
-                              driver=Script((steps_in_round(1, world), stop_everyone)))
+                              driver=Script((first_step_of_round(i + 1), stop_everyone)))
             assert set(codes.values()) == {143}, (sizes[:i + 1], codes)
 
 
