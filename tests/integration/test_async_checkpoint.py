@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import SLOW_STEPS, run_nodes, write_job
+from harness import SLOW_STEPS, Script, at_step, rounds, run_nodes, write_job
 
 from tensile.checkpoint import Catalog, DirectoryTier
 from tensile.ledger import RunLedger
@@ -27,3 +27,22 @@ def test_periodic_checkpoints_persist_while_training_goes_on_one_at_a_time(tmp_p
     committed = [r.step for r in Catalog(DirectoryTier(shared)).committed()]
     assert committed == [3, 6, 9, 12]
     assert not [e for e in events if e["event"] == "checkpoint-failed"]
+
+
+def test_sigterm_during_a_background_save_lets_it_finish_then_saves_the_stop(tmp_path, dataset):
+    # The step-3 save is held 3 s in the background; SIGTERM (pod deletion) lands meanwhile.
+    config = write_job(tmp_path, dataset, zero={"stage": 1})
+    held = {**SLOW_STEPS, "TENSILE_FAULT_PERSIST_DELAY_S": "3"}
+    everyone = lambda cluster: [cluster.terminate(n) for n in list(cluster.nodes)]  # noqa: E731
+    codes = run_nodes(tmp_path, config, ["a", "b"], env=held, driver=Script((at_step(4), everyone)))
+    assert codes == {"a": 143, "b": 143}
+    shared = tmp_path / "shared"
+    events = RunLedger(shared).events()
+    saves = [(e["step"], e["reason"]) for e in events if e["event"] == "checkpoint"]
+    assert saves[0] == (3, "periodic") and saves[-1][1] == "stop", saves
+    stop_step = saves[-1][0]
+    assert [r.step for r in Catalog(DirectoryTier(shared)).committed()] == [3, stop_step]
+    # The next start resumes at the stop checkpoint: no step lost.
+    assert run_nodes(tmp_path, config, ["c"]) == {"c": 0}
+    done_before = max(e["step"] for e in events if e["event"] == "step")
+    assert rounds(shared)[-1]["resumed_step"] == stop_step == done_before

@@ -98,3 +98,28 @@ def test_metrics_endpoint_serves_the_trainers_figures(tmp_path, dataset):
                  "tensile_preemptions", "tensile_checkpoint_stall_seconds", "tensile_checkpoint_persist_seconds",
                  "tensile_steps_lost"):
         assert name in scraped[0], name
+
+
+def test_two_of_three_noticed_at_once_lose_no_step(tmp_path, dataset):
+    job = {"run": {"name": "itest", "seed": 11, "steps": 16, "log_every": 4},
+           "checkpoint": {"every_steps": 100}, "signals": {"imds_enabled": True, "imds_poll_s": 0.1}}
+    config = write_job(tmp_path, dataset, zero={"stage": 2}, **job)
+    ledger = RunLedger(tmp_path / "shared")
+    with MetadataServer() as quiet, MetadataServer() as doomed_b, MetadataServer() as doomed_c, \
+            LocalCluster(tmp_path, config, env=SLOW_STEPS) as cluster:
+        script = Script((at_step(4, world=3), lambda cluster: (doomed_b.interrupt(), doomed_c.interrupt())))
+        cluster.start_store()
+        for node, server in (("node-a", quiet), ("node-b", doomed_b), ("node-c", doomed_c)):
+            cluster.start_node(node, extra_env={"TENSILE_IMDS_ENDPOINT": server.endpoint})
+        assert cluster.wait(300, on_poll=lambda: script(cluster, ledger))
+        codes = {n: node.process.returncode for n, node in cluster.nodes.items()}
+    assert codes == {"node-a": 0, "node-b": 143, "node-c": 143}, codes
+    events = ledger.events()
+    stops = [e for e in events if e["event"] == "checkpoint" and e["reason"] == "stop"]
+    starts = rounds(tmp_path / "shared")
+    assert [r["world_size"] for r in starts[:1]] == [3] and starts[-1]["world_size"] == 1, starts
+    # One agreed stop for both notices; the survivor resumed at it, resharding ZeRO-2 3 → 1.
+    assert len(stops) == 1
+    done_before = max(e["step"] for e in events if e["event"] == "step" and e["t"] < starts[-1]["t"])
+    assert starts[-1]["resumed_step"] == stops[0]["step"] == done_before
+    assert ledger.failures_spent() == 0 and ledger.status()["state"] == "completed"

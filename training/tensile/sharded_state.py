@@ -75,6 +75,44 @@ class DirectoryShardSource:
         self._open.clear()
 
 
+class TierShardSource:
+    """Byte ranges of a checkpoint on any tier (ranged GETs on S3), preferring this node's own
+    copy of a file when it still has one of the same size (a restart on the same node)."""
+
+    def __init__(self, tier: Any, checkpoint_id: str, sizes: dict[str, int], local_copies: list[Path]):
+        self.tier = tier
+        self.checkpoint_id = checkpoint_id
+        self.sizes = sizes
+        self.local_copies = local_copies
+        self._local: dict[str, LocalFileRanges] = {}
+
+    def ranges(self, rel_path: str) -> ReadRange:
+        if rel_path in self._local:
+            return self._local[rel_path]
+        for root in self.local_copies:
+            candidate = root / rel_path
+            try:
+                if candidate.stat().st_size == self.sizes.get(rel_path):
+                    self._local[rel_path] = LocalFileRanges(candidate)
+                    return self._local[rel_path]
+            except FileNotFoundError:
+                continue
+
+        def read_range(offset: int, length: int) -> bytes:
+            return self.tier.read_range(self.checkpoint_id, rel_path, offset, length)
+
+        return read_range
+
+    @property
+    def local_reads(self) -> list[str]:
+        return sorted(self._local)
+
+    def close(self) -> None:
+        for reader in self._local.values():
+            reader.close()
+        self._local.clear()
+
+
 # ---- saving ------------------------------------------------------------------------------
 def state_kinds(partition: ZeroPartition) -> list[str]:
     """The optimizer state entries that are partitioned like the master weights (exp_avg...)."""
