@@ -6,6 +6,7 @@ Every write is durable before it is acknowledged: file fsynced, renamed into pla
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,33 @@ from tensile.checkpoint.api import CheckpointCorrupt, FileEntry, Manifest
 from tensile.checkpoint.commit_log import CommitLog, fsync_dir
 
 MANIFEST = "manifest.json"
+PIN = "pins/resume.json"
+"""The rollback pin, relative to the tier's root."""
 _CHUNK = 4 << 20
+
+
+def parse_manifest(checkpoint_id: str, text: str) -> Manifest:
+    """The manifest stored for `checkpoint_id`, or CheckpointCorrupt saying what is wrong with it."""
+    try:
+        manifest = Manifest.from_json(text)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointCorrupt(f"{checkpoint_id}: unreadable manifest: {e}") from e
+    except CheckpointCorrupt as e:  # an unknown format version: say which checkpoint
+        raise CheckpointCorrupt(f"{checkpoint_id}: {e}") from e
+    if manifest.checkpoint_id != checkpoint_id:
+        raise CheckpointCorrupt(f"{checkpoint_id}: manifest names {manifest.checkpoint_id}")
+    return manifest
+
+
+def check_range(checkpoint_id: str, rel_path: str, offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise ValueError(f"{checkpoint_id}/{rel_path}: read_range needs offset >= 0 and length >= 0, "
+                         f"got offset={offset} length={length}")
+
+
+def short_read(checkpoint_id: str, rel_path: str, offset: int, length: int, got: int) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {rel_path} ends before bytes {offset}..{offset + length} "
+                             f"(got {got} of {length}): the file is shorter than its reader expects")
 
 
 class DirectoryTier:
@@ -22,6 +49,7 @@ class DirectoryTier:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.url = str(self.root)
         self.checkpoints = self.root / "checkpoints"
         self.commit_log = CommitLog(self.root / "commits")
 
@@ -58,18 +86,11 @@ class DirectoryTier:
         fsync_dir(directory)
 
     def read_manifest(self, checkpoint_id: str) -> Manifest:
-        path = self.checkpoint_dir(checkpoint_id) / MANIFEST
         try:
-            manifest = Manifest.from_json(path.read_text())
+            text = (self.checkpoint_dir(checkpoint_id) / MANIFEST).read_text()
         except FileNotFoundError as e:
             raise CheckpointCorrupt(f"{checkpoint_id}: no manifest (the save never finished)") from e
-        except (ValueError, TypeError, KeyError) as e:
-            raise CheckpointCorrupt(f"{checkpoint_id}: unreadable manifest: {e}") from e
-        except CheckpointCorrupt as e:  # an unknown format version: say which checkpoint
-            raise CheckpointCorrupt(f"{checkpoint_id}: {e}") from e
-        if manifest.checkpoint_id != checkpoint_id:
-            raise CheckpointCorrupt(f"{checkpoint_id}: manifest names {manifest.checkpoint_id}")
-        return manifest
+        return parse_manifest(checkpoint_id, text)
 
     def verify(self, manifest: Manifest) -> None:
         """Check every file's size and sha256; raise CheckpointCorrupt naming the first mismatch."""
@@ -89,6 +110,47 @@ class DirectoryTier:
                     digest.update(chunk)
             if digest.hexdigest() != entry.sha256:
                 raise CheckpointCorrupt(f"{manifest.checkpoint_id}: {entry.path} fails its sha256 check")
+
+    def read_range(self, checkpoint_id: str, rel_path: str, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes from `offset`; CheckpointCorrupt if the file is missing or shorter."""
+        check_range(checkpoint_id, rel_path, offset, length)
+        try:
+            fd = os.open(self.checkpoint_dir(checkpoint_id) / rel_path, os.O_RDONLY)
+        except FileNotFoundError as e:
+            raise CheckpointCorrupt(f"{checkpoint_id}: {rel_path} is missing") from e
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise short_read(checkpoint_id, rel_path, offset, length, len(data))
+        return data
+
+    def fetch_file(self, checkpoint_id: str, rel_path: str, target: Path) -> None:
+        """Copy a checkpoint file to a local path; the target never holds a partial copy."""
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            shutil.copyfile(self.checkpoint_dir(checkpoint_id) / rel_path, partial)
+        except FileNotFoundError as e:
+            raise CheckpointCorrupt(f"{checkpoint_id}: {rel_path} is missing") from e
+        os.replace(partial, target)
+
+    def read_pin(self) -> dict | None:
+        """The rollback pin, or None when there is none (an unreadable pin counts as none)."""
+        try:
+            data = json.loads((self.root / PIN).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_pin(self, data: dict) -> None:
+        path = self.root / PIN
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(data))
+        os.replace(partial, path)
 
     def list_checkpoint_ids(self) -> list[str]:
         if not self.checkpoints.exists():
