@@ -9,12 +9,14 @@ from tensile.checkpoint.api import (
     FencingError,
     Manifest,
     FORMAT_VERSION,
+    Tier,
 )
 from tensile.checkpoint.commit_log import CommitLog
 from tensile.checkpoint.tier import DirectoryTier
 from tensile.checkpoint.catalog import Catalog, ResumePoint
+from tensile.checkpoint.locations import open_tier
 
 __all__ = [
     "Catalog", "CheckpointCorrupt", "CheckpointError", "CheckpointIncompatible", "CommitLog", "CommitRecord", "DirectoryTier",
-    "FileEntry", "FencingError", "FORMAT_VERSION", "Manifest", "ResumePoint",
+    "FileEntry", "FencingError", "FORMAT_VERSION", "Manifest", "ResumePoint", "Tier", "open_tier",
 ]

@@ -20,7 +20,7 @@ PIN = "pins/resume.json"
 _CHUNK = 4 << 20
 
 
-def parse_manifest(checkpoint_id: str, text: str) -> Manifest:
+def parse_manifest(checkpoint_id: str, text: str | bytes) -> Manifest:
     """The manifest stored for `checkpoint_id`, or CheckpointCorrupt saying what is wrong with it."""
     try:
         manifest = Manifest.from_json(text)
@@ -31,6 +31,22 @@ def parse_manifest(checkpoint_id: str, text: str) -> Manifest:
     if manifest.checkpoint_id != checkpoint_id:
         raise CheckpointCorrupt(f"{checkpoint_id}: manifest names {manifest.checkpoint_id}")
     return manifest
+
+
+def no_manifest(checkpoint_id: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: no manifest (the save never finished)")
+
+
+def missing_file(checkpoint_id: str, rel_path: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {rel_path} is missing")
+
+
+def wrong_size(checkpoint_id: str, entry: FileEntry, size: int) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} has {size} bytes, manifest says {entry.size}")
+
+
+def wrong_sha256(checkpoint_id: str, entry: FileEntry) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} fails its sha256 check")
 
 
 def check_range(checkpoint_id: str, rel_path: str, offset: int, length: int) -> None:
@@ -89,7 +105,7 @@ class DirectoryTier:
         try:
             text = (self.checkpoint_dir(checkpoint_id) / MANIFEST).read_text()
         except FileNotFoundError as e:
-            raise CheckpointCorrupt(f"{checkpoint_id}: no manifest (the save never finished)") from e
+            raise no_manifest(checkpoint_id) from e
         return parse_manifest(checkpoint_id, text)
 
     def verify(self, manifest: Manifest) -> None:
@@ -100,16 +116,15 @@ class DirectoryTier:
             try:
                 size = path.stat().st_size
             except FileNotFoundError as e:
-                raise CheckpointCorrupt(f"{manifest.checkpoint_id}: {entry.path} is missing") from e
+                raise missing_file(manifest.checkpoint_id, entry.path) from e
             if size != entry.size:
-                raise CheckpointCorrupt(
-                    f"{manifest.checkpoint_id}: {entry.path} has {size} bytes, manifest says {entry.size}")
+                raise wrong_size(manifest.checkpoint_id, entry, size)
             digest = hashlib.sha256()
             with open(path, "rb") as f:
                 while chunk := f.read(_CHUNK):
                     digest.update(chunk)
             if digest.hexdigest() != entry.sha256:
-                raise CheckpointCorrupt(f"{manifest.checkpoint_id}: {entry.path} fails its sha256 check")
+                raise wrong_sha256(manifest.checkpoint_id, entry)
 
     def read_range(self, checkpoint_id: str, rel_path: str, offset: int, length: int) -> bytes:
         """Exactly `length` bytes from `offset`; CheckpointCorrupt if the file is missing or shorter."""
@@ -117,7 +132,7 @@ class DirectoryTier:
         try:
             fd = os.open(self.checkpoint_dir(checkpoint_id) / rel_path, os.O_RDONLY)
         except FileNotFoundError as e:
-            raise CheckpointCorrupt(f"{checkpoint_id}: {rel_path} is missing") from e
+            raise missing_file(checkpoint_id, rel_path) from e
         try:
             data = os.pread(fd, length, offset)
         finally:
@@ -134,7 +149,7 @@ class DirectoryTier:
         try:
             shutil.copyfile(self.checkpoint_dir(checkpoint_id) / rel_path, partial)
         except FileNotFoundError as e:
-            raise CheckpointCorrupt(f"{checkpoint_id}: {rel_path} is missing") from e
+            raise missing_file(checkpoint_id, rel_path) from e
         os.replace(partial, target)
 
     def read_pin(self) -> dict | None:
