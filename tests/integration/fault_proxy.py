@@ -155,7 +155,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def handle_one_request(self) -> None:
             try:
                 super().handle_one_request()
-            except (ConnectionError, OSError):  # the client gave up (after a stall, say)
+            except (OSError, ValueError):  # the client gave up (after a stall), or we reset on purpose
                 self.close_connection = True
 
         def do_GET(self) -> None:

@@ -3,6 +3,7 @@ sits in front of it; both live in this process, on 127.0.0.1 ports of their own.
 
 from __future__ import annotations
 
+import logging
 import sys
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ def moto_url() -> str:
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"

@@ -92,7 +92,7 @@ def is_transient(error: Exception) -> bool:
 
 def make_client(endpoint_url: str | None, settings: S3Settings):
     """An S3 client; with no endpoint_url, boto3 honours AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."""
-    config = Config(retries={"mode": settings.retry_mode, "max_attempts": settings.client_attempts},
+    config = Config(retries={"mode": settings.retry_mode, "total_max_attempts": settings.client_attempts},
                     connect_timeout=settings.connect_timeout_s, read_timeout=settings.read_timeout_s,
                     max_pool_connections=max(10, 2 * settings.max_concurrency))
     client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
