@@ -3,6 +3,7 @@ proxy in between; the tier contract tests run against DirectoryTier too."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from botocore.retries.standard import ExponentialBackoff
 
 from fault_proxy import (HTTP_ERROR, RESET_AFTER_UPSTREAM, RESET_BEFORE_RESPONSE, RESET_MID_BODY,
                          RESET_MID_REQUEST, STALL, Fault, internal_error, slow_down)
@@ -32,6 +34,12 @@ FAST_RETRIES = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 def _s3_tier(bucket: str, endpoint: str, **settings) -> S3Tier:
     return S3Tier(f"s3://{bucket}/runs/r1", endpoint_url=endpoint,
                   settings=S3Settings(retry=FAST_RETRIES, **settings))
+
+
+@pytest.fixture(autouse=True)
+def quick_throttling_backoff(monkeypatch):
+    """botocore waits up to 1 s, doubling, after a SlowDown; 20 ms keeps these tests quick."""
+    monkeypatch.setitem(ExponentialBackoff._DEFAULT_BACKOFF_CONFIG, "throttling_base_scale", 0.02)
 
 
 @pytest.fixture(params=["directory", "s3"])
@@ -66,7 +74,9 @@ def _commit(tier, tmp_path: Path, seq: int, step: int, token: str = "a" * 32, **
     return manifest
 
 
+@functools.cache
 def _raw_client(moto_url: str):
+    """A plain client, to look behind the tier's back."""
     return boto3.client("s3", endpoint_url=moto_url)
 
 
