@@ -22,7 +22,8 @@ from tensile.checkpoint.api import CheckpointError, CommitRecord, FileEntry, Man
 from tensile.checkpoint.commit_log import CommitLogReader, fenced, record_name
 from tensile.checkpoint.s3_objects import MAX_PARTS, S3Objects, S3Settings, error_code, is_missing, is_transient
 from tensile.checkpoint.tier import (
-    MANIFEST, PIN, check_range, missing_file, no_manifest, parse_manifest, short_read, wrong_sha256, wrong_size)
+    MANIFEST, PIN, check_range, missing_file, no_manifest, parse_manifest, partial_beside, short_read, whole_range,
+    wrong_sha256, wrong_size)
 
 log = logging.getLogger(__name__)
 
@@ -199,15 +200,11 @@ class S3Tier:
             if error_code(e) == "InvalidRange":  # the range starts past the end
                 raise short_read(checkpoint_id, rel_path, offset, length, 0) from e
             raise
-        if len(data) != length:
-            raise short_read(checkpoint_id, rel_path, offset, length, len(data))
-        return data
+        return whole_range(checkpoint_id, rel_path, offset, length, data)
 
     def fetch_file(self, checkpoint_id: str, rel_path: str, target: Path) -> None:
         """Download to a local path (ranged GETs in parallel); the target never holds a partial copy."""
-        target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
+        partial = partial_beside(Path(target))
         key = self._key(checkpoint_id, rel_path)
         transfer = TransferConfig(multipart_threshold=self.settings.multipart_threshold_bytes,
                                   multipart_chunksize=self.settings.part_size_bytes,
@@ -220,7 +217,7 @@ class S3Tier:
             if is_missing(e):
                 raise missing_file(checkpoint_id, rel_path) from e
             raise
-        os.replace(partial, target)
+        os.replace(partial, Path(target))
 
     def list_checkpoint_ids(self) -> list[str]:
         """Every checkpoint with any object, manifest or not (prune judges orphans by it)."""

@@ -55,6 +55,18 @@ def check_range(checkpoint_id: str, rel_path: str, offset: int, length: int) -> 
                          f"got offset={offset} length={length}")
 
 
+def partial_beside(target: Path) -> Path:
+    """Where a download to `target` is written before it is renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.with_name(target.name + ".partial")
+
+
+def whole_range(checkpoint_id: str, rel_path: str, offset: int, length: int, data: bytes) -> bytes:
+    if len(data) != length:
+        raise short_read(checkpoint_id, rel_path, offset, length, len(data))
+    return data
+
+
 def short_read(checkpoint_id: str, rel_path: str, offset: int, length: int, got: int) -> CheckpointCorrupt:
     return CheckpointCorrupt(f"{checkpoint_id}: {rel_path} ends before bytes {offset}..{offset + length} "
                              f"(got {got} of {length}): the file is shorter than its reader expects")
@@ -85,7 +97,7 @@ class DirectoryTier:
                 size += len(chunk)
             dst.flush()
             os.fsync(dst.fileno())
-        os.replace(partial, target)
+        os.replace(partial, Path(target))
         fsync_dir(target.parent)
         return FileEntry(path=rel_path, size=size, sha256=digest.hexdigest())
 
@@ -137,20 +149,16 @@ class DirectoryTier:
             data = os.pread(fd, length, offset)
         finally:
             os.close(fd)
-        if len(data) != length:
-            raise short_read(checkpoint_id, rel_path, offset, length, len(data))
-        return data
+        return whole_range(checkpoint_id, rel_path, offset, length, data)
 
     def fetch_file(self, checkpoint_id: str, rel_path: str, target: Path) -> None:
         """Copy a checkpoint file to a local path; the target never holds a partial copy."""
-        target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
+        partial = partial_beside(Path(target))
         try:
             shutil.copyfile(self.checkpoint_dir(checkpoint_id) / rel_path, partial)
         except FileNotFoundError as e:
             raise missing_file(checkpoint_id, rel_path) from e
-        os.replace(partial, target)
+        os.replace(partial, Path(target))
 
     def read_pin(self) -> dict | None:
         """The rollback pin, or None when there is none (an unreadable pin counts as none)."""
