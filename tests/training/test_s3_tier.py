@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import signal
@@ -25,7 +26,9 @@ from tensile.checkpoint import (Catalog, CheckpointCorrupt, CommitRecord, Direct
 from tensile.checkpoint.catalog import checkpoint_id_for
 from tensile.checkpoint.retry import RetryPolicy, call_with_retries
 from tensile.checkpoint.s3_objects import S3Settings, parse_s3_url
-from tensile.checkpoint.s3_tier import S3Tier
+from tensile.checkpoint.api import Tier, TierCommitLog
+from tensile.checkpoint.commit_log import CommitLog
+from tensile.checkpoint.s3_tier import S3CommitLog, S3Tier
 
 MiB = 1 << 20
 FAST_RETRIES = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
@@ -160,6 +163,15 @@ def test_directory_tier_pin_stays_at_pins_resume_json(tmp_path):
     _commit(tier, tmp_path, 1, 10)
     Catalog(tier).pin(checkpoint_id_for(10, "a" * 32))
     assert (tmp_path / "shared" / "pins" / "resume.json").exists()
+
+
+@pytest.mark.parametrize("implementation", [DirectoryTier, S3Tier, CommitLog, S3CommitLog])
+def test_tiers_and_commit_logs_offer_the_protocols_methods_with_the_same_signatures(implementation):
+    protocol = TierCommitLog if "CommitLog" in implementation.__name__ else Tier
+    methods = [name for name, member in vars(protocol).items() if inspect.isfunction(member) and name[0] != "_"]
+    assert methods
+    for name in methods:
+        assert inspect.signature(getattr(implementation, name)) == inspect.signature(getattr(protocol, name)), name
 
 
 # --- S3 specifics ------------------------------------------------------------------------------
@@ -329,6 +341,27 @@ def test_s3_multipart_part_failures_are_retried(bucket, fault_proxy, tmp_path, c
     assert sum("S3 UploadPart: botocore retrying" in m for m in messages) == 2
 
 
+def test_s3_multipart_completion_whose_response_was_lost_is_retried(bucket, fault_proxy, moto_url, tmp_path):
+    """botocore resends CompleteMultipartUpload after a reset; the server must take it as done.
+    (moto treats a repeated completion of the same upload as idempotent.)"""
+    tier = _s3_tier(bucket, fault_proxy.url, multipart_threshold_bytes=5 * MiB, part_size_bytes=5 * MiB)
+    fault = Fault(kind=RESET_AFTER_UPSTREAM, method="POST", target=r"\?uploadId=")
+    fault_proxy.inject(fault)
+    payload = os.urandom(6 * MiB)
+    entry = tier.put_file("ckpt", "big.bin", _file(tmp_path, "big", payload))
+    assert fault.fired == 1
+    assert entry.sha256 == hashlib.sha256(payload).hexdigest()
+    assert _raw_client(moto_url).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert tier.read_range("ckpt", "big.bin", 0, len(payload)) == payload
+
+
+def test_s3_list_checkpoint_ids_counts_folders_not_stray_objects(bucket, moto_url, tmp_path):
+    tier = _s3_tier(bucket, moto_url)
+    _raw_client(moto_url).put_object(Bucket=bucket, Key="runs/r1/checkpoints/README", Body=b"not a checkpoint")
+    _save(tier, tmp_path, 10, "a" * 32)
+    assert tier.list_checkpoint_ids() == ["step-00000010-aaaaaaaa"]
+
+
 @pytest.mark.parametrize("read", ["manifest", "range", "verify"])
 def test_s3_body_cut_off_mid_stream_is_retried_by_tensile(bucket, fault_proxy, moto_url, tmp_path, caplog, read):
     tier = _s3_tier(bucket, fault_proxy.url)
@@ -408,7 +441,9 @@ _KILLED_UPLOADER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from tensile.checkpoint.s3_objects import S3Settings
-    from tensile.checkpoint.s3_tier import S3Tier
+    from tensile.checkpoint.api import Tier, TierCommitLog
+from tensile.checkpoint.commit_log import CommitLog
+from tensile.checkpoint.s3_tier import S3CommitLog, S3Tier
     url, endpoint, source = sys.argv[1:]
     tier = S3Tier(url, endpoint_url=endpoint, settings=S3Settings(
         multipart_threshold_bytes=5 << 20, part_size_bytes=5 << 20, max_concurrency=1))

@@ -169,17 +169,17 @@ class S3Objects:
         self.retrying(f"PutObject {key}",
                       lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **conditions))
 
-    def child_names(self, *parts: str) -> list[str]:
-        """Names directly under `prefix/parts.../`, like listing a directory."""
+    def listing(self, *parts: str) -> tuple[list[str], list[str]]:
+        """(folders, objects) directly under `prefix/parts.../`, like listing a directory."""
         folder = self.key(*parts) + "/"
 
-        def list_all() -> list[str]:
-            names = []
+        def list_all() -> tuple[list[str], list[str]]:
+            folders, objects = [], []
             for page in self.client.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=folder, Delimiter="/"):
-                names += [p["Prefix"][len(folder):].rstrip("/") for p in page.get("CommonPrefixes", [])]
-                names += [o["Key"][len(folder):] for o in page.get("Contents", [])]
-            return names
+                folders += [p["Prefix"][len(folder):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+                objects += [o["Key"][len(folder):] for o in page.get("Contents", [])]
+            return folders, objects
         return self.retrying(f"ListObjectsV2 {folder}", list_all)
 
     def keys_under(self, folder: str) -> Iterator[str]:

@@ -47,7 +47,8 @@ class S3CommitLog(CommitLogReader):
         return self.objects.key("commits", record_name(seq))
 
     def sequence_numbers(self) -> list[int]:
-        return sorted(int(name) for name in self.objects.child_names("commits") if name.isdigit())
+        _, records = self.objects.listing("commits")
+        return sorted(int(name) for name in records if name.isdigit())
 
     def read(self, seq: int) -> CommitRecord:
         return CommitRecord.from_json(self.objects.get(self._key(seq)).decode())
@@ -221,7 +222,8 @@ class S3Tier:
 
     def list_checkpoint_ids(self) -> list[str]:
         """Every checkpoint with any object, manifest or not (prune judges orphans by it)."""
-        return sorted(name for name in self.objects.child_names("checkpoints") if name)
+        folders, _ = self.objects.listing("checkpoints")
+        return sorted(name for name in folders if name)
 
     # ---- deleting -----------------------------------------------------------------------------
     def delete_checkpoint(self, checkpoint_id: str) -> None:
