@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import boto3
@@ -307,6 +308,34 @@ def test_s3_stale_group_that_checked_the_head_earlier_still_cannot_publish(bucke
         stale.commit_log.publish(CommitRecord(seq=stale_point.next_seq, checkpoint_id=late.checkpoint_id, step=20,
                                               group_token="s" * 32))
     assert Catalog(stale).find_resume_point().manifest.checkpoint_id == checkpoint_id_for(20, "r" * 32)
+
+
+def test_s3_commit_log_races_have_one_winner_and_every_loser_is_fenced(bucket, moto_url):
+    """Eight publishers at each of three sequence numbers. Against moto this checks the client's
+    side (every loser gets FencingError naming the one winner); moto checks If-None-Match and then
+    writes without a lock, so the server's atomicity is shown only against S3 itself
+    (tests/integration/test_s3_aws_conformance.py)."""
+    logs = [_s3_tier(bucket, moto_url).commit_log for _ in range(8)]
+    for seq in (1, 2, 3):
+        barrier, winners, fenced = threading.Barrier(len(logs)), [], []
+
+        def publish(group: int) -> None:
+            record = CommitRecord(seq=seq, checkpoint_id=f"step-{seq:08d}-{group:08d}", step=seq,
+                                  group_token=f"{group:032d}")
+            barrier.wait()
+            try:
+                logs[group].publish(record)
+                winners.append(group)
+            except FencingError as e:
+                fenced.append(str(e))
+        threads = [threading.Thread(target=publish, args=(group,)) for group in range(len(logs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(winners) == 1 and len(fenced) == len(logs) - 1, (winners, fenced)
+        assert all(f"group {winners[0]:032d}" in message for message in fenced)
+        assert logs[0].read(seq).group_token == f"{winners[0]:032d}"
 
 
 # --- faults through the proxy ------------------------------------------------------------------------
