@@ -510,6 +510,18 @@ def test_s3_upload_killed_mid_way_leaves_nothing_visible_and_no_resume_point(buc
     assert raw.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_s3_delete_without_permission_to_list_uploads_still_deletes_the_objects(bucket, fault_proxy, tmp_path,
+                                                                                 caplog):
+    tier = _s3_tier(bucket, fault_proxy.url)
+    manifest = _save(tier, tmp_path, 10, "a" * 32)
+    fault_proxy.inject(Fault(kind=HTTP_ERROR, status=403, code="AccessDenied", message="Access Denied",
+                             method="GET", target=r"\?uploads"))
+    with caplog.at_level(logging.WARNING):
+        tier.delete_checkpoint(manifest.checkpoint_id)
+    assert tier.list_checkpoint_ids() == []
+    assert any("cannot list unfinished uploads" in m for m in caplog.messages)
+
+
 # --- rollback pins on S3 -----------------------------------------------------------------------------
 def test_catalog_pin_on_s3_is_the_resume_point_and_prune_keeps_its_lineage(bucket, moto_url, tmp_path):
     tier = _s3_tier(bucket, moto_url)

@@ -239,8 +239,17 @@ class S3Tier:
                 first = response["Errors"][0]
                 raise CheckpointError(f"{checkpoint_id}: could not delete {len(response['Errors'])} objects, "
                                       f"first {first.get('Key')}: {first.get('Code')} {first.get('Message')}")
-        uploads = self.objects.retrying(f"ListMultipartUploads {folder}", lambda: client.list_multipart_uploads(
-            Bucket=bucket, Prefix=folder).get("Uploads", []))
+        try:
+            uploads = self.objects.retrying(f"ListMultipartUploads {folder}", lambda: client.list_multipart_uploads(
+                Bucket=bucket, Prefix=folder).get("Uploads", []))
+        except ClientError as e:
+            if error_code(e) != "AccessDenied":
+                raise
+            # The team's role may not hold s3:ListBucketMultipartUploads; the bucket's lifecycle
+            # rule aborts unfinished uploads after a few days anyway.
+            log.warning("%s: cannot list unfinished uploads to abort them (%s); the bucket's lifecycle rule "
+                        "will", checkpoint_id, e)
+            uploads = []
         for upload in uploads:
             self._abort_upload(upload["Key"], upload["UploadId"])
 
