@@ -24,11 +24,11 @@ from fault_proxy import (HTTP_ERROR, RESET_AFTER_UPSTREAM, RESET_BEFORE_RESPONSE
                          RESET_MID_REQUEST, STALL, Fault, internal_error, slow_down)
 from tensile.checkpoint import (Catalog, CheckpointCorrupt, CommitRecord, DirectoryTier, FencingError, Manifest,
                                 open_tier)
+from tensile.checkpoint.api import Tier, TierCommitLog
 from tensile.checkpoint.catalog import checkpoint_id_for
+from tensile.checkpoint.commit_log import CommitLog
 from tensile.checkpoint.retry import RetryPolicy, call_with_retries
 from tensile.checkpoint.s3_objects import S3Settings, parse_s3_url
-from tensile.checkpoint.api import Tier, TierCommitLog
-from tensile.checkpoint.commit_log import CommitLog
 from tensile.checkpoint.s3_tier import S3CommitLog, S3Tier
 
 MiB = 1 << 20
@@ -462,7 +462,7 @@ def test_s3_publish_still_conflicting_after_retries_is_fenced(bucket, fault_prox
     log_ = _s3_tier(bucket, fault_proxy.url).commit_log
     fault_proxy.inject(Fault(kind=HTTP_ERROR, status=409, code="ConditionalRequestConflict", method="PUT",
                              target="/commits/", times=10))
-    with pytest.raises(FencingError, match="commit 1 was already published"):
+    with pytest.raises(FencingError, match="commit 1 was already published .*conflicting write after 4 tries"):
         log_.publish(CommitRecord(seq=1, checkpoint_id="c", step=10, group_token="a" * 32))
 
 
@@ -470,9 +470,7 @@ _KILLED_UPLOADER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from tensile.checkpoint.s3_objects import S3Settings
-    from tensile.checkpoint.api import Tier, TierCommitLog
-from tensile.checkpoint.commit_log import CommitLog
-from tensile.checkpoint.s3_tier import S3CommitLog, S3Tier
+    from tensile.checkpoint.s3_tier import S3Tier
     url, endpoint, source = sys.argv[1:]
     tier = S3Tier(url, endpoint_url=endpoint, settings=S3Settings(
         multipart_threshold_bytes=5 << 20, part_size_bytes=5 << 20, max_concurrency=1))
@@ -491,7 +489,10 @@ def test_s3_upload_killed_mid_way_leaves_nothing_visible_and_no_resume_point(buc
     uploader = subprocess.Popen([sys.executable, "-c", _KILLED_UPLOADER, tier.url, fault_proxy.url, str(source)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        assert stall.first_fired.wait(timeout=60), "the uploader never reached its second part"
+        for _ in range(600):  # until the second part stalls, or the uploader fails on its own
+            if stall.first_fired.wait(timeout=0.1) or uploader.poll() is not None:
+                break
+        assert stall.first_fired.is_set(), "the uploader never reached its second part"
     finally:
         uploader.send_signal(signal.SIGKILL)
         output = uploader.communicate(timeout=30)[0].decode()

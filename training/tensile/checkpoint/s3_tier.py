@@ -55,15 +55,17 @@ class S3CommitLog(CommitLogReader):
 
     def publish(self, record: CommitRecord) -> None:
         body = record.to_json().encode()
-        # A 409 says a rival's write to the same key was in flight: retrying settles who won.
-        retry_conflicts = lambda e: is_transient(e) or (  # noqa: E731
-            isinstance(e, ClientError) and error_code(e) == "ConditionalRequestConflict")
+
+        def transient_or_conflict(error: Exception) -> bool:
+            # A 409 says a rival's write to the same key was in flight: retrying settles who won.
+            return is_transient(error) or (isinstance(error, ClientError)
+                                           and error_code(error) == "ConditionalRequestConflict")
         try:
             self.objects.retrying(
                 f"PutObject {self._key(record.seq)} (If-None-Match: *)",
                 lambda: self.objects.client.put_object(Bucket=self.objects.bucket, Key=self._key(record.seq),
                                                        Body=body, IfNoneMatch="*"),
-                is_transient=retry_conflicts)
+                is_transient=transient_or_conflict)
         except ClientError as e:
             if error_code(e) not in _FENCED_CODES:
                 raise
@@ -72,7 +74,10 @@ class S3CommitLog(CommitLogReader):
             if self._stored(record.seq) == body:
                 log.info("commit %d: found our own record from an earlier attempt", record.seq)
                 return
-            raise fenced(record, self.describe(record.seq)) from e
+            winner = self.describe(record.seq)
+            if error_code(e) == "ConditionalRequestConflict":
+                winner += f"; S3 still reported a conflicting write after {self.objects.settings.retry.attempts} tries"
+            raise fenced(record, winner) from e
 
     def _stored(self, seq: int) -> bytes | None:
         try:
