@@ -310,6 +310,7 @@ def test_s3_stale_group_that_checked_the_head_earlier_still_cannot_publish(bucke
     assert Catalog(stale).find_resume_point().manifest.checkpoint_id == checkpoint_id_for(20, "r" * 32)
 
 
+@pytest.mark.full
 def test_s3_commit_log_races_have_one_winner_and_every_loser_is_fenced(bucket, moto_url):
     """Eight publishers at each of three sequence numbers. Against moto this checks the client's
     side (every loser gets FencingError naming the one winner); moto checks If-None-Match and then
