@@ -546,6 +546,17 @@ def test_catalog_pin_on_s3_is_the_resume_point_and_prune_keeps_its_lineage(bucke
     assert catalog.find_resume_point().manifest.checkpoint_id == branch.checkpoint_id
 
 
+# --- the fault proxy's script ---------------------------------------------------------------------------
+def test_fault_script_breaks_the_nth_matches_or_every_kth():
+    window = Fault(kind=STALL, method="PUT", target="partNumber=", nth=2, times=2)
+    assert [window.count_and_decide() for _ in range(5)] == [False, True, True, False, False]
+    rate = Fault(kind=RESET_MID_BODY, every=3)
+    assert [rate.count_and_decide() for _ in range(7)] == [False, False, True, False, False, True, False]
+    assert window.matches("PUT", "/b/k?uploadId=x&partNumber=2") and not window.matches("GET", "/b/k?partNumber=2")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Fault(kind="explode")
+
+
 # --- Tensile's retry wrapper ---------------------------------------------------------------------------
 def test_call_with_retries_stops_at_a_permanent_error_and_gives_up_after_its_attempts(caplog):
     calls = []

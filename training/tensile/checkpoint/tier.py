@@ -1,4 +1,4 @@
-"""The shared durable tier as a directory (a shared filesystem here; S3 comes as another tier).
+"""The shared durable tier as a directory (a shared filesystem); s3_tier.py is the S3 one.
 
 Every write is durable before it is acknowledged: file fsynced, renamed into place, parent fsynced.
 """
