@@ -262,6 +262,7 @@ def test_open_tier_picks_s3_for_s3_urls_with_the_endpoint_from_the_environment(b
     assert {o["Key"] for o in listed} == {"runs/r1/checkpoints/step-00000010-aaaaaaaa/state/model.pt",
                                           "runs/r1/checkpoints/step-00000010-aaaaaaaa/manifest.json"}
     assert isinstance(open_tier(str(tmp_path / "shared")), DirectoryTier)
+    assert open_tier(tmp_path / "shared").url == str(tmp_path / "shared")
     with pytest.raises(ValueError, match="applies to s3:// locations only"):
         open_tier(str(tmp_path / "shared"), endpoint_url=moto_url)
 
