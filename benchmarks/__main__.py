@@ -2,10 +2,11 @@
 
 import sys
 
-from benchmarks import recovery
+from benchmarks import recovery, reshard
 
 
 def main() -> int:
+    reshard.main()
     recovery.main()
     return 0
 

@@ -32,8 +32,8 @@ JOB = {
 STEP_DELAY = {"TENSILE_FAULT_STEP_DELAY_S": "0.05"}
 
 
-def write_config(run_dir: Path, data_url: str) -> Path:
-    config = {**JOB, "data": {"url": data_url},
+def write_config(run_dir: Path, data_url: str, stage: int = 0) -> Path:
+    config = {**JOB, "data": {"url": data_url}, "zero": {"stage": stage},
               "checkpoint": {**JOB["checkpoint"], "shared_dir": str(run_dir / "shared"),
                              "local_dir": str(run_dir / "local")}}
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,10 +49,10 @@ def first_step_after(events: list[dict], t: float) -> float | None:
     return next((e["t"] for e in events if e["event"] == "step" and e["t"] > starts[0]), None)
 
 
-def measure_loss(root: Path, data_url: str, how: str) -> tuple[float, Path]:
+def measure_loss(root: Path, data_url: str, how: str, stage: int = 0) -> tuple[float, Path]:
     """Seconds from losing node-b (killed, or frozen) to the survivor's first step."""
     run_dir = root / f"loss-{how}-{time.time_ns()}"
-    config = write_config(run_dir, data_url)
+    config = write_config(run_dir, data_url, stage)
     ledger = RunLedger(run_dir / "shared")
     with LocalCluster(run_dir, config, env=STEP_DELAY) as cluster:
         cluster.start_store()
@@ -97,17 +97,20 @@ def main(repeats: int = 2) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="tensile-bench-"))
     data_url = str(root / "data")
     generate_corpus(data_url, num_samples=2048, seq_len=64, seed=7)
-    results: dict[str, list[float]] = {"killed": [], "frozen": [], "floor": []}
+    results: dict[str, list[float]] = {"killed": [], "frozen": [], "floor": [], "killed-zero2": []}
     for _ in range(repeats):
         for how in ("killed", "frozen"):
             seconds, run_dir = measure_loss(root, data_url, how)
             results[how].append(seconds)
             results["floor"].append(measure_floor(run_dir, root))
+        # The same loss under ZeRO-2: the survivor also reshards the optimizer state 2 → 1.
+        results["killed-zero2"].append(measure_loss(root, data_url, "killed", stage=2)[0])
     medians = {k: statistics.median(v) for k, v in results.items()}
     floor = medians["floor"]
-    print("Recovery after a lost node (median of %d; ZeRO-0, 2 → 1 workers, this machine)" % repeats)
+    print("Recovery after a lost node (median of %d; 2 → 1 workers, ZeRO-0 unless named; this machine)" % repeats)
     print(f"  floor: fresh start + imports + rendezvous + checkpoint load + 1 step  {floor:6.1f} s")
-    for how, label in (("killed", "node SIGKILLed (sockets close)"), ("frozen", "node frozen (silent vanish)")):
+    for how, label in (("killed", "node SIGKILLed (sockets close)"), ("frozen", "node frozen (silent vanish)"),
+                       ("killed-zero2", "node SIGKILLed, ZeRO-2 (reshard 2 → 1)")):
         print(f"  {label:<40} {medians[how]:6.1f} s   ratio to floor {medians[how] / floor:5.2f}x")
     print(f"  raw: {results}")
     shutil.rmtree(root, ignore_errors=True)

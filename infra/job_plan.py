@@ -77,13 +77,17 @@ def termination_grace_seconds(job: JobConfig) -> int:
     return job.emergency_checkpoint_seconds + GRACE_MARGIN_SECONDS
 
 
+SHARED_MOUNT = "/mnt/shared"
+"""Where the team's EFS share is mounted in every training pod."""
+
+
 def checkpoint_url(bucket: str, job: JobConfig) -> str:
     return f"s3://{bucket}/{team_prefix(job.team)}runs/{job.name}"
 
 
 def training_config_document(raw: dict, *, job: JobConfig, bucket: str) -> tuple[str, int, int]:
-    """The trainer's config as the pods see it: checkpoints in the team's S3 prefix, node-local
-    staging on the pod's disk, relative data paths under the work directory. Returns the YAML
+    """The trainer's config as the pods see it: checkpoints in the team's S3 prefix, the run's
+    ledger on the team's EFS share, node-local staging on the pod's disk, relative data paths under the work directory. Returns the YAML
     text and the elastic bounds (min, max workers)."""
     if not isinstance(raw, dict):
         raise JobPlanError("the training config must be a YAML mapping")
@@ -98,6 +102,8 @@ def training_config_document(raw: dict, *, job: JobConfig, bucket: str) -> tuple
     checkpoint = dict(doc.get("checkpoint") or {})
     checkpoint["shared_dir"] = checkpoint_url(bucket, job)
     checkpoint["local_dir"] = f"{WORK_DIR}/local"
+    # Rounds, failures and status need appends and exclusive creates: the team's EFS share.
+    checkpoint["ledger_dir"] = f"{SHARED_MOUNT}/runs/{job.name}"
     doc["checkpoint"] = checkpoint
     data = dict(doc.get("data") or {})
     url = str(data.get("url", "data"))
@@ -181,7 +187,7 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_workers: int, max_work
     ]
     mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
               {"name": "work", "mountPath": WORK_DIR}, {"name": "tmp", "mountPath": "/tmp"},
-              {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "shared", "mountPath": "/mnt/shared"}]
+              {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "shared", "mountPath": SHARED_MOUNT}]
     pod_spec = {
         "restartPolicy": "Never",
         "subdomain": job.name,

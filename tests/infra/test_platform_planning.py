@@ -85,7 +85,7 @@ def test_training_config_points_checkpoints_at_the_team_prefix():
     doc = yaml.safe_load(text)
     assert (low, high) == (2, 4)
     assert doc["checkpoint"] == {"shared_dir": "s3://bkt/teams/t/runs/run", "every_steps": 10,
-                                 "local_dir": "/var/lib/tensile/local"}
+                                 "local_dir": "/var/lib/tensile/local", "ledger_dir": "/mnt/shared/runs/run"}
     assert doc["data"]["url"] == "/var/lib/tensile/work/data" and doc["run"]["name"] == "run"
     assert raw["checkpoint"]["shared_dir"] == "shared"  # the caller's mapping is not modified
 

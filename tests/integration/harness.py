@@ -8,15 +8,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file
 import yaml
 
 from tensile.checkpoint import Catalog, DirectoryTier
+from tensile.demo import final_weights  # noqa: F401  (re-exported for the tests)
 from tensile.ledger import RunLedger
 from tensile.localcluster import LocalCluster, current_world_size, last_step
 
 TINY_JOB: dict[str, Any] = {
     "run": {"name": "itest", "seed": 11, "steps": 12, "log_every": 4},
-    "model": {"vocab_size": 256, "seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.1},
+    "model": {"vocab_size": 256, "seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.1,
+              # Tied embedding/output (the default), two optimizer groups, and a frozen layer: what
+              # resharding must get right.
+              "frozen": ["position_embedding"]},
     "optimizer": {"lr": 3e-3, "warmup_steps": 2},
     "batch": {"global_batch_size": 12, "micro_batch_sizes": [1, 2, 4]},
     "zero": {"stage": 0},
@@ -73,8 +78,11 @@ def checkpoint_tensors(shared_dir: Path) -> dict[str, Any]:
     assert point.manifest is not None, f"no committed checkpoint in {shared_dir}"
     out: dict[str, Any] = {}
     for entry in point.manifest.files:
-        state = torch.load(tier.checkpoint_dir(point.manifest.checkpoint_id) / entry.path,
-                           map_location="cpu", weights_only=False)
+        path = tier.checkpoint_dir(point.manifest.checkpoint_id) / entry.path
+        if path.suffix == ".safetensors":
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=False)
         _flatten(state, entry.path.split("/")[-1], out)
     return out
 
@@ -101,12 +109,6 @@ def assert_bit_identical(a: dict[str, Any], b: dict[str, Any]) -> None:
             assert torch.equal(a[key], b[key]), f"{key} differs (max {(a[key] - b[key]).abs().max()})"
         else:
             assert a[key] == b[key], f"{key}: {a[key]} != {b[key]}"
-
-
-def final_weights(shared_dir: Path) -> dict[str, torch.Tensor]:
-    tensors = checkpoint_tensors(shared_dir)
-    prefix = "mp_rank_00_model_states.pt.module."
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def step_losses(shared_dir: Path) -> dict[int, float]:

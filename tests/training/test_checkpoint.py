@@ -8,6 +8,8 @@ import pytest
 
 from tensile.checkpoint import (
     FORMAT_VERSION,
+    LAYOUT_DEEPSPEED,
+    LAYOUT_SHARDED,
     Catalog,
     CheckpointCorrupt,
     CommitLog,
@@ -18,6 +20,7 @@ from tensile.checkpoint import (
     Manifest,
 )
 from tensile.checkpoint.catalog import checkpoint_id_for, step_of
+from tensile.reshard import incompatibility
 
 
 def _manifest(checkpoint_id, files=(), step=10, **overrides):
@@ -455,3 +458,31 @@ def _flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+def test_a_version_1_manifest_is_upgraded_in_memory_to_deepspeed_layout(tmp_path):
+    tier = DirectoryTier(tmp_path / "shared")
+    manifest = _save(tier, tmp_path, 10, "d" * 32)
+    path = tier.checkpoint_dir(manifest.checkpoint_id) / "manifest.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = 1
+    del data["layout"]  # version 1 had no layout field
+    path.write_text(json.dumps(data))
+
+    upgraded = tier.read_manifest(manifest.checkpoint_id)
+
+    assert upgraded.format_version == 1 and upgraded.layout == LAYOUT_DEEPSPEED
+
+
+@pytest.mark.parametrize(("layout", "world_size", "refused"), [
+    (LAYOUT_DEEPSPEED, 3, True),   # DeepSpeed's universal loading of ZeRO-3 is not exact
+    (LAYOUT_DEEPSPEED, 2, False),  # same size: DeepSpeed loads its own files
+    (LAYOUT_SHARDED, 3, False),    # Tensile's layout loads at any size
+])
+def test_zero3_reshard_is_refused_only_for_deepspeeds_own_layout(layout, world_size, refused):
+    manifest = _manifest("step-00000010-aaaaaaaa", zero_stage=3, world_size=2, layout=layout,
+                         format_version=1 if layout == LAYOUT_DEEPSPEED else FORMAT_VERSION)
+    problem = incompatibility(manifest, zero_stage=3, world_size=world_size, model_hash=manifest.model_hash)
+    assert (problem is not None) == refused
+    if refused:
+        assert "step-00000010-aaaaaaaa" in problem and "resume at 2 workers once" in problem

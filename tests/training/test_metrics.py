@@ -7,7 +7,8 @@ def test_trainer_metrics_expose_every_figure():
     metrics = TrainerMetrics("demo")
     metrics.round_started(world_size=2, restarts=1, preemptions=1, steps_lost=3, failures_spent=0, resumed_step=10)
     metrics.step_done(step=11, seconds=0.5, samples=16)
-    metrics.checkpoint_done(step=11, reason="stop", stall_s=0.02, persist_s=0.3, size=1e6)
+    metrics.checkpoint_stalled(0.02)
+    metrics.checkpoint_done(step=11, reason="stop", persist_s=0.3, size=1e6)
     text = generate_latest(metrics.registry).decode()
     for line in ('tensile_world_size{run="demo"} 2.0', 'tensile_samples_per_second{run="demo"} 32.0',
                  'tensile_last_durable_step{run="demo"} 11.0', 'tensile_steps_lost{run="demo"} 3.0',

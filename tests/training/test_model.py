@@ -9,6 +9,7 @@ from tensile.model import (
     CausalLM,
     ModelConfig,
     SampleKeyedDropout,
+    build_model,
     mix_keys,
     parameter_groups,
     splitmix64,
@@ -314,3 +315,18 @@ def test_build_model_uses_the_configured_factory():
         build_model(ModelConfig(factory="tensile.nowhere:build"))
     with pytest.raises(ValueError, match="package.module:callable"):
         ModelConfig(factory="not a path")
+
+
+def test_frozen_prefixes_stop_training_those_parameters_and_keep_them_out_of_the_optimizer():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**SMALL, frozen=["position_embedding", "blocks.0."]))
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert "position_embedding.weight" in frozen and "blocks.0.mlp_norm.bias" in frozen
+    assert not any(name.startswith("blocks.1.") for name in frozen)
+    grouped = {id(p) for group in parameter_groups(model, weight_decay=0.1) for p in group["params"]}
+    assert all(id(p) not in grouped for name, p in model.named_parameters() if name in frozen)
+
+
+def test_a_frozen_prefix_that_names_no_parameter_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"model.frozen: 'encoder' names no parameter.*token_embedding"):
+        build_model(ModelConfig(**SMALL, frozen=["encoder"]))

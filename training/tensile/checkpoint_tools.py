@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from tensile.checkpoint import Catalog, CheckpointCorrupt, CheckpointError, DirectoryTier, Manifest
+from tensile.checkpoint import LAYOUT_SHARDED, Catalog, CheckpointCorrupt, CheckpointError, DirectoryTier, Manifest
+from tensile.sharded_state import META, DirectoryShardSource
+from tensile.sharded_state import consolidated_weights as sharded_weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,15 @@ def resolve(tier: DirectoryTier, checkpoint_id: str | None) -> Manifest:
 def consolidated_weights(tier: DirectoryTier, manifest: Manifest) -> dict[str, torch.Tensor]:
     """fp32 model weights whatever the ZeRO stage or worker count they were saved at."""
     directory = tier.checkpoint_dir(manifest.checkpoint_id)
+    if manifest.layout == LAYOUT_SHARDED:
+        source = DirectoryShardSource(directory)
+        try:
+            sizes = {entry.path: entry.size for entry in manifest.files}
+            weights = sharded_weights(source, manifest.world_size, sizes[META],
+                                      what=f"checkpoint {manifest.checkpoint_id}")
+        finally:
+            source.close()
+        return {name: tensor.float() for name, tensor in weights.items()}
     if manifest.zero_stage == 3:  # the module file holds placeholders; the shards hold the weights
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

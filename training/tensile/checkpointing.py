@@ -1,34 +1,43 @@
 """Saving and loading a DeepSpeed engine through Tensile's commit protocol.
 
-Each rank writes its DeepSpeed files to its node's own disk, copies them to the shared tier
-(fsynced, hashed); rank 0 gathers the hashes, writes the manifest last and publishes the
-commit record exclusively. Only then does the checkpoint count.
+Each rank writes its files to its node's own disk — ZeRO 1–3 state in Tensile's sharded layout
+(loads at any worker count), ZeRO-0 as DeepSpeed's own checkpoint — and copies them to the
+shared tier (fsynced, hashed); rank 0 gathers the hashes, writes the manifest last and publishes
+the commit record exclusively. Only then does the checkpoint count.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from tensile.checkpoint import Catalog, CommitRecord, DirectoryTier, FencingError, Manifest, ResumePoint
-from tensile.checkpoint.api import CheckpointError
+from tensile.checkpoint import (LAYOUT_DEEPSPEED, LAYOUT_SHARDED, Catalog, CommitRecord, DirectoryTier, FencingError,
+                                Manifest, ResumePoint)
+from tensile.checkpoint.api import CheckpointError, FileEntry
 from tensile.checkpoint.catalog import checkpoint_id_for
 from tensile import faults
 from tensile.reshard import UNIVERSAL_TAG, needs_reshard
+from tensile.sharded_state import (META, DirectoryShardSource, ShardSnapshot, load_sharded, save_sharded,
+                                   snapshot_sharded)
 
 log = logging.getLogger(__name__)
 
 DEEPSPEED_TAG = "state"
 """DeepSpeed writes its files under `<checkpoint>/<tag>/`."""
+RANK_RECORDS = "ranks"
+"""A background save's per-rank list of durable files, which rank 0 waits for to publish."""
 
 
 def code_version() -> str:
@@ -64,8 +73,14 @@ class GroupLease:
 
 
 class EngineCheckpointer:
+    """Saves and loads one worker's share of the engine. Saves are collective (`save`) or, for
+    the sharded layout, asynchronous (`save_async`): the loop waits only for a copy of this
+    rank's slices in host memory; a background thread writes, uploads and — on rank 0, once
+    every rank's files are durable — publishes. At most one save is in flight per rank."""
+
     def __init__(self, *, tier: DirectoryTier, local_dir: Path, rank: int, world_size: int,
-                 zero_stage: int, config_hash: str, model_hash: str, data_version: str, keep_last: int):
+                 zero_stage: int, config_hash: str, model_hash: str, data_version: str, keep_last: int,
+                 persist_timeout_s: float = 600.0):
         self.tier = tier
         self.catalog = Catalog(tier)
         self.local_dir = local_dir
@@ -76,22 +91,115 @@ class EngineCheckpointer:
         self.model_hash = model_hash
         self.data_version = data_version
         self.keep_last = keep_last
+        self.persist_timeout_s = persist_timeout_s
+        self._in_flight: threading.Thread | None = None
+        self._host_buffers: dict[torch.dtype, torch.Tensor] = {}
+        """Host memory for background saves, reused: only one is in flight at a time."""
+        self.fenced: str | None = None
+        """Set (on rank 0) when a background publish found another group's commit."""
+        self.on_persisted: Callable[[dict[str, Any]], None] | None = None
+        """Called from the background thread when a background save ends (published or not)."""
+
+    @property
+    def supports_async(self) -> bool:
+        return self.layout == LAYOUT_SHARDED
+
+    def wait_for_persist(self) -> None:
+        """Block until this rank's save in flight, if any, has ended (published or failed)."""
+        if self._in_flight is not None:
+            self._in_flight.join()
+            self._in_flight = None
+
+    def save_async(self, engine: Any, *, step: int, lease: GroupLease, client_state: dict[str, Any],
+                   reason: str) -> dict[str, float]:
+        """Not collective. Snapshot this rank's slices, persist them in the background.
+        Returns the time the loop was blocked (including waiting for the previous save)."""
+        started = time.monotonic()
+        self.wait_for_persist()
+        snapshot = snapshot_sharded(engine, zero_stage=self.zero_stage, rank=self.rank,
+                                    world_size=self.world_size, client_state=client_state, copy=True,
+                                    host_buffers=self._host_buffers)
+        checkpoint_id = checkpoint_id_for(step, lease.token)
+        timings = {"stall_s": time.monotonic() - started, "bytes": float(snapshot.nbytes)}
+        self._in_flight = threading.Thread(
+            target=self._persist, name=f"persist-{checkpoint_id}", daemon=True,
+            args=(snapshot, checkpoint_id, step, lease, reason, dict(timings)))
+        self._in_flight.start()
+        return timings
+
+    def _persist(self, snapshot: ShardSnapshot, checkpoint_id: str, step: int, lease: GroupLease,
+                 reason: str, timings: dict[str, float]) -> None:
+        began = time.monotonic()
+        outcome = {"checkpoint": checkpoint_id, "step": step, "reason": reason, "published": False, **timings}
+        try:
+            faults.persist_delay()
+            local_root = self._local_root(checkpoint_id)
+            entries = self._write_and_upload(snapshot.write, local_root, checkpoint_id, step)
+            del snapshot  # the host copy is on disk: free it before waiting for the other ranks
+            record = local_root / "rank.json"
+            record.write_text(json.dumps([asdict(e) for e in entries]))
+            self.tier.put_file(checkpoint_id, f"{RANK_RECORDS}/rank-{self.rank:05d}.json", record)
+            outcome["persist_s"] = time.monotonic() - began
+            if self.rank == 0:
+                gathered = self._await_rank_records(checkpoint_id)
+                result = self._publish(checkpoint_id, step, lease, gathered, reason)
+                if result != "ok":
+                    self.fenced = result
+                    outcome["fenced"] = result
+                else:
+                    lease.next_seq += 1
+                    lease.parent_id = checkpoint_id
+                    outcome["published"] = True
+                    outcome["durable_s"] = time.monotonic() - began
+            self._drop_older_local_copies(keep=local_root)
+        except Exception as e:  # noqa: BLE001 - reported; the next save tries again
+            log.error("background save of %s failed: %s", checkpoint_id, e)
+            outcome["error"] = f"{type(e).__name__}: {e}"
+        if self.on_persisted is not None:
+            self.on_persisted(outcome)
+
+    def _await_rank_records(self, checkpoint_id: str) -> list[list[FileEntry]]:
+        directory = self.tier.checkpoint_dir(checkpoint_id) / RANK_RECORDS
+        deadline = time.monotonic() + self.persist_timeout_s
+        paths = [directory / f"rank-{r:05d}.json" for r in range(self.world_size)]
+        while not all(p.exists() for p in paths):
+            if time.monotonic() > deadline:
+                missing = [p.name for p in paths if not p.exists()]
+                raise TimeoutError(f"ranks never made their files durable: {', '.join(missing)}")
+            time.sleep(0.05)
+        return [[FileEntry(**e) for e in json.loads(p.read_text())] for p in paths]
+
+    def _local_root(self, checkpoint_id: str) -> Path:
+        # Per rank, so ranks sharing a node never mix files before upload.
+        return self.local_dir / "checkpoints" / f"{checkpoint_id}.rank{self.rank}"
+
+    def _write_and_upload(self, write: Callable[[Path], Any], local_root: Path, checkpoint_id: str,
+                          step: int) -> list[FileEntry]:
+        write(local_root)
+        entries = []
+        for path in sorted(p for p in local_root.rglob("*") if p.is_file()):
+            entries.append(self.tier.put_file(checkpoint_id, str(path.relative_to(local_root)), path))
+            faults.maybe_crash_in_save(step=step, rank=self.rank)
+        return entries
 
     def save(self, engine: Any, *, step: int, lease: GroupLease, client_state: dict[str, Any],
              reason: str) -> dict[str, float]:
-        """Collective: every rank calls it. Raises FencingError on every rank if fenced."""
+        """Collective: every rank calls it, after any save in flight has ended. Raises
+        FencingError on every rank if fenced."""
+        self.wait_for_persist()
         started = time.monotonic()
         checkpoint_id = checkpoint_id_for(step, lease.token)
-        # Per rank, so ranks sharing a node never mix files before upload.
-        local_root = self.local_dir / "checkpoints" / f"{checkpoint_id}.rank{self.rank}"
-        engine.save_checkpoint(str(local_root), tag=DEEPSPEED_TAG, client_state=client_state,
-                               save_latest=False)
+        local_root = self._local_root(checkpoint_id)
+        if self.layout == LAYOUT_SHARDED:
+            def write(directory: Path) -> Any:
+                return save_sharded(engine, zero_stage=self.zero_stage, directory=directory, rank=self.rank,
+                                    world_size=self.world_size, client_state=client_state)
+        else:
+            def write(directory: Path) -> Any:
+                return engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state=client_state,
+                                              save_latest=False)
+        entries = self._write_and_upload(write, local_root, checkpoint_id, step)
         written = time.monotonic()
-        entries = []
-        for path in sorted((local_root / DEEPSPEED_TAG).iterdir()):
-            rel = f"{DEEPSPEED_TAG}/{path.name}"
-            entries.append(self.tier.put_file(checkpoint_id, rel, path))
-            faults.maybe_crash_in_save(step=step, rank=self.rank)
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, entries)
         outcome: list[Any] = [None]
@@ -103,7 +211,8 @@ class EngineCheckpointer:
         lease.next_seq += 1
         lease.parent_id = checkpoint_id
         self._drop_older_local_copies(keep=local_root)
-        return {"write_s": written - started, "persist_s": time.monotonic() - written,
+        return {"stall_s": time.monotonic() - started, "write_s": written - started,
+                "persist_s": time.monotonic() - written,
                 "bytes": float(sum(e.size for rank_entries in gathered for e in rank_entries))}
 
     def _publish(self, checkpoint_id: str, step: int, lease: GroupLease,
@@ -114,7 +223,7 @@ class EngineCheckpointer:
             world_size=self.world_size, zero_stage=self.zero_stage, files=files,
             config_hash=self.config_hash, model_hash=self.model_hash, data_version=self.data_version,
             versions=library_versions(), created_at=time.time(), reason=reason,
-            branch=lease.branch, code_version=code_version())
+            branch=lease.branch, code_version=code_version(), layout=self.layout)
         self.tier.write_manifest(manifest)
         record = CommitRecord(seq=lease.next_seq, checkpoint_id=checkpoint_id, step=step,
                               group_token=lease.token)
@@ -127,6 +236,10 @@ class EngineCheckpointer:
             log.info("retention removed %s", ", ".join(deleted))
         return "ok"
 
+    @property
+    def layout(self) -> str:
+        return LAYOUT_SHARDED if self.zero_stage > 0 else LAYOUT_DEEPSPEED
+
     def _drop_older_local_copies(self, keep: Path) -> None:
         for path in (self.local_dir / "checkpoints").iterdir():
             if path != keep and path.name.endswith(f".rank{self.rank}"):
@@ -137,7 +250,19 @@ class EngineCheckpointer:
         manifest = point.manifest
         if manifest is None:
             raise CheckpointError("no checkpoint to load")
-        # ZeRO state saved at another worker count loads from its universal layout
+        if manifest.layout == LAYOUT_SHARDED:
+            source = DirectoryShardSource(self.tier.checkpoint_dir(manifest.checkpoint_id))
+            sizes = {entry.path: entry.size for entry in manifest.files}
+            try:
+                client_state, stats = load_sharded(
+                    engine, zero_stage=self.zero_stage, source=source, saved_world_size=manifest.world_size,
+                    meta_size=sizes[META], what=f"checkpoint {manifest.checkpoint_id}")
+            finally:
+                source.close()
+            log.info("loaded %s (saved by %d workers) in %.2f s, %d bytes read by this rank",
+                     manifest.checkpoint_id, manifest.world_size, stats.seconds, stats.bytes_read)
+            return client_state
+        # A version-1 checkpoint: ZeRO state saved at another worker count loads from its universal layout
         # (tensile.reshard converts it before the engine is built).
         tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG
         load_dir = self.tier.checkpoint_dir(manifest.checkpoint_id)

@@ -66,6 +66,9 @@ class ModelConfig:
     CausalLM. The model's forward takes (tokens, sample_keys, step) and returns logits."""
     dropout_seed: int = 0
     """Key mixed into every dropout mask, so masks change between runs only when this does."""
+    frozen: list[str] = field(default_factory=list)
+    """Parameter-name prefixes to freeze (not trained, not in the optimizer), e.g.
+    `position_embedding` or `blocks.0.`: fine-tuning on top of fixed layers."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
@@ -83,6 +86,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.factory must look like 'package.module:callable', got {self.factory!r}")
         if isinstance(self.dropout_seed, bool) or not isinstance(self.dropout_seed, int):
             raise ValueError(f"ModelConfig.dropout_seed must be an integer, got {self.dropout_seed!r}")
+        if not isinstance(self.frozen, list) or not all(isinstance(p, str) and p for p in self.frozen):
+            raise ValueError(f"ModelConfig.frozen must be a list of parameter-name prefixes, got {self.frozen!r}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -237,18 +242,38 @@ class ElasticConfig:
 @dataclass(kw_only=True, slots=True)
 class CheckpointConfig:
     shared_dir: str = "shared"
-    """The durable tier every node sees (a directory here; S3 in another issue). Relative
-    paths are resolved against the config file's directory."""
+    """The durable tier every node sees: a directory (a shared filesystem, EFS in a cluster) or
+    an `s3://bucket/prefix` URL. Relative paths are resolved against the config file's directory."""
+    ledger_dir: str = ""
+    """The run's ledger (rounds, failures, status): a directory every node sees. Empty means
+    shared_dir, which must then be a directory; an s3:// shared_dir needs one (EFS)."""
     local_dir: str = "local"
     """This node's own disk; it vanishes with the node. The launcher sets it per node."""
     every_steps: int = 10
     """Checkpoint every this many steps (and at the end, and when asked to stop)."""
     keep_last: int = 3
     """Committed checkpoints to keep on the shared tier (at least 2)."""
+    asynchronous: bool = True
+    """Periodic checkpoints of ZeRO 1–3 state block the loop only for a copy to host memory;
+    writing, upload and publish run in the background (one at a time). Stop and final
+    checkpoints always complete before the job exits."""
+    persist_timeout_s: float = 600.0
+    """How long rank 0 waits for every rank's files of a background checkpoint before giving
+    that checkpoint up (the next one is tried as usual)."""
+
+    @property
+    def ledger_path(self) -> str:
+        return self.ledger_dir or self.shared_dir
 
     def __post_init__(self) -> None:
         p = _Problems()
         p.check(self.every_steps > 0, "every_steps", f"must be > 0, got {self.every_steps}")
+        p.check(self.persist_timeout_s > 0, "persist_timeout_s", f"must be > 0, got {self.persist_timeout_s}")
+        p.check(bool(self.ledger_dir) or "://" not in self.shared_dir, "ledger_dir",
+                f"is needed when shared_dir is a URL ({self.shared_dir}): set it to a directory every node "
+                f"mounts (EFS), where the run keeps its rounds, failures and status")
+        p.check("://" not in self.ledger_dir, "ledger_dir",
+                f"must be a directory (appends and exclusive creates), got {self.ledger_dir}")
         p.check(self.keep_last >= 2, "keep_last",
                 f"must be >= 2 so a corrupt newest checkpoint leaves one to fall back to, got {self.keep_last}")
         p.raise_if_any()
@@ -425,6 +450,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     config.data.url = _resolve(config.data.url, base)
     config.checkpoint.shared_dir = _resolve(config.checkpoint.shared_dir, base)
     config.checkpoint.local_dir = _resolve(config.checkpoint.local_dir, base)
+    if config.checkpoint.ledger_dir:
+        config.checkpoint.ledger_dir = _resolve(config.checkpoint.ledger_dir, base)
     return config
 
 

@@ -133,7 +133,7 @@ def run_demo(run_dir: Path, *, lose_at_step: int = 40, add_at_step: int = 80,
     if run_dir.exists():
         shutil.rmtree(run_dir)
     config_path, config = prepare_run(run_dir)
-    ledger = RunLedger(config.checkpoint.shared_dir)
+    ledger = RunLedger(config.checkpoint.ledger_path)
     disruptions: list[Disruption] = []
     with LocalCluster(run_dir, config_path) as cluster:
         cluster.start_store()

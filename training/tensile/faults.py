@@ -2,7 +2,7 @@
 
 `TENSILE_FAULTS="crash-in-save@10,raise@7"`: kill the process between checkpoint files of the
 save at step 10; raise a training error once at step 7. `TENSILE_FAULT_STEP_DELAY_S` slows
-every step. Unset in production: every hook is a no-op.
+every step; `TENSILE_FAULT_PERSIST_DELAY_S` slows every background checkpoint before it writes. Unset in production: every hook is a no-op.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ def step_delay() -> None:
     """TENSILE_FAULT_STEP_DELAY_S stretches every step, standing in for a bigger model so a
     test can act while a run is still in progress."""
     delay = float(os.environ.get("TENSILE_FAULT_STEP_DELAY_S", "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
+
+
+def persist_delay() -> None:
+    """TENSILE_FAULT_PERSIST_DELAY_S stands in for a slow disk or network under a background save."""
+    delay = float(os.environ.get("TENSILE_FAULT_PERSIST_DELAY_S", "0") or 0)
     if delay > 0:
         time.sleep(delay)
 

@@ -87,7 +87,7 @@ def read_outcome(config: TrainingConfig, spec: NodeSpec, torchrun_code: int) -> 
         outcome = json.loads(node_file.read_text())["outcome"]
         if outcome in EXIT_CODES:
             return outcome, EXIT_CODES[outcome]
-    status = RunLedger(config.checkpoint.shared_dir).status()
+    status = RunLedger(config.checkpoint.ledger_path).status()
     if status and status["state"] in EXIT_CODES:
         return status["state"], EXIT_CODES[status["state"]]
     return f"torchrun exited {torchrun_code}", torchrun_code or 1
@@ -99,7 +99,7 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
     (spec.local_dir / "outcome.json").unlink(missing_ok=True)
     process = subprocess.Popen(torchrun_command(config, spec), env=worker_environment(spec),
                                stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
-    ledger = RunLedger(config.checkpoint.shared_dir)
+    ledger = RunLedger(config.checkpoint.ledger_path)
     stopping = []
 
     def forward_stop(signum: int, frame: object) -> None:

@@ -53,8 +53,11 @@ class TrainerMetrics:
         self.step_seconds.set(seconds)
         self.samples_per_second.set(samples / seconds if seconds > 0 else 0.0)
 
-    def checkpoint_done(self, *, step: int, reason: str, stall_s: float, persist_s: float, size: float) -> None:
+    def checkpoint_stalled(self, stall_s: float) -> None:
+        """The loop was blocked this long by a checkpoint (a host copy, or the whole save)."""
         self.checkpoint_stall_seconds.set(stall_s)
+
+    def checkpoint_done(self, *, step: int, reason: str, persist_s: float, size: float) -> None:
         self.checkpoint_persist_seconds.set(persist_s)
         self.last_durable_step.set(step)
         self.checkpoint_bytes.set(size)

@@ -174,14 +174,29 @@ class CausalLM(nn.Module):
 def build_model(config: ModelConfig) -> nn.Module:
     """The configured model: `config.factory` if set (a pluggable model), else CausalLM."""
     if not config.factory:
-        return CausalLM(config)
-    module_name, _, attribute = config.factory.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"model.factory {config.factory!r} cannot be imported: {e}; install the "
-                         f"package that provides it in the training image") from e
-    return factory(config)
+        model = CausalLM(config)
+    else:
+        module_name, _, attribute = config.factory.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"model.factory {config.factory!r} cannot be imported: {e}; install the "
+                             f"package that provides it in the training image") from e
+        model = factory(config)
+    freeze(model, config.frozen)
+    return model
+
+
+def freeze(model: nn.Module, prefixes: Sequence[str]) -> None:
+    """Stop training every parameter whose name starts with one of `prefixes`."""
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [p for p in prefixes if not any(name.startswith(p) for name in names)]
+    if unmatched:
+        raise ValueError(f"model.frozen: {', '.join(map(repr, unmatched))} names no parameter; the model's "
+                         f"parameters start with {', '.join(sorted({n.split('.')[0] for n in names}))}")
+    for name, parameter in model.named_parameters():
+        if any(name.startswith(p) for p in prefixes):
+            parameter.requires_grad_(False)
 
 
 def parameter_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:

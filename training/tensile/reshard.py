@@ -1,6 +1,7 @@
-"""Resuming ZeRO 1–3 state at another worker count, with no manual step.
+"""Resuming a version-1 checkpoint (DeepSpeed's own files) at another worker count.
 
-DeepSpeed refuses a ZeRO≥1 checkpoint at another data-parallel size, but loads its
+Checkpoints written since format version 2 store ZeRO state in Tensile's sharded layout and load
+at any size directly (tensile.sharded_state); this path remains for older ones. DeepSpeed refuses a ZeRO≥1 checkpoint at another data-parallel size, but loads its
 world-size-independent "universal" layout at any size. When the newest checkpoint was saved at
 another size, rank 0 converts it once (DeepSpeed's ds_to_universal), into a private directory
 renamed into place with its own manifest, so a crash or a concurrent restart can never leave a
@@ -18,7 +19,7 @@ import uuid
 from argparse import Namespace
 from pathlib import Path
 
-from tensile.checkpoint import CheckpointCorrupt, DirectoryTier, Manifest
+from tensile.checkpoint import LAYOUT_DEEPSPEED, CheckpointCorrupt, DirectoryTier, Manifest
 from tensile.checkpoint.commit_log import fsync_dir
 
 UNIVERSAL_TAG = "universal"
@@ -26,7 +27,9 @@ UNIVERSAL_MANIFEST = "universal-manifest.json"
 
 
 def needs_reshard(manifest: Manifest | None, world_size: int) -> bool:
-    return manifest is not None and manifest.zero_stage > 0 and manifest.world_size != world_size
+    """True when `manifest` holds DeepSpeed ZeRO≥1 files saved at another worker count."""
+    return (manifest is not None and manifest.layout == LAYOUT_DEEPSPEED and manifest.zero_stage > 0
+            and manifest.world_size != world_size)
 
 
 def incompatibility(manifest: Manifest, *, zero_stage: int, world_size: int, model_hash: str) -> str | None:
@@ -38,12 +41,14 @@ def incompatibility(manifest: Manifest, *, zero_stage: int, world_size: int, mod
     if manifest.zero_stage != zero_stage:
         return (f"{where} was saved with ZeRO stage {manifest.zero_stage}, this config uses stage "
                 f"{zero_stage}; set zero.stage to {manifest.zero_stage}")
-    if manifest.zero_stage == 3 and manifest.world_size != world_size:
+    if manifest.zero_stage == 3 and needs_reshard(manifest, world_size):
         # Measured here: DeepSpeed 0.19.8's universal loading of ZeRO-3 optimizer state lets the
         # loss drift (4.5e-3 relative after 6 steps) where ZeRO-1/2 stay within 1e-7.
-        return (f"{where} holds ZeRO-3 state over {manifest.world_size} workers; resuming it at "
-                f"{world_size} is not exact with DeepSpeed's universal loading, so Tensile refuses it: "
-                f"resume at {manifest.world_size} workers, or train elastically with zero.stage 1 or 2")
+        return (f"{where} holds ZeRO-3 state over {manifest.world_size} workers in DeepSpeed's own "
+                f"layout (format version {manifest.format_version}); resuming it at {world_size} is not "
+                f"exact with DeepSpeed's universal loading, so Tensile refuses it: resume at "
+                f"{manifest.world_size} workers once, and the next checkpoint, in Tensile's sharded "
+                f"layout, resumes at any size")
     return None
 
 

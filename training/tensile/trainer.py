@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from tensile import faults
 from tensile.batching import BatchPlan, plan_batch
-from tensile.checkpoint import Catalog, DirectoryTier, ResumePoint
+from tensile.checkpoint import Catalog, DirectoryTier, FencingError, ResumePoint
 from tensile.checkpointing import EngineCheckpointer, GroupLease
 from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
@@ -91,14 +91,16 @@ class Trainer:
         self.checkpoint_request = checkpoint_request or CheckpointRequest()
         self.metrics = metrics
         self.tier = DirectoryTier(config.checkpoint.shared_dir)
-        self.ledger = RunLedger(config.checkpoint.shared_dir)
+        self.ledger = RunLedger(config.checkpoint.ledger_path)
         self.dataset = TokenDataset(config.data.url)
         self.plan = plan_batch(config.batch.global_batch_size, config.batch.micro_batch_sizes, world_size)
         self.sampler = GlobalSampler(self.dataset.num_samples, config.batch.global_batch_size, config.run.seed)
         self.checkpointer = EngineCheckpointer(
             tier=self.tier, local_dir=local_dir, rank=rank, world_size=world_size,
             zero_stage=config.zero.stage, config_hash=config.trajectory_hash(), model_hash=config.model_hash(),
-            data_version=self.dataset.data_version, keep_last=config.checkpoint.keep_last)
+            data_version=self.dataset.data_version, keep_last=config.checkpoint.keep_last,
+            persist_timeout_s=config.checkpoint.persist_timeout_s)
+        self.checkpointer.on_persisted = self._persisted
         self.round: RoundStart | None = None
         self.engine: Any = None
 
@@ -118,21 +120,23 @@ class Trainer:
 
     @property
     def resharding(self) -> bool:
-        return self.round is not None and self.round.resume is not None and \
-            needs_reshard(self.round.resume.manifest, self.world_size)
+        """The resume point's ZeRO state was saved at another worker count."""
+        manifest = self.round.resume.manifest if self.round is not None and self.round.resume else None
+        return manifest is not None and manifest.zero_stage > 0 and manifest.world_size != self.world_size
 
     def _prepare_reshard(self) -> None:
         manifest = self.round.resume.manifest
-        # A file wait, not a collective: a large conversion outlasts the collective timeout.
-        seconds = ensure_universal(self.tier, manifest, rank=self.rank,
-                                   timeout_s=self.config.elastic.startup_timeout_s)
+        seconds = 0.0
+        if needs_reshard(manifest, self.world_size):  # a version-1 checkpoint: convert it first
+            # A file wait, not a collective: a large conversion outlasts the collective timeout.
+            seconds = ensure_universal(self.tier, manifest, rank=self.rank,
+                                       timeout_s=self.config.elastic.startup_timeout_s)
         if self.rank == 0:
             self.ledger.record("reshard", checkpoint=manifest.checkpoint_id, stage=manifest.zero_stage,
                                from_world_size=manifest.world_size, to_world_size=self.world_size,
-                               convert_s=round(seconds, 3))
-            log.info("resharding ZeRO-%d state of %s from %d to %d workers (conversion %.1f s)",
-                     manifest.zero_stage, manifest.checkpoint_id, manifest.world_size,
-                     self.world_size, seconds)
+                               layout=manifest.layout, convert_s=round(seconds, 3))
+            log.info("resharding ZeRO-%d state of %s from %d to %d workers (%s layout)", manifest.zero_stage,
+                     manifest.checkpoint_id, manifest.world_size, self.world_size, manifest.layout)
 
     def _decide_round(self) -> RoundStart:
         token = uuid.uuid4().hex
@@ -172,7 +176,8 @@ class Trainer:
         groups = parameter_groups(model, weight_decay=self.config.optimizer.weight_decay)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=groups,
-            config=deepspeed_config(self.config, self.plan, load_universal=self.resharding),
+            config=deepspeed_config(self.config, self.plan, load_universal=needs_reshard(
+                self.round.resume.manifest if self.round.resume else None, self.world_size)),
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lr_schedule(self.config)))
 
@@ -227,6 +232,17 @@ class Trainer:
             self.ledger.record("completed", step=step)
         return "completed"
 
+    def _persisted(self, outcome: dict[str, Any]) -> None:
+        """A background save ended (called on its thread)."""
+        published = outcome["published"]
+        if self.metrics and (published or self.rank != 0) and "persist_s" in outcome:
+            self.metrics.checkpoint_done(step=outcome["step"], reason=outcome["reason"],
+                                         persist_s=outcome["persist_s"], size=outcome["bytes"])
+        if self.rank != 0:
+            return
+        fields = {k: round(v, 4) if isinstance(v, float) else v for k, v in outcome.items() if k != "published"}
+        self.ledger.record("checkpoint" if published else "checkpoint-failed", asynchronous=True, **fields)
+
     def _lease(self) -> GroupLease:
         point = self.round.resume
         manifest = point.manifest
@@ -264,8 +280,11 @@ class Trainer:
         # One all-reduce per step carries the loss and every rank's votes, so all ranks agree
         # on a stop or an extra checkpoint at this same step boundary.
         report = torch.tensor([loss_sum.item(), float(self.stop.requested),
-                               float(self.checkpoint_request.requested)], dtype=torch.float64)
+                               float(self.checkpoint_request.requested),
+                               float(self.checkpointer.fenced is not None)], dtype=torch.float64)
         dist.all_reduce(report)
+        if report[3].item() > 0:  # rank 0's background publish found another group's commit
+            raise FencingError(self.checkpointer.fenced or "another worker group published first (rank 0 saw it)")
         return report[0].item() / global_tokens, int(report[1].item()), int(report[2].item())
 
     def _read(self, ids: list[int], padding: int) -> torch.Tensor:
@@ -277,11 +296,20 @@ class Trainer:
     def _save(self, step: int, lease: GroupLease, reason: str) -> None:
         client_state = {"step": step, "sampler": self.sampler.state_dict(),
                         "config_hash": self.config.trajectory_hash()}
+        if reason in ("periodic", "rebalance") and self.config.checkpoint.asynchronous \
+                and self.checkpointer.supports_async:
+            # Training goes on while it persists; stop and final saves below wait for it.
+            timings = self.checkpointer.save_async(self.engine, step=step, lease=lease,
+                                                   client_state=client_state, reason=reason)
+            if self.metrics:
+                self.metrics.checkpoint_stalled(timings["stall_s"])
+            return
         timings = self.checkpointer.save(self.engine, step=step, lease=lease,
                                          client_state=client_state, reason=reason)
         if self.metrics:
-            self.metrics.checkpoint_done(step=step, reason=reason, stall_s=timings["write_s"],
-                                         persist_s=timings["persist_s"], size=timings["bytes"])
+            self.metrics.checkpoint_stalled(timings["stall_s"])
+            self.metrics.checkpoint_done(step=step, reason=reason, persist_s=timings["persist_s"],
+                                         size=timings["bytes"])
         if self.rank == 0:
             self.ledger.record("checkpoint", step=step, checkpoint=lease.parent_id, reason=reason,
                                seq=lease.next_seq - 1, **{k: round(v, 4) for k, v in timings.items()})

@@ -80,7 +80,7 @@ def guard(config_path: str) -> int:
     from tensile.ledger import RunLedger
 
     config = load_config(config_path)
-    ledger = RunLedger(config.checkpoint.shared_dir)
+    ledger = RunLedger(config.checkpoint.ledger_path)
     rank = os.environ.get("RANK", "?")
     local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
     marker = round_marker(local_dir, rank)
@@ -118,7 +118,7 @@ def train(config_path: str) -> int:
         exit_now(EXIT_REGROUP)
     config = load_config(config_path)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    ledger = RunLedger(config.checkpoint.shared_dir)
+    ledger = RunLedger(config.checkpoint.ledger_path)
 
     def on_hang(silent_s: float) -> None:
         log.error("no progress for %.1f s: a peer is gone or hung; leaving to re-form", silent_s)

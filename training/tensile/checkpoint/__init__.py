@@ -9,6 +9,8 @@ from tensile.checkpoint.api import (
     FencingError,
     Manifest,
     FORMAT_VERSION,
+    LAYOUT_DEEPSPEED,
+    LAYOUT_SHARDED,
     Tier,
 )
 from tensile.checkpoint.commit_log import CommitLog
@@ -18,5 +20,6 @@ from tensile.checkpoint.locations import open_tier
 
 __all__ = [
     "Catalog", "CheckpointCorrupt", "CheckpointError", "CheckpointIncompatible", "CommitLog", "CommitRecord", "DirectoryTier",
-    "FileEntry", "FencingError", "FORMAT_VERSION", "Manifest", "ResumePoint", "Tier", "open_tier",
+    "FileEntry", "FencingError", "FORMAT_VERSION", "LAYOUT_DEEPSPEED", "LAYOUT_SHARDED", "Manifest", "ResumePoint",
+    "Tier", "open_tier",
 ]

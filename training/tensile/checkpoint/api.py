@@ -8,8 +8,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-FORMAT_VERSION = 1
-"""Layout version written into every manifest; readers refuse versions they do not know."""
+FORMAT_VERSION = 2
+"""Written into every manifest. Version 1 (DeepSpeed's own files only) is read and upgraded in
+memory; versions this code does not know are refused, naming both."""
+READABLE_FORMAT_VERSIONS = (1, 2)
+
+LAYOUT_DEEPSPEED = "deepspeed"
+"""DeepSpeed's own checkpoint files under `state/`: ZeRO-0, and every version-1 checkpoint."""
+LAYOUT_SHARDED = "tensile-sharded"
+"""ZeRO 1–3 slices keyed by parameter (tensile.sharded_state): loads at any worker count."""
 
 
 class CheckpointError(Exception):
@@ -63,6 +70,8 @@ class Manifest:
     `tensile checkpoint rollback ID` starts a branch named ID."""
     code_version: str = ""
     """The training code's commit (baked into the image at build time)."""
+    layout: str = LAYOUT_DEEPSPEED
+    """How the training state is stored: LAYOUT_DEEPSPEED or LAYOUT_SHARDED."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -73,10 +82,13 @@ class Manifest:
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise CheckpointCorrupt(
                 f"manifest format version {version} is not supported by this Tensile "
-                f"(reads version {FORMAT_VERSION})")
+                f"(writes version {FORMAT_VERSION}, reads versions "
+                f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}); resume it with the Tensile that wrote it")
+        if version == 1:  # upgrade: version 1 had one layout, DeepSpeed's own files
+            data.setdefault("layout", LAYOUT_DEEPSPEED)
         data["files"] = tuple(FileEntry(**f) for f in data["files"])
         return cls(**data)
 
