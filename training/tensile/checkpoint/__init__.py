@@ -11,12 +11,15 @@ from tensile.checkpoint.api import (
     FORMAT_VERSION,
     LAYOUT_DEEPSPEED,
     LAYOUT_SHARDED,
+    Tier,
 )
 from tensile.checkpoint.commit_log import CommitLog
 from tensile.checkpoint.tier import DirectoryTier
 from tensile.checkpoint.catalog import Catalog, ResumePoint
+from tensile.checkpoint.locations import open_tier
 
 __all__ = [
     "Catalog", "CheckpointCorrupt", "CheckpointError", "CheckpointIncompatible", "CommitLog", "CommitRecord", "DirectoryTier",
     "FileEntry", "FencingError", "FORMAT_VERSION", "LAYOUT_DEEPSPEED", "LAYOUT_SHARDED", "Manifest", "ResumePoint",
+    "Tier", "open_tier",
 ]

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from tensile.checkpoint.api import CheckpointCorrupt, CommitRecord, Manifest
-from tensile.checkpoint.tier import DirectoryTier
+from tensile.checkpoint.api import CheckpointCorrupt, CommitRecord, Manifest, Tier
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +38,20 @@ class ResumePoint:
 
 
 class Catalog:
-    def __init__(self, tier: DirectoryTier):
+    def __init__(self, tier: Tier):
         self.tier = tier
 
     # ---- the resume pin (rollback) -----------------------------------------------------
-    @property
-    def pin_path(self) -> Path:
-        return self.tier.root / "pins" / "resume.json"
-
     def pinned(self) -> str | None:
-        try:
-            return json.loads(self.pin_path.read_text())["checkpoint_id"]
-        except (FileNotFoundError, ValueError, KeyError):
-            return None
+        pin = self.tier.read_pin()
+        return pin.get("checkpoint_id") if pin else None
 
     def pin(self, checkpoint_id: str, reason: str = "rollback") -> Manifest:
         """Make `checkpoint_id` the resume point; training continues from it on a new branch."""
         manifest = self.tier.read_manifest(checkpoint_id)
         self.tier.verify(manifest)
-        self.pin_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.pin_path.with_suffix(".partial")
-        partial.write_text(json.dumps({"checkpoint_id": checkpoint_id, "step": manifest.step,
-                                       "reason": reason, "pinned_at": time.time()}))
-        os.replace(partial, self.pin_path)
+        self.tier.write_pin({"checkpoint_id": checkpoint_id, "step": manifest.step,
+                             "reason": reason, "pinned_at": time.time()})
         return manifest
 
     def find_resume_point(self) -> ResumePoint:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,33 +23,65 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class CommitLog:
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
+def record_name(seq: int) -> str:
+    """A commit record's name under `commits/`: zero-padded so names sort as numbers."""
+    return f"{seq:010d}"
 
-    def _path(self, seq: int) -> Path:
-        return self.directory / f"{seq:010d}"
 
-    def sequence_numbers(self) -> list[int]:
-        if not self.directory.exists():
-            return []
-        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+def fenced(record: CommitRecord, winner: str) -> FencingError:
+    return FencingError(
+        f"commit {record.seq} was already published by another worker group ({winner}); "
+        f"this group (token {record.group_token}) is stale and must stop")
+
+
+class CommitLogReader(ABC):
+    """What every commit log derives from `sequence_numbers` and `read`, wherever it is stored."""
+
+    unreadable_errors: tuple[type[Exception], ...] = (OSError, ValueError, TypeError)
+    """What `read` raises for a record that exists but cannot be used."""
+
+    @abstractmethod
+    def sequence_numbers(self) -> list[int]: ...
+
+    @abstractmethod
+    def read(self, seq: int) -> CommitRecord: ...
 
     def head(self) -> int:
         """Highest sequence number taken (0 when nothing was ever published)."""
         seqs = self.sequence_numbers()
         return seqs[-1] if seqs else 0
 
-    def read(self, seq: int) -> CommitRecord:
-        return CommitRecord.from_json(self._path(seq).read_text())
-
     def newest_first(self) -> Iterator[tuple[int, CommitRecord | None, str | None]]:
         """(seq, record, why-unreadable) from the head down."""
         for seq in reversed(self.sequence_numbers()):
             try:
                 yield seq, self.read(seq), None
-            except (OSError, ValueError, TypeError) as e:
+            except self.unreadable_errors as e:
                 yield seq, None, f"commit record {seq} is unreadable: {e}"
+
+    def describe(self, seq: int) -> str:
+        """Who holds `seq`, for a FencingError."""
+        try:
+            other = self.read(seq)
+            return f"checkpoint {other.checkpoint_id}, group {other.group_token}"
+        except self.unreadable_errors:
+            return "record unreadable"
+
+
+class CommitLog(CommitLogReader):
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def _path(self, seq: int) -> Path:
+        return self.directory / record_name(seq)
+
+    def sequence_numbers(self) -> list[int]:
+        if not self.directory.exists():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
+    def read(self, seq: int) -> CommitRecord:
+        return CommitRecord.from_json(self._path(seq).read_text())
 
     def publish(self, record: CommitRecord) -> None:
         """Create `commits/<seq>` with its full content, or raise FencingError if it exists.
@@ -65,17 +98,7 @@ class CommitLog:
         try:
             os.link(private, self._path(record.seq))
         except FileExistsError as e:
-            winner = self._describe(record.seq)
-            raise FencingError(
-                f"commit {record.seq} was already published by another worker group ({winner}); "
-                f"this group (token {record.group_token}) is stale and must stop") from e
+            raise fenced(record, self.describe(record.seq)) from e
         finally:
             private.unlink(missing_ok=True)
         fsync_dir(self.directory)
-
-    def _describe(self, seq: int) -> str:
-        try:
-            other = self.read(seq)
-            return f"checkpoint {other.checkpoint_id}, group {other.group_token}"
-        except (OSError, ValueError, TypeError):
-            return "record unreadable"

@@ -1,4 +1,4 @@
-"""The shared durable tier as a directory (a shared filesystem here; S3 comes as another tier).
+"""The shared durable tier as a directory (a shared filesystem); s3_tier.py is the S3 one.
 
 Every write is durable before it is acknowledged: file fsynced, renamed into place, parent fsynced.
 """
@@ -6,6 +6,7 @@ Every write is durable before it is acknowledged: file fsynced, renamed into pla
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,61 @@ from tensile.checkpoint.api import CheckpointCorrupt, FileEntry, Manifest
 from tensile.checkpoint.commit_log import CommitLog, fsync_dir
 
 MANIFEST = "manifest.json"
+PIN = "pins/resume.json"
+"""The rollback pin, relative to the tier's root."""
 _CHUNK = 4 << 20
+
+
+def parse_manifest(checkpoint_id: str, text: str | bytes) -> Manifest:
+    """The manifest stored for `checkpoint_id`, or CheckpointCorrupt saying what is wrong with it."""
+    try:
+        manifest = Manifest.from_json(text)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointCorrupt(f"{checkpoint_id}: unreadable manifest: {e}") from e
+    except CheckpointCorrupt as e:  # an unknown format version: say which checkpoint
+        raise CheckpointCorrupt(f"{checkpoint_id}: {e}") from e
+    if manifest.checkpoint_id != checkpoint_id:
+        raise CheckpointCorrupt(f"{checkpoint_id}: manifest names {manifest.checkpoint_id}")
+    return manifest
+
+
+def no_manifest(checkpoint_id: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: no manifest (the save never finished)")
+
+
+def missing_file(checkpoint_id: str, rel_path: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {rel_path} is missing")
+
+
+def wrong_size(checkpoint_id: str, entry: FileEntry, size: int) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} has {size} bytes, manifest says {entry.size}")
+
+
+def wrong_sha256(checkpoint_id: str, entry: FileEntry) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} fails its sha256 check")
+
+
+def check_range(checkpoint_id: str, rel_path: str, offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise ValueError(f"{checkpoint_id}/{rel_path}: read_range needs offset >= 0 and length >= 0, "
+                         f"got offset={offset} length={length}")
+
+
+def partial_beside(target: Path) -> Path:
+    """Where a download to `target` is written before it is renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.with_name(target.name + ".partial")
+
+
+def whole_range(checkpoint_id: str, rel_path: str, offset: int, length: int, data: bytes) -> bytes:
+    if len(data) != length:
+        raise short_read(checkpoint_id, rel_path, offset, length, len(data))
+    return data
+
+
+def short_read(checkpoint_id: str, rel_path: str, offset: int, length: int, got: int) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {rel_path} ends before bytes {offset}..{offset + length} "
+                             f"(got {got} of {length}): the file is shorter than its reader expects")
 
 
 class DirectoryTier:
@@ -22,6 +77,7 @@ class DirectoryTier:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.url = str(self.root)
         self.checkpoints = self.root / "checkpoints"
         self.commit_log = CommitLog(self.root / "commits")
 
@@ -41,7 +97,7 @@ class DirectoryTier:
                 size += len(chunk)
             dst.flush()
             os.fsync(dst.fileno())
-        os.replace(partial, target)
+        os.replace(partial, Path(target))
         fsync_dir(target.parent)
         return FileEntry(path=rel_path, size=size, sha256=digest.hexdigest())
 
@@ -58,18 +114,11 @@ class DirectoryTier:
         fsync_dir(directory)
 
     def read_manifest(self, checkpoint_id: str) -> Manifest:
-        path = self.checkpoint_dir(checkpoint_id) / MANIFEST
         try:
-            manifest = Manifest.from_json(path.read_text())
+            text = (self.checkpoint_dir(checkpoint_id) / MANIFEST).read_text()
         except FileNotFoundError as e:
-            raise CheckpointCorrupt(f"{checkpoint_id}: no manifest (the save never finished)") from e
-        except (ValueError, TypeError, KeyError) as e:
-            raise CheckpointCorrupt(f"{checkpoint_id}: unreadable manifest: {e}") from e
-        except CheckpointCorrupt as e:  # an unknown format version: say which checkpoint
-            raise CheckpointCorrupt(f"{checkpoint_id}: {e}") from e
-        if manifest.checkpoint_id != checkpoint_id:
-            raise CheckpointCorrupt(f"{checkpoint_id}: manifest names {manifest.checkpoint_id}")
-        return manifest
+            raise no_manifest(checkpoint_id) from e
+        return parse_manifest(checkpoint_id, text)
 
     def verify(self, manifest: Manifest) -> None:
         """Check every file's size and sha256; raise CheckpointCorrupt naming the first mismatch."""
@@ -79,16 +128,52 @@ class DirectoryTier:
             try:
                 size = path.stat().st_size
             except FileNotFoundError as e:
-                raise CheckpointCorrupt(f"{manifest.checkpoint_id}: {entry.path} is missing") from e
+                raise missing_file(manifest.checkpoint_id, entry.path) from e
             if size != entry.size:
-                raise CheckpointCorrupt(
-                    f"{manifest.checkpoint_id}: {entry.path} has {size} bytes, manifest says {entry.size}")
+                raise wrong_size(manifest.checkpoint_id, entry, size)
             digest = hashlib.sha256()
             with open(path, "rb") as f:
                 while chunk := f.read(_CHUNK):
                     digest.update(chunk)
             if digest.hexdigest() != entry.sha256:
-                raise CheckpointCorrupt(f"{manifest.checkpoint_id}: {entry.path} fails its sha256 check")
+                raise wrong_sha256(manifest.checkpoint_id, entry)
+
+    def read_range(self, checkpoint_id: str, rel_path: str, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes from `offset`; CheckpointCorrupt if the file is missing or shorter."""
+        check_range(checkpoint_id, rel_path, offset, length)
+        try:
+            fd = os.open(self.checkpoint_dir(checkpoint_id) / rel_path, os.O_RDONLY)
+        except FileNotFoundError as e:
+            raise missing_file(checkpoint_id, rel_path) from e
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        return whole_range(checkpoint_id, rel_path, offset, length, data)
+
+    def fetch_file(self, checkpoint_id: str, rel_path: str, target: Path) -> None:
+        """Copy a checkpoint file to a local path; the target never holds a partial copy."""
+        partial = partial_beside(Path(target))
+        try:
+            shutil.copyfile(self.checkpoint_dir(checkpoint_id) / rel_path, partial)
+        except FileNotFoundError as e:
+            raise missing_file(checkpoint_id, rel_path) from e
+        os.replace(partial, Path(target))
+
+    def read_pin(self) -> dict | None:
+        """The rollback pin, or None when there is none (an unreadable pin counts as none)."""
+        try:
+            data = json.loads((self.root / PIN).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_pin(self, data: dict) -> None:
+        path = self.root / PIN
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(data))
+        os.replace(partial, path)
 
     def list_checkpoint_ids(self) -> list[str]:
         if not self.checkpoints.exists():
