@@ -1,9 +1,12 @@
-"""Fixtures shared by the infra and policy tests: each stack's mocked program runs once per
-session, in its own process (the SDK's mocks are process-global), both stacks at once."""
+"""Fixtures shared across the suites: each stack's mocked program runs once per session, in its
+own process (the SDK's mocks are process-global), both stacks at once; and a loopback S3 (moto's
+server mode, in this process on a 127.0.0.1 port of its own) for the checkpoint tier and trainer."""
 
 from __future__ import annotations
 
+import logging
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,3 +28,38 @@ def stack_runs():
         if run.error:
             pytest.fail(f"stack {name} failed under mocks: {run.error}")
     return runs
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> str:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path) -> None:
+    """Fake credentials and no config from the machine: boto3 must never reach a real account."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def bucket(moto_url, aws_env) -> str:
+    """A new, empty bucket on the loopback server for each test."""
+    import boto3
+
+    name = f"tensile-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket=name)
+    return name

@@ -38,7 +38,10 @@ def write_job(run_dir: Path, data_url: str, **sections: dict[str, Any]) -> Path:
     for key, value in sections.items():
         config.setdefault(key, {}).update(value)
     config["data"] = {"url": data_url}
-    config["checkpoint"]["shared_dir"] = str(run_dir / "shared")
+    # The ledger always lives in run_dir/shared (what the helpers read); checkpoints may go elsewhere.
+    config["checkpoint"].setdefault("shared_dir", str(run_dir / "shared"))
+    if "://" in config["checkpoint"]["shared_dir"]:
+        config["checkpoint"].setdefault("ledger_dir", str(run_dir / "shared"))
     config["checkpoint"]["local_dir"] = str(run_dir / "local")
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"

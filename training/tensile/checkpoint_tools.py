@@ -5,14 +5,19 @@ Plain functions over a run's shared tier; the CLI only prints their results.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tensile.checkpoint import LAYOUT_SHARDED, Catalog, CheckpointCorrupt, CheckpointError, DirectoryTier, Manifest
-from tensile.sharded_state import META, DirectoryShardSource
+from tensile.checkpoint import (LAYOUT_SHARDED, Catalog, CheckpointCorrupt, CheckpointError, DirectoryTier, Manifest,
+                                Tier, open_tier)
+from tensile.sharded_state import META, DirectoryShardSource, ShardSource, TierShardSource
 from tensile.sharded_state import consolidated_weights as sharded_weights
+
+Location = str | Path
+"""A run's shared tier: a directory or an s3:// URL (checkpoint.shared_dir)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +31,10 @@ class CheckpointRow:
     size_bytes: int
 
 
-def list_checkpoints(shared_dir: Path, *, verify: bool) -> list[CheckpointRow]:
+def list_checkpoints(shared_dir: Location, *, verify: bool) -> list[CheckpointRow]:
     """Every commit, newest first, with its manifest (and checksum verdict if asked)."""
-    tier = DirectoryTier(shared_dir)
+    tier = open_tier(shared_dir)
+    present = set(tier.list_checkpoint_ids())
     pin = Catalog(tier).pinned()
     rows = []
     for seq, record, unreadable in tier.commit_log.newest_first():
@@ -41,13 +47,13 @@ def list_checkpoints(shared_dir: Path, *, verify: bool) -> list[CheckpointRow]:
             if verify:
                 tier.verify(manifest)
         except CheckpointCorrupt as e:
-            problem = "deleted by retention" if not tier.checkpoint_dir(record.checkpoint_id).exists() else str(e)
+            problem = "deleted by retention" if record.checkpoint_id not in present else str(e)
         size = sum(f.size for f in manifest.files) if manifest else 0
         rows.append(CheckpointRow(seq, record.checkpoint_id, manifest, problem, record.checkpoint_id == pin, size))
     return rows
 
 
-def resolve(tier: DirectoryTier, checkpoint_id: str | None) -> Manifest:
+def resolve(tier: Tier, checkpoint_id: str | None) -> Manifest:
     """The named checkpoint, or the one a restart would resume from."""
     if checkpoint_id:
         manifest = tier.read_manifest(checkpoint_id)
@@ -55,15 +61,20 @@ def resolve(tier: DirectoryTier, checkpoint_id: str | None) -> Manifest:
         return manifest
     point = Catalog(tier).find_resume_point()
     if point.manifest is None:
-        raise CheckpointError(f"no valid committed checkpoint under {tier.root}")
+        raise CheckpointError(f"no valid committed checkpoint under {tier.url}")
     return point.manifest
 
 
-def consolidated_weights(tier: DirectoryTier, manifest: Manifest) -> dict[str, torch.Tensor]:
+def shard_source(tier: Tier, manifest: Manifest) -> ShardSource:
+    if isinstance(tier, DirectoryTier):
+        return DirectoryShardSource(tier.checkpoint_dir(manifest.checkpoint_id))
+    return TierShardSource(tier, manifest.checkpoint_id, {e.path: e.size for e in manifest.files}, [])
+
+
+def consolidated_weights(tier: Tier, manifest: Manifest) -> dict[str, torch.Tensor]:
     """fp32 model weights whatever the ZeRO stage or worker count they were saved at."""
-    directory = tier.checkpoint_dir(manifest.checkpoint_id)
     if manifest.layout == LAYOUT_SHARDED:
-        source = DirectoryShardSource(directory)
+        source = shard_source(tier, manifest)
         try:
             sizes = {entry.path: entry.size for entry in manifest.files}
             weights = sharded_weights(source, manifest.world_size, sizes[META],
@@ -71,6 +82,16 @@ def consolidated_weights(tier: DirectoryTier, manifest: Manifest) -> dict[str, t
         finally:
             source.close()
         return {name: tensor.float() for name, tensor in weights.items()}
+    if isinstance(tier, DirectoryTier):
+        return _deepspeed_weights(tier.checkpoint_dir(manifest.checkpoint_id), manifest)
+    with tempfile.TemporaryDirectory(prefix="tensile-export-") as scratch:  # DeepSpeed reads files
+        for entry in manifest.files:
+            (Path(scratch) / entry.path).parent.mkdir(parents=True, exist_ok=True)
+            tier.fetch_file(manifest.checkpoint_id, entry.path, Path(scratch) / entry.path)
+        return _deepspeed_weights(Path(scratch), manifest)
+
+
+def _deepspeed_weights(directory: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
     if manifest.zero_stage == 3:  # the module file holds placeholders; the shards hold the weights
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -79,11 +100,11 @@ def consolidated_weights(tier: DirectoryTier, manifest: Manifest) -> dict[str, t
     return {name: tensor.float() for name, tensor in state["module"].items()}
 
 
-def export_weights(shared_dir: Path, checkpoint_id: str | None, out: Path) -> tuple[Manifest, int]:
+def export_weights(shared_dir: Location, checkpoint_id: str | None, out: Path) -> tuple[Manifest, int]:
     """Write consolidated fp32 weights as safetensors; returns the manifest and tensor count."""
     from safetensors.torch import save_file
 
-    tier = DirectoryTier(shared_dir)
+    tier = open_tier(shared_dir)
     manifest = resolve(tier, checkpoint_id)
     weights = consolidated_weights(tier, manifest)
     # Tied weights share storage, which safetensors refuses: each name gets its own copy.
@@ -94,11 +115,11 @@ def export_weights(shared_dir: Path, checkpoint_id: str | None, out: Path) -> tu
     return manifest, len(tensors)
 
 
-def reshard_ahead(shared_dir: Path, checkpoint_id: str | None, world_size: int) -> tuple[Manifest, float]:
+def reshard_ahead(shared_dir: Location, checkpoint_id: str | None, world_size: int) -> tuple[Manifest, float]:
     """Prepare the resume checkpoint for `world_size` workers before a planned resize."""
     from tensile.reshard import ensure_universal, incompatibility, needs_reshard
 
-    tier = DirectoryTier(shared_dir)
+    tier = open_tier(shared_dir)
     manifest = resolve(tier, checkpoint_id)
     problem = incompatibility(manifest, zero_stage=manifest.zero_stage, world_size=world_size,
                               model_hash=manifest.model_hash)
@@ -109,5 +130,5 @@ def reshard_ahead(shared_dir: Path, checkpoint_id: str | None, world_size: int) 
     return manifest, ensure_universal(tier, manifest, rank=0, timeout_s=0)
 
 
-def rollback(shared_dir: Path, checkpoint_id: str) -> Manifest:
-    return Catalog(DirectoryTier(shared_dir)).pin(checkpoint_id)
+def rollback(shared_dir: Location, checkpoint_id: str) -> Manifest:
+    return Catalog(open_tier(shared_dir)).pin(checkpoint_id)

@@ -25,12 +25,12 @@ import torch.distributed as dist
 
 from tensile.checkpoint import (LAYOUT_DEEPSPEED, LAYOUT_SHARDED, Catalog, CommitRecord, DirectoryTier, FencingError,
                                 Manifest, ResumePoint)
-from tensile.checkpoint.api import CheckpointError, FileEntry
+from tensile.checkpoint.api import CheckpointCorrupt, CheckpointError, FileEntry, Tier
 from tensile.checkpoint.catalog import checkpoint_id_for
 from tensile import faults
 from tensile.reshard import UNIVERSAL_TAG, needs_reshard
-from tensile.sharded_state import (META, DirectoryShardSource, ShardSnapshot, load_sharded, save_sharded,
-                                   snapshot_sharded)
+from tensile.sharded_state import (META, DirectoryShardSource, ShardSnapshot, ShardSource, TierShardSource,
+                                   load_sharded, save_sharded, snapshot_sharded)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class EngineCheckpointer:
     rank's slices in host memory; a background thread writes, uploads and — on rank 0, once
     every rank's files are durable — publishes. At most one save is in flight per rank."""
 
-    def __init__(self, *, tier: DirectoryTier, local_dir: Path, rank: int, world_size: int,
+    def __init__(self, *, tier: Tier, local_dir: Path, rank: int, world_size: int,
                  zero_stage: int, config_hash: str, model_hash: str, data_version: str, keep_last: int,
                  persist_timeout_s: float = 600.0):
         self.tier = tier
@@ -159,15 +159,27 @@ class EngineCheckpointer:
             self.on_persisted(outcome)
 
     def _await_rank_records(self, checkpoint_id: str) -> list[list[FileEntry]]:
-        directory = self.tier.checkpoint_dir(checkpoint_id) / RANK_RECORDS
+        """Every rank's list of durable files, fetched from the tier as each appears."""
         deadline = time.monotonic() + self.persist_timeout_s
-        paths = [directory / f"rank-{r:05d}.json" for r in range(self.world_size)]
-        while not all(p.exists() for p in paths):
-            if time.monotonic() > deadline:
-                missing = [p.name for p in paths if not p.exists()]
-                raise TimeoutError(f"ranks never made their files durable: {', '.join(missing)}")
-            time.sleep(0.05)
-        return [[FileEntry(**e) for e in json.loads(p.read_text())] for p in paths]
+        scratch = self._local_root(checkpoint_id) / RANK_RECORDS
+        scratch.mkdir(parents=True, exist_ok=True)
+        records: dict[int, list[FileEntry]] = {}
+        while len(records) < self.world_size:
+            for rank in range(self.world_size):
+                if rank in records:
+                    continue
+                target = scratch / f"rank-{rank:05d}.json"
+                try:
+                    self.tier.fetch_file(checkpoint_id, f"{RANK_RECORDS}/{target.name}", target)
+                except CheckpointCorrupt:  # not there yet
+                    continue
+                records[rank] = [FileEntry(**e) for e in json.loads(target.read_text())]
+            if len(records) < self.world_size:
+                if time.monotonic() > deadline:
+                    missing = sorted(set(range(self.world_size)) - set(records))
+                    raise TimeoutError(f"ranks {missing} never made their files durable")
+                time.sleep(0.1)
+        return [records[rank] for rank in range(self.world_size)]
 
     def _local_root(self, checkpoint_id: str) -> Path:
         # Per rank, so ranks sharing a node never mix files before upload.
@@ -236,6 +248,13 @@ class EngineCheckpointer:
             log.info("retention removed %s", ", ".join(deleted))
         return "ok"
 
+    def _shard_source(self, manifest: Manifest, sizes: dict[str, int]) -> ShardSource:
+        if isinstance(self.tier, DirectoryTier):  # one pread per range on the shared filesystem
+            return DirectoryShardSource(self.tier.checkpoint_dir(manifest.checkpoint_id))
+        # Ranged reads from the tier, or this node's own copies when it still has them.
+        own = sorted((self.local_dir / "checkpoints").glob(f"{manifest.checkpoint_id}.rank*"))
+        return TierShardSource(self.tier, manifest.checkpoint_id, sizes, own)
+
     @property
     def layout(self) -> str:
         return LAYOUT_SHARDED if self.zero_stage > 0 else LAYOUT_DEEPSPEED
@@ -250,9 +269,9 @@ class EngineCheckpointer:
         manifest = point.manifest
         if manifest is None:
             raise CheckpointError("no checkpoint to load")
+        sizes = {entry.path: entry.size for entry in manifest.files}
         if manifest.layout == LAYOUT_SHARDED:
-            source = DirectoryShardSource(self.tier.checkpoint_dir(manifest.checkpoint_id))
-            sizes = {entry.path: entry.size for entry in manifest.files}
+            source = self._shard_source(manifest, sizes)
             try:
                 client_state, stats = load_sharded(
                     engine, zero_stage=self.zero_stage, source=source, saved_world_size=manifest.world_size,
@@ -262,10 +281,17 @@ class EngineCheckpointer:
             log.info("loaded %s (saved by %d workers) in %.2f s, %d bytes read by this rank",
                      manifest.checkpoint_id, manifest.world_size, stats.seconds, stats.bytes_read)
             return client_state
-        # A version-1 checkpoint: ZeRO state saved at another worker count loads from its universal layout
-        # (tensile.reshard converts it before the engine is built).
+        # DeepSpeed's own files (ZeRO-0, version-1 checkpoints): its loader needs them on disk.
+        # ZeRO state saved at another worker count loads from its universal layout (tensile.reshard
+        # converts it, on a directory tier, before the engine is built).
         tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG
-        load_dir = self.tier.checkpoint_dir(manifest.checkpoint_id)
+        if isinstance(self.tier, DirectoryTier):
+            load_dir = self.tier.checkpoint_dir(manifest.checkpoint_id)
+        else:
+            load_dir = self.local_dir / "restore" / manifest.checkpoint_id
+            for entry in manifest.files:
+                (load_dir / entry.path).parent.mkdir(parents=True, exist_ok=True)
+                self.tier.fetch_file(manifest.checkpoint_id, entry.path, load_dir / entry.path)
         path, client_state = engine.load_checkpoint(
             str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:

@@ -187,7 +187,7 @@ def job_render(name: str = typer.Argument(..., help="Run name."),
 
 checkpoint_app = typer.Typer(no_args_is_help=True, help="A run's checkpoints on its shared tier.")
 app.add_typer(checkpoint_app, name="checkpoint")
-SHARED = typer.Argument(..., help="The run's shared tier (checkpoint.shared_dir).")
+SHARED = typer.Argument(..., help="The run's shared tier (checkpoint.shared_dir): a directory or s3://bucket/prefix.")
 
 
 def _checkpoint_errors(function, *args):
@@ -201,7 +201,7 @@ def _checkpoint_errors(function, *args):
 
 
 @checkpoint_app.command("ls")
-def checkpoint_ls(shared_dir: Path = SHARED,
+def checkpoint_ls(shared_dir: str = SHARED,
                   verify: bool = typer.Option(False, help="Check every file's sha256 too."),
                   all_commits: bool = typer.Option(False, "--all", help="Include commits whose checkpoint retention deleted.")) -> None:
     """The commit log, newest first: lineage, steps, sizes, worker count, stage, validity."""
@@ -226,15 +226,15 @@ def checkpoint_ls(shared_dir: Path = SHARED,
 
 
 @checkpoint_app.command("verify")
-def checkpoint_verify(shared_dir: Path = SHARED) -> None:
+def checkpoint_verify(shared_dir: str = SHARED) -> None:
     """Check every committed checkpoint against its manifest; exit 1 if the resume point is bad."""
-    from tensile.checkpoint import Catalog, DirectoryTier
+    from tensile.checkpoint import Catalog, open_tier
     from tensile.checkpoint_tools import list_checkpoints
 
     rows = list_checkpoints(shared_dir, verify=True)
     for row in rows:
         console.print(f"{row.checkpoint_id}: {row.problem or 'valid'}")
-    point = _checkpoint_errors(Catalog(DirectoryTier(shared_dir)).find_resume_point)
+    point = _checkpoint_errors(Catalog(open_tier(shared_dir)).find_resume_point)
     if point.manifest is None:
         errors.print("[red]no valid checkpoint to resume from[/]")
         raise typer.Exit(1)
@@ -242,7 +242,7 @@ def checkpoint_verify(shared_dir: Path = SHARED) -> None:
 
 
 @checkpoint_app.command("export")
-def checkpoint_export(shared_dir: Path = SHARED,
+def checkpoint_export(shared_dir: str = SHARED,
                       out: Path = typer.Option(..., help="Output .safetensors file."),
                       checkpoint: Optional[str] = typer.Option(None, help="Checkpoint id (default: the resume point).")) -> None:
     """Consolidated fp32 weights as safetensors, whatever the ZeRO stage and worker count."""
@@ -253,7 +253,7 @@ def checkpoint_export(shared_dir: Path = SHARED,
 
 
 @checkpoint_app.command("reshard")
-def checkpoint_reshard(shared_dir: Path = SHARED,
+def checkpoint_reshard(shared_dir: str = SHARED,
                        world_size: int = typer.Option(..., help="The worker count the job will resume at."),
                        checkpoint: Optional[str] = typer.Option(None, help="Checkpoint id (default: the resume point).")) -> None:
     """Prepare a checkpoint for another worker count ahead of a planned resize."""
@@ -267,7 +267,7 @@ def checkpoint_reshard(shared_dir: Path = SHARED,
 
 
 @checkpoint_app.command("rollback")
-def checkpoint_rollback(shared_dir: Path = SHARED,
+def checkpoint_rollback(shared_dir: str = SHARED,
                         checkpoint: str = typer.Argument(..., help="The checkpoint id to resume from.")) -> None:
     """Pin an earlier checkpoint as the resume point; training continues from it on a new branch."""
     from tensile.checkpoint_tools import rollback

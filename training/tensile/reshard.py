@@ -19,7 +19,7 @@ import uuid
 from argparse import Namespace
 from pathlib import Path
 
-from tensile.checkpoint import LAYOUT_DEEPSPEED, CheckpointCorrupt, DirectoryTier, Manifest
+from tensile.checkpoint import LAYOUT_DEEPSPEED, CheckpointCorrupt, CheckpointIncompatible, DirectoryTier, Manifest
 from tensile.checkpoint.commit_log import fsync_dir
 
 UNIVERSAL_TAG = "universal"
@@ -106,6 +106,9 @@ def convert(source_state: Path, target: Path) -> float:
 def ensure_universal(tier: DirectoryTier, manifest: Manifest, *, rank: int, timeout_s: float,
                      poll_s: float = 0.2) -> float:
     """Make the universal layout of `manifest`'s checkpoint exist; every rank calls it."""
+    if not isinstance(tier, DirectoryTier):  # version 1 predates the S3 tier: never there
+        raise CheckpointIncompatible(f"{manifest.checkpoint_id} is a version-1 checkpoint on {tier.url}; "
+                                     f"converting one is supported on a directory tier only")
     target = universal_dir(tier, manifest)
     if rank == 0 and not verify_universal(target):
         if target.exists():

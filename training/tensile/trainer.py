@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from tensile import faults
 from tensile.batching import BatchPlan, plan_batch
-from tensile.checkpoint import Catalog, DirectoryTier, FencingError, ResumePoint
+from tensile.checkpoint import Catalog, FencingError, ResumePoint, open_tier
 from tensile.checkpointing import EngineCheckpointer, GroupLease
 from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
@@ -90,7 +90,7 @@ class Trainer:
         self.watchdog = watchdog
         self.checkpoint_request = checkpoint_request or CheckpointRequest()
         self.metrics = metrics
-        self.tier = DirectoryTier(config.checkpoint.shared_dir)
+        self.tier = open_tier(config.checkpoint.shared_dir)
         self.ledger = RunLedger(config.checkpoint.ledger_path)
         self.dataset = TokenDataset(config.data.url)
         self.plan = plan_batch(config.batch.global_batch_size, config.batch.micro_batch_sizes, world_size)
