@@ -2,11 +2,12 @@
 
 import sys
 
-from benchmarks import recovery, reshard
+from benchmarks import checkpoint_io, recovery, reshard
 
 
 def main() -> int:
     reshard.main()
+    checkpoint_io.main()
     recovery.main()
     return 0
 

@@ -6,7 +6,10 @@ master weights and Adam moments) runs a few steps, then checkpoints through Tens
   stall   = time the loop is blocked per checkpoint, as a fraction of one step:
             sync (write, fsync, copy to the tier, publish) vs async (copy to host memory only);
   write   = the shard written and fsynced to local disk, in MB/s, against
-            `dd if=/dev/zero bs=16M conv=fsync` of the same byte count into the same directory.
+            `dd if=/dev/zero bs=16M conv=fsync` of the same byte count into the same directory;
+  durable = an emergency (synchronous) save until its commit is published, on the directory tier
+            and on S3 (moto's server on loopback: the protocol's cost, not AWS's bandwidth) —
+            what must fit in torchrun's 30 s SIGTERM→SIGKILL window and the 2-minute spot notice.
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ def _step(engine: Any, seed: int) -> None:
     engine.step()
 
 
-def _worker(rank: int, port: int, root: str, results: Any) -> None:
+def _worker(rank: int, port: int, root: str, s3_url: str, results: Any) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
                        "WORLD_SIZE": "1", "DS_ACCELERATOR": "cpu"})
     import deepspeed
 
-    from tensile.checkpoint import DirectoryTier
+    from tensile.checkpoint import DirectoryTier, open_tier
     from tensile.checkpointing import EngineCheckpointer, GroupLease
     from tensile.sharded_state import snapshot_sharded
 
@@ -72,7 +75,15 @@ def _worker(rank: int, port: int, root: str, results: Any) -> None:
         write_s.append(time.monotonic() - started)
         nbytes = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
         shutil.rmtree(target)
-    results.put({"step_s": statistics.median(step_s[1:]), "sync_stall_s": statistics.median(sync_stall),
+    s3 = EngineCheckpointer(tier=open_tier(s3_url), local_dir=directory / "local-s3", rank=0, world_size=1,
+                            zero_stage=2, config_hash="bench", model_hash="", data_version="", keep_last=2)
+    s3_lease = GroupLease(token="c" * 32, next_seq=1, parent_id=None)
+    s3_durable = []
+    for i in range(2):
+        started = time.monotonic()
+        s3.save(engine, step=30 + i, lease=s3_lease, client_state={}, reason="stop")
+        s3_durable.append(time.monotonic() - started)
+    results.put({"s3_durable_s": statistics.median(s3_durable), "step_s": statistics.median(step_s[1:]), "sync_stall_s": statistics.median(sync_stall),
                  "async_stall_s": statistics.median(async_stall), "async_durable_s": statistics.median(durable),
                  "write_s": statistics.median(write_s), "bytes": nbytes})
 
@@ -90,15 +101,28 @@ def _dd(directory: Path, nbytes: int) -> float:
 
 
 def main() -> dict[str, float]:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
     workdir = Path(tempfile.mkdtemp(prefix="tensile-io-bench-"))
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved_env = dict(os.environ)
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true"})
     try:
+        boto3.client("s3").create_bucket(Bucket="bench")
         context = mp.get_context("spawn")
         results = context.Queue()
-        mp.start_processes(_worker, args=(_free_port(), str(workdir), results), nprocs=1, join=True,
-                           start_method="spawn")
+        mp.start_processes(_worker, args=(_free_port(), str(workdir), "s3://bench/run", results), nprocs=1,
+                           join=True, start_method="spawn")
         r = results.get()
         dd_bw = statistics.median(_dd(workdir, r["bytes"]) for _ in range(REPEATS))
     finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     write_bw = r["bytes"] / r["write_s"]
     print(f"Checkpoint cost, one worker, ZeRO-2, {r['bytes'] / 1e6:.0f} MB of state (median of {REPEATS}), this machine")
@@ -106,6 +130,8 @@ def main() -> dict[str, float]:
           f"({r['sync_stall_s'] / r['step_s']:.2f} of a step), async {r['async_stall_s']:.3f} s "
           f"({r['async_stall_s'] / r['step_s']:.3f} of a step) → {r['sync_stall_s'] / r['async_stall_s']:.0f}x less; "
           f"async durable after {r['async_durable_s']:.2f} s")
+    print(f"  emergency save until published: directory tier {r['sync_stall_s']:.2f} s, S3 (moto, loopback) "
+          f"{r['s3_durable_s']:.2f} s")
     print(f"  local write+fsync {write_bw / 1e6:.0f} MB/s vs dd conv=fsync {dd_bw / 1e6:.0f} MB/s: "
           f"ratio {write_bw / dd_bw:.2f}")
     return {"stall_ratio": r["sync_stall_s"] / r["async_stall_s"], "write_vs_dd": write_bw / dd_bw}

@@ -285,8 +285,9 @@ def checkpoint_policy(*, team: str, bucket_arn: str, kms_key_arn: str) -> str:
     checkpoints; the bucket key to encrypt and decrypt them."""
     prefix = team_prefix(team)
     return json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Sid": "ListTeamPrefix", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
-         "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+        # Unfinished multipart uploads are listed when a checkpoint is deleted, to abort them.
+        {"Sid": "ListTeamPrefix", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+         "Resource": bucket_arn, "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
         {"Sid": "ReadWriteTeamObjects", "Effect": "Allow",
          "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
                     "s3:ListMultipartUploadParts", "s3:GetObjectVersion"],

@@ -125,7 +125,8 @@ def test_trainer_identity_reaches_only_its_team_prefix(run, raw_configs):
         policy = next(r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r["name"] == f"teams-{team.name}-trainer-s3")
         doc = json.loads(policy["inputs"]["policy"])
         for statement in doc["Statement"]:
-            if statement["Action"] == "s3:ListBucket":
+            if statement["Sid"] == "ListTeamPrefix":
+                assert statement["Action"] == ["s3:ListBucket", "s3:ListBucketMultipartUploads"]
                 assert statement["Condition"] == {"StringLike": {"s3:prefix": [f"teams/{team.name}/*"]}}
             elif any(a.startswith("s3:") for a in statement["Action"]):
                 assert statement["Resource"].endswith(f"/teams/{team.name}/*")

@@ -13,7 +13,7 @@ import torch
 
 from tensile.checkpoint import (LAYOUT_SHARDED, Catalog, CheckpointCorrupt, CheckpointError, DirectoryTier, Manifest,
                                 Tier, open_tier)
-from tensile.sharded_state import META, DirectoryShardSource, ShardSource, TierShardSource
+from tensile.sharded_state import META, shard_source
 from tensile.sharded_state import consolidated_weights as sharded_weights
 
 Location = str | Path
@@ -63,12 +63,6 @@ def resolve(tier: Tier, checkpoint_id: str | None) -> Manifest:
     if point.manifest is None:
         raise CheckpointError(f"no valid committed checkpoint under {tier.url}")
     return point.manifest
-
-
-def shard_source(tier: Tier, manifest: Manifest) -> ShardSource:
-    if isinstance(tier, DirectoryTier):
-        return DirectoryShardSource(tier.checkpoint_dir(manifest.checkpoint_id))
-    return TierShardSource(tier, manifest.checkpoint_id, {e.path: e.size for e in manifest.files}, [])
 
 
 def consolidated_weights(tier: Tier, manifest: Manifest) -> dict[str, torch.Tensor]:

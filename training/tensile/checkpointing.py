@@ -29,8 +29,8 @@ from tensile.checkpoint.api import CheckpointCorrupt, CheckpointError, FileEntry
 from tensile.checkpoint.catalog import checkpoint_id_for
 from tensile import faults
 from tensile.reshard import UNIVERSAL_TAG, needs_reshard
-from tensile.sharded_state import (META, DirectoryShardSource, ShardSnapshot, ShardSource, TierShardSource,
-                                   load_sharded, save_sharded, snapshot_sharded)
+from tensile.sharded_state import (META, ShardSnapshot, ShardSource, load_sharded, save_sharded, shard_source,
+                                   snapshot_sharded)
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +248,9 @@ class EngineCheckpointer:
             log.info("retention removed %s", ", ".join(deleted))
         return "ok"
 
-    def _shard_source(self, manifest: Manifest, sizes: dict[str, int]) -> ShardSource:
-        if isinstance(self.tier, DirectoryTier):  # one pread per range on the shared filesystem
-            return DirectoryShardSource(self.tier.checkpoint_dir(manifest.checkpoint_id))
-        # Ranged reads from the tier, or this node's own copies when it still has them.
+    def _shard_source(self, manifest: Manifest) -> ShardSource:
         own = sorted((self.local_dir / "checkpoints").glob(f"{manifest.checkpoint_id}.rank*"))
-        return TierShardSource(self.tier, manifest.checkpoint_id, sizes, own)
+        return shard_source(self.tier, manifest, own)
 
     @property
     def layout(self) -> str:
@@ -271,7 +268,7 @@ class EngineCheckpointer:
             raise CheckpointError("no checkpoint to load")
         sizes = {entry.path: entry.size for entry in manifest.files}
         if manifest.layout == LAYOUT_SHARDED:
-            source = self._shard_source(manifest, sizes)
+            source = self._shard_source(manifest)
             try:
                 client_state, stats = load_sharded(
                     engine, zero_stage=self.zero_stage, source=source, saved_world_size=manifest.world_size,

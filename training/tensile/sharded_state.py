@@ -1,9 +1,9 @@
 """ZeRO 1–3 state saved in a world-size-independent layout, and loaded at any worker count.
 
 Saving: every rank writes one safetensors file of its slices — fp32 master weights and each
-optimizer moment, keyed `<kind>/<parameter>@<first element>` — straight from the live tensors;
-rank 0 also writes `meta.pt` (optimizer hyperparameters and step counts, scheduler, engine
-counters, loss scaler, buffers, the trainer's own state). Loading at M workers: each rank reads
+optimizer moment, keyed `<kind>/<parameter>@<first element>` — from the live tensors, or from a
+host copy of them for a background save; rank 0 also writes `meta.pt` (optimizer hyperparameters
+and step counts, scheduler, engine counters, loss scaler, buffers, the trainer's own state). Loading at M workers: each rank reads
 the N headers, plans its own slices at M, and reads only the byte ranges that overlap them, into
 the engine's freshly built partitions; then the model weights follow the master weights exactly
 as after an optimizer step. No conversion step, no second copy, exact for every stage.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import io
-import logging
 import os
 import time
 import warnings
@@ -27,8 +26,6 @@ import torch
 from tensile.checkpoint.api import CheckpointCorrupt, CheckpointIncompatible
 from tensile.checkpoint.shard_file import LocalFileRanges, ReadRange, read_shard_header, write_shard_file
 from tensile.zero_layout import PARAM, LocalSlice, ZeroPartition
-
-log = logging.getLogger(__name__)
 
 META = "meta.pt"
 SHARDS = "shards"
@@ -111,6 +108,17 @@ class TierShardSource:
         for reader in self._local.values():
             reader.close()
         self._local.clear()
+
+
+def shard_source(tier: Any, manifest: Any, local_copies: list[Path] | None = None) -> ShardSource:
+    """The byte ranges of `manifest`'s checkpoint on `tier`: one pread per range on a directory
+    tier; otherwise ranged reads, or this node's own copies (`local_copies`) where it has them."""
+    from tensile.checkpoint import DirectoryTier
+
+    if isinstance(tier, DirectoryTier):
+        return DirectoryShardSource(tier.checkpoint_dir(manifest.checkpoint_id))
+    return TierShardSource(tier, manifest.checkpoint_id, {e.path: e.size for e in manifest.files},
+                           local_copies or [])
 
 
 # ---- saving ------------------------------------------------------------------------------
