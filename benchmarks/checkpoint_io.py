@@ -14,6 +14,7 @@ master weights and Adam moments) runs a few steps, then checkpoints through Tens
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import statistics
@@ -107,6 +108,7 @@ def main() -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="tensile-io-bench-"))
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     host, port = server.get_host_and_port()
     saved_env = dict(os.environ)
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from harness import SLOW_STEPS, Script, at_step, rounds, run_nodes, write_job
 
 from tensile.checkpoint import Catalog, DirectoryTier
@@ -29,6 +30,7 @@ def test_periodic_checkpoints_persist_while_training_goes_on_one_at_a_time(tmp_p
     assert not [e for e in events if e["event"] == "checkpoint-failed"]
 
 
+@pytest.mark.full
 def test_sigterm_during_a_background_save_lets_it_finish_then_saves_the_stop(tmp_path, dataset):
     # The step-3 save is held 3 s in the background; SIGTERM (pod deletion) lands meanwhile.
     config = write_job(tmp_path, dataset, zero={"stage": 1})

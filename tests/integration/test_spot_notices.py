@@ -3,6 +3,7 @@ interruption → agreed stop, checkpoint, the node leaves, the rest resume with 
 
 from __future__ import annotations
 
+import pytest
 from harness import SLOW_STEPS, Script, at_step, rounds, run_nodes, write_job
 from metadata_server import MetadataServer
 
@@ -100,6 +101,7 @@ def test_metrics_endpoint_serves_the_trainers_figures(tmp_path, dataset):
         assert name in scraped[0], name
 
 
+@pytest.mark.full
 def test_two_of_three_noticed_at_once_lose_no_step(tmp_path, dataset):
     job = {"run": {"name": "itest", "seed": 11, "steps": 16, "log_every": 4},
            "checkpoint": {"every_steps": 100}, "signals": {"imds_enabled": True, "imds_poll_s": 0.1}}
