@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ class NodeSpec:
     local_dir: Path
     rdzv_endpoint: str
     nproc_per_node: int = 1
-    monitor_interval_s: float = 0.5
+    monitor_interval_s: float = 0.2
+    """How often the agent checks its workers: a worker that exits to re-form is seen this fast."""
 
 
 def torchrun_command(config: TrainingConfig, spec: NodeSpec) -> list[str]:
@@ -57,9 +59,14 @@ def torchrun_command(config: TrainingConfig, spec: NodeSpec) -> list[str]:
         f"--rdzv-conf={rdzv_conf}",
         f"--max-restarts={AGENT_RESTART_BACKSTOP}",
         f"--monitor-interval={spec.monitor_interval_s}",
-        *(["--local-addr=127.0.0.1"] if spec.rdzv_endpoint.startswith("127.") else []),
+        *([f"--local-addr={local_addr}"] if (local_addr := _local_addr(spec)) else []),
         "-m", "tensile.worker", "--config", str(spec.config_path),
     ]
+
+
+def _local_addr(spec: NodeSpec) -> str | None:
+    """The address the agent names its node by; None leaves torchrun to use the host's FQDN."""
+    return "127.0.0.1" if spec.rdzv_endpoint.startswith("127.") else None
 
 
 def worker_environment(spec: NodeSpec) -> dict[str, str]:
@@ -101,6 +108,9 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
                                stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
     ledger = RunLedger(config.checkpoint.shared_dir)
     stopping = []
+    left = []
+    # torch's import takes seconds; done now, in the background, it is not on the leave's path.
+    threading.Thread(target=_import_rdzv_leave, name="tensile-import", daemon=True).start()
 
     def forward_stop(signum: int, frame: object) -> None:
         # Kubernetes signals only the container's first process; torchrun forwards it to
@@ -112,11 +122,19 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
     previous = signal.signal(signal.SIGTERM, forward_stop)
     try:
         while process.poll() is None:
-            time.sleep(0.5)
+            # Short: the survivors' next rendezvous waits for this node to be gone.
+            time.sleep(0.1)
             if _node_outcome(spec) == "preempted":
                 # Saved and leaving: end the agent at once so it cannot rejoin the next round.
                 # SIGKILL, not SIGTERM: a torchrun agent that shuts down cleanly closes the
-                # rendezvous for every node; a vanished one is dropped at its next heartbeat.
+                # rendezvous for every node. Then take its node out of the rendezvous, which
+                # would otherwise hold the survivors until its heartbeat expired.
+                _kill_tree(process)
+                left.append(leave_rendezvous(config, spec, process.pid, ledger))
+                break
+            if stopping and not _has_children(process):
+                # Signalled, and its workers have saved and exited: the agent will not start
+                # another round, and its own shutdown takes seconds. End it and leave now.
                 _kill_tree(process)
                 break
             status = ledger.status()
@@ -130,8 +148,35 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
         signal.signal(signal.SIGTERM, previous)
     outcome, code = read_outcome(config, spec, process.returncode)
     if stopping and outcome not in ("completed", "preempted"):
+        if not left:
+            # Signalled (pod deletion, drain): the agent ended without closing the rendezvous.
+            leave_rendezvous(config, spec, process.pid, ledger)
         return "stopped", EXIT_CODES["stopped"]
     return outcome, code
+
+
+def _import_rdzv_leave() -> None:
+    import tensile.rdzv_leave  # noqa: F401
+
+
+def leave_rendezvous(config: TrainingConfig, spec: NodeSpec, agent_pid: int, ledger: RunLedger) -> bool:
+    """Take this node's dead agent out of the rendezvous; on any failure its heartbeat still
+    expires, as before, so the survivors only wait longer."""
+    from tensile.rdzv_leave import RendezvousLeaveError
+    from tensile.rdzv_leave import leave_rendezvous as leave
+
+    began = time.monotonic()
+    try:
+        result = leave(spec.rdzv_endpoint, config.run.name, agent_pid=agent_pid, local_addr=_local_addr(spec),
+                       min_nodes=config.elastic.min_workers, max_nodes=config.elastic.max_workers)
+    except RendezvousLeaveError as e:
+        print(f"{spec.node_id}: {e}; the survivors wait for this node's heartbeat to expire",
+              file=sys.stderr, flush=True)
+        ledger.record("rendezvous-leave-failed", node=spec.node_id, error=str(e)[:300])
+        return False
+    ledger.record("rendezvous-leave", node=spec.node_id, removed=result.removed, round=result.round,
+                  attempts=result.attempts, leave_s=round(time.monotonic() - began, 4))
+    return bool(result.removed)
 
 
 def _node_outcome(spec: NodeSpec) -> str | None:
@@ -139,6 +184,15 @@ def _node_outcome(spec: NodeSpec) -> str | None:
         return json.loads((spec.local_dir / "outcome.json").read_text())["outcome"]
     except (FileNotFoundError, ValueError, KeyError):
         return None
+
+
+def _has_children(process: subprocess.Popen) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(process.pid).children())
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _kill_tree(process: subprocess.Popen) -> None:
