@@ -4,6 +4,7 @@ outcome read from the run's ledger rather than from torchrun's restart count.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -156,6 +157,10 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
 
 
 def _import_rdzv_leave() -> None:
+    # At the lowest priority (Linux nices threads one by one): it must not slow the agent's and
+    # the workers' own start, which compete for the same cores.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     import tensile.rdzv_leave  # noqa: F401
 
 
