@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from harness import SLOW_STEPS, Script, at_step, rounds, write_job
 
 from tensile.fake_imds import MetadataServer
@@ -67,7 +66,6 @@ def test_noticed_node_leaves_the_rendezvous_and_survivor_resumes_at_once(tmp_pat
     assert_left_and_resumed(ledger, tmp_path / "shared", asked_at)
 
 
-@pytest.mark.full
 def test_sigtermed_node_leaves_the_rendezvous_and_survivor_resumes_at_once(tmp_path, dataset):
     codes, ledger, asked_at = run_and_leave(tmp_path, dataset, lambda cluster, imds: cluster.terminate("node-b"))
     assert codes == {"node-a": 0, "node-b": 143}, codes
