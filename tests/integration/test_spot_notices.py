@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from harness import SLOW_STEPS, Script, at_step, rounds, run_nodes, write_job
-from metadata_server import MetadataServer
 
+from tensile.fake_imds import MetadataServer
 from tensile.imds import INSTANCE_ACTION_PATH, MetadataClient, SpotNoticeWatcher
 from tensile.ledger import RunLedger
 from tensile.localcluster import LocalCluster

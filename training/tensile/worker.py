@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,13 +39,24 @@ def is_peer_loss(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(m in text for m in markers)
 
 
-def write_node_outcome(local_dir: Path, outcome: str, detail: str = "") -> None:
+def write_node_outcome(local_dir: Path, outcome: str, detail: str = "", **fields: object) -> None:
     local_dir.mkdir(parents=True, exist_ok=True)
-    (local_dir / "outcome.json").write_text(json.dumps({"outcome": outcome, "detail": detail}))
+    (local_dir / "outcome.json").write_text(json.dumps({"outcome": outcome, "detail": detail, **fields}))
 
 
 def round_marker(local_dir: Path, rank: str | int) -> Path:
     return local_dir / f"round.rank{rank}"
+
+
+def leaving_marker(local_dir: Path) -> Path:
+    """This node is going (an interruption notice, or its launcher was signalled): a worker that
+    stops takes the node out of the rendezvous, not just its own round."""
+    return local_dir / "leaving"
+
+
+def agent_ended_marker(local_dir: Path) -> Path:
+    """A leaving worker ended its agent: its launcher waits for the worker's outcome."""
+    return local_dir / "agent-ended"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 def guard(config_path: str) -> int:
     """Run the worker as a child; record a failure if it dies other than by its own exit codes."""
     agent = os.getppid()
-    child = subprocess.Popen([sys.executable, "-m", "tensile.worker", "--config", config_path, "--guarded"])
+    child = subprocess.Popen([sys.executable, "-m", "tensile.worker", "--config", config_path, "--guarded"],
+                             env={**os.environ, "TENSILE_AGENT_PID": str(agent)})
 
     def forward(signum: int, frame: object) -> None:
         # torchrun signals the whole process group; forwarding covers a signal sent to us alone.
@@ -132,9 +145,9 @@ def train(config_path: str) -> int:
     port = int(os.environ.get("TENSILE_METRICS_PORT", config.run.metrics_port) or 0)
     if port and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         metrics.serve(port)
-    if config.signals.imds_enabled:
-        watch_spot_notices(config, stop, checkpoint_request, ledger, rank)
     local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
+    if config.signals.imds_enabled:
+        watch_spot_notices(config, stop, checkpoint_request, ledger, rank, local_dir)
     deepspeed.utils.logger.setLevel(logging.WARNING)
     deepspeed.init_distributed(dist_backend="gloo" if not _has_cuda() else "nccl",
                                timeout=timedelta(seconds=config.elastic.collective_timeout_s),
@@ -166,9 +179,13 @@ def train(config_path: str) -> int:
         exit_now(EXIT_COMPLETED)
     except StopForMembership as e:
         log.info("%s", e)
-        if stop.reason == SPOT_INTERRUPTION:
-            # This node is being reclaimed: the launcher ends its agent, so it does not rejoin.
-            write_node_outcome(local_dir, "preempted", str(e))
+        # This node is going (reclaimed, or its launcher was signalled), not just re-forming.
+        leaving = stop.reason == SPOT_INTERRUPTION or leaving_marker(local_dir).exists()
+        if leaving and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            left = leave_rendezvous_now(config, ledger, local_dir)
+            # Written last: the launcher ends what is left of the node once it reads it.
+            write_node_outcome(local_dir, "preempted" if stop.reason == SPOT_INTERRUPTION else "stopped",
+                               str(e), left_rendezvous=left)
         exit_now(EXIT_REGROUP)
     except (DatasetError, ConfigError) as e:
         # No retry can fix these: end the run and say why, instead of spending the budget.
@@ -192,13 +209,55 @@ def train(config_path: str) -> int:
 SPOT_INTERRUPTION = "spot-interruption"
 
 
-def watch_spot_notices(config, stop, checkpoint_request, ledger, rank: int) -> None:
+def leave_rendezvous_now(config, ledger, local_dir: Path) -> bool:
+    """End this node's torchrun agent, then take its node out of the rendezvous, so the
+    survivors re-form without waiting for its heartbeat to expire. Called after the stop's
+    checkpoint is committed; torch is already imported here, unlike in the launcher.
+
+    SIGKILL, not a clean shutdown (which closes the rendezvous for every node); killed first,
+    so it cannot rejoin the next round when it sees this worker exit. On any failure the
+    launcher tries again, and the heartbeat expiry remains the last resort."""
+    import psutil
+
+    from tensile.rdzv_leave import RendezvousLeaveError, leave_rendezvous
+
+    agent_pid = int(os.environ.get("TENSILE_AGENT_PID", "0"))
+    endpoint = os.environ.get("TENSILE_RDZV_ENDPOINT")
+    if not agent_pid or not endpoint:
+        return False
+    began = time.monotonic()
+    agent_ended_marker(local_dir).touch()
+    try:
+        agent = psutil.Process(agent_pid)
+        agent.kill()
+        # A zombie (until its launcher reaps it) can no longer write to the store.
+        while agent.status() != psutil.STATUS_ZOMBIE and time.monotonic() - began < 5:
+            time.sleep(0.01)
+    except psutil.NoSuchProcess:
+        pass
+    node = os.environ.get("TENSILE_NODE_ID", "?")
+    try:
+        result = leave_rendezvous(endpoint, config.run.name, agent_pid=agent_pid,
+                                  local_addr=os.environ.get("TENSILE_RDZV_LOCAL_ADDR") or None,
+                                  min_nodes=config.elastic.min_workers, max_nodes=config.elastic.max_workers)
+    except RendezvousLeaveError as e:
+        log.warning("%s", e)
+        ledger.record("rendezvous-leave-failed", node=node, by="worker", error=str(e)[:300])
+        return False
+    ledger.record("rendezvous-leave", node=node, by="worker", removed=result.removed, round=result.round,
+                  attempts=result.attempts, leave_s=round(time.monotonic() - began, 4))
+    return True
+
+
+def watch_spot_notices(config, stop, checkpoint_request, ledger, rank: int, local_dir: Path) -> None:
     from tensile.imds import SpotNoticeWatcher
 
     def on_interruption(notice: dict) -> None:
         log.warning("spot interruption notice %s: checkpointing and leaving", notice)
-        ledger.record("spot-notice", kind="interruption", rank=rank, notice=notice)
         stop.request(SPOT_INTERRUPTION)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        leaving_marker(local_dir).touch()
+        ledger.record("spot-notice", kind="interruption", rank=rank, notice=notice)
 
     def on_rebalance(notice: dict) -> None:
         log.info("rebalance recommendation %s: checkpointing now", notice)

@@ -1,4 +1,5 @@
-"""A loopback stand-in for the EC2 instance metadata service, speaking IMDSv2's token protocol."""
+"""A loopback stand-in for the EC2 instance metadata service, speaking IMDSv2's token protocol
+(for the tests and the benchmarks; nothing in a real run uses it)."""
 
 from __future__ import annotations
 

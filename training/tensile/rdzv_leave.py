@@ -1,0 +1,120 @@
+"""Takes a stopped node out of torchrun's c10d rendezvous at once, so the survivors re-form
+without waiting for its heartbeat to expire (keep_alive_interval × keep_alive_max_attempt).
+
+torchrun has no public way for one node to leave: a clean agent shutdown closes the rendezvous
+for every node. This module does for a node whose agent is already dead what torch's own exit
+op does for a live one (`_DistributedRendezvousOpExecutor._remove_from_participants`).
+
+Relies on torch 2.13.0 internals, checked by tests/training/test_rdzv_leave.py:
+- the state lives under the store key "torch.rendezvous.<run id>" as base64 of a pickled
+  `_RendezvousState` (participants, wait_list, redundancy_list, last_heartbeats), read and
+  compare-and-set through `C10dRendezvousBackend.get_state` / `set_state(state, token)`;
+- a node is a `_NodeDesc(addr, pid, local_id)`: addr is the agent's --local-addr or
+  `socket.getfqdn()`, pid the agent's process id;
+- `_remove_participant_epilogue(state, settings)` is what torch runs after removing a
+  participant (an empty complete round moves to the next round; it reads settings.min_nodes).
+Every write is the backend's compare-and-set against the state just read, as torch's own
+`_BackendRendezvousStateHolder.sync` does, so a concurrent change by a live agent is never
+overwritten: the removal is retried on the newer state.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from torch.distributed import TCPStore
+from torch.distributed.elastic.rendezvous.api import RendezvousError
+from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
+from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
+    RendezvousSettings,
+    RendezvousTimeout,
+    _NodeDesc,
+    _remove_participant_epilogue,
+    _RendezvousState,
+)
+from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
+
+TORCH_VERSION_CHECKED = "2.13.0"
+
+
+class RendezvousLeaveError(RuntimeError):
+    """The node could not be taken out (store unreachable, state unreadable or always changing).
+    The caller can ignore it: the node's heartbeat then expires as before."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveResult:
+    removed: list[str] = field(default_factory=list)
+    """The node's entries taken out, as "<list>:<node>" (participants, wait_list, ...)."""
+    round: int | None = None
+    """The rendezvous round after the removal (one more than before if it emptied the round)."""
+    attempts: int = 0
+
+
+def agent_address(local_addr: str | None) -> str:
+    """The address torchrun's agent puts in its node descriptor (`_NodeDescGenerator.generate`)."""
+    return local_addr or socket.getfqdn()
+
+
+def remove_agent(state: _RendezvousState, settings: RendezvousSettings, *, addr: str, pid: int) -> list[str]:
+    """Take every entry of the agent (addr, pid) out of state, as torch's exit op would."""
+    def ours(node: _NodeDesc) -> bool:
+        return node.addr == addr and node.pid == pid
+
+    removed = []
+    for node in [n for n in state.participants if ours(n)]:
+        del state.participants[node]
+        removed.append(f"participants:{node}")
+    for name in ("wait_list", "redundancy_list"):
+        members: set[_NodeDesc] = getattr(state, name)
+        for node in [n for n in members if ours(n)]:
+            members.discard(node)
+            removed.append(f"{name}:{node}")
+    for node in [n for n in state.last_heartbeats if ours(n)]:
+        del state.last_heartbeats[node]
+    if any(entry.startswith("participants:") for entry in removed):
+        _remove_participant_epilogue(state, settings)
+    return removed
+
+
+def leave_rendezvous(endpoint: str, run_id: str, *, agent_pid: int, local_addr: str | None,
+                     min_nodes: int, max_nodes: int, timeout_s: float = 10.0) -> LeaveResult:
+    """Remove a dead agent's node from the run's rendezvous state with compare-and-set.
+
+    Call only once the agent process is gone: a live agent would add itself back at its next
+    rendezvous."""
+    host, port = parse_rendezvous_endpoint(endpoint, default_port=29400)
+    settings = RendezvousSettings(run_id, min_nodes, max_nodes, RendezvousTimeout(),
+                                  keep_alive_interval=timedelta(seconds=5), keep_alive_max_attempt=3)
+    addr = agent_address(local_addr)
+    deadline = time.monotonic() + timeout_s
+    try:
+        store = TCPStore(host, port, is_master=False, multi_tenant=True, wait_for_workers=False,
+                         timeout=timedelta(seconds=timeout_s))
+        backend = C10dRendezvousBackend(store, run_id)
+        current = backend.get_state()
+        attempts = 0
+        while current is not None and time.monotonic() < deadline:
+            attempts += 1
+            state_bits, token = current[0], current[1]
+            state = pickle.loads(state_bits)
+            removed = remove_agent(state, settings, addr=addr, pid=agent_pid)
+            if not removed:
+                return LeaveResult([], state.round, attempts)
+            written = backend.set_state(pickle.dumps(state), token)
+            if written is None:
+                break
+            if written[2]:
+                return LeaveResult(removed, state.round, attempts)
+            current = written[:2]  # another node changed the state first: redo it on theirs
+    # Store errors, and what an unpickled state of another torch's shape raises.
+    except (RendezvousError, RuntimeError, OSError, ValueError, AttributeError, ImportError,
+            pickle.UnpicklingError) as e:
+        raise RendezvousLeaveError(f"could not leave rendezvous {run_id!r} at {endpoint}: {e}") from e
+    if current is None:
+        return LeaveResult([], None, 0)
+    raise RendezvousLeaveError(f"rendezvous {run_id!r} changed on every attempt for {timeout_s} s")
