@@ -135,7 +135,6 @@ class EngineCheckpointer:
             faults.persist_delay()
             local_root = self._local_root(checkpoint_id)
             entries = self._write_and_upload(snapshot.write, local_root, checkpoint_id, step)
-            del snapshot  # the host copy is on disk: free it before waiting for the other ranks
             record = local_root / "rank.json"
             record.write_text(json.dumps([asdict(e) for e in entries]))
             self.tier.put_file(checkpoint_id, f"{RANK_RECORDS}/rank-{self.rank:05d}.json", record)
