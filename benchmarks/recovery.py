@@ -124,6 +124,13 @@ def leave_breakdown(events: list[dict], survivor_log: Path, noticed_at: float, r
              "worker start": round_start - rendezvous_done, "load+step": recovered - round_start}
     if left is not None:
         parts["leave written"] = left - noticed_at
+    # Steps redone after the leave, and what a job saving only periodically would have redone.
+    round_event = next(e for e in events if e["event"] == "round-start" and e["t"] > noticed_at)
+    done = max(e["step"] for e in events if e["event"] == "step" and e["t"] < round_start)
+    periodic = max((e["step"] for e in events if e["event"] == "checkpoint" and e["reason"] == "periodic"
+                    and e["step"] <= done), default=0)
+    parts["steps lost"] = done - round_event["resumed_step"]
+    parts["steps lost, periodic only"] = done - periodic
     return parts
 
 
@@ -192,7 +199,7 @@ def main(repeats: int = 2) -> dict[str, float]:
         if how in medians:
             print(f"  {label:<40} {medians[how]:6.1f} s   ratio to floor {medians[how] / floor:5.2f}x")
     if parts:
-        print("  noticed leave, median seconds per part: " + ", ".join(
+        print("  noticed leave, median per part (seconds; steps where named): " + ", ".join(
             f"{name} {statistics.median(p[name] for p in parts):.1f}" for name in parts[0]))
     print(f"  raw: {results}")
     if parts:
