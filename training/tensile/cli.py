@@ -188,6 +188,7 @@ def job_render(name: str = typer.Argument(..., help="Run name."),
 checkpoint_app = typer.Typer(no_args_is_help=True, help="A run's checkpoints on its shared tier.")
 app.add_typer(checkpoint_app, name="checkpoint")
 SHARED = typer.Argument(..., help="The run's shared tier (checkpoint.shared_dir): a directory or s3://bucket/prefix.")
+CHECKPOINT_ID = typer.Option(None, help="Checkpoint id (default: the resume point).")
 
 
 def _checkpoint_errors(function, *args):
@@ -244,7 +245,7 @@ def checkpoint_verify(shared_dir: str = SHARED) -> None:
 @checkpoint_app.command("export")
 def checkpoint_export(shared_dir: str = SHARED,
                       out: Path = typer.Option(..., help="Output .safetensors file."),
-                      checkpoint: Optional[str] = typer.Option(None, help="Checkpoint id (default: the resume point).")) -> None:
+                      checkpoint: Optional[str] = CHECKPOINT_ID) -> None:
     """Consolidated fp32 weights as safetensors, whatever the ZeRO stage and worker count."""
     from tensile.checkpoint_tools import export_weights
 
@@ -255,7 +256,7 @@ def checkpoint_export(shared_dir: str = SHARED,
 @checkpoint_app.command("reshard")
 def checkpoint_reshard(shared_dir: str = SHARED,
                        world_size: int = typer.Option(..., help="The worker count the job will resume at."),
-                       checkpoint: Optional[str] = typer.Option(None, help="Checkpoint id (default: the resume point).")) -> None:
+                       checkpoint: Optional[str] = CHECKPOINT_ID) -> None:
     """Prepare a checkpoint for another worker count ahead of a planned resize."""
     from tensile.checkpoint_tools import reshard_ahead
 

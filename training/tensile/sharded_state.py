@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import bisect
 import io
+import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -286,13 +287,14 @@ class SliceIndex:
                     _Stored(start, stored.numel, rel, stored.begin, stored.dtype, stored.element_size))
         for slices in self._by_key.values():
             slices.sort(key=lambda s: s.start)
+        self._starts = {key: [s.start for s in slices] for key, slices in self._by_key.items()}
         self.bytes_read = 0
 
     def fill(self, kind: str, name: str, start: int, dest: torch.Tensor) -> None:
         """Copy elements [start, start + dest.numel()) of `kind` of `name` into `dest`."""
         length = dest.numel()
         slices = self._by_key.get((kind, name), [])
-        first = max(0, bisect.bisect_right([s.start for s in slices], start) - 1)
+        first = max(0, bisect.bisect_right(self._starts.get((kind, name), []), start) - 1)
         covered = 0
         for stored in slices[first:]:
             if stored.start >= start + length:
@@ -354,7 +356,8 @@ def load_sharded(engine: Any, *, zero_stage: int, source: ShardSource, saved_wor
     partition = ZeroPartition(engine, zero_stage)
     kinds: list[str] = meta["state_kinds"]
     _create_optimizer_state(partition, meta)
-    targets: Iterable[LocalSlice] = [*partition.trained_slices(kinds), *partition.frozen_whole()]
+    # Every rank fills its frozen parameters too: whole under ZeRO-1/2, its chunk under ZeRO-3.
+    targets: Iterable[LocalSlice] = [*partition.trained_slices(kinds), *partition.frozen_slices(writer=True)]
     with torch.no_grad():
         for s in targets:
             for kind, dest in s.tensors.items():
@@ -399,31 +402,35 @@ def _restore_scalars(engine: Any, partition: ZeroPartition, meta: dict[str, Any]
 
 
 # ---- consolidation (export, tests): no engine, no process group -------------------------
-def consolidated_state(source: ShardSource, saved_world_size: int, meta_size: int, *, what: str,
-                       kinds: Callable[[list[str]], list[str]] = lambda ks: [PARAM, *ks]
-                       ) -> dict[str, torch.Tensor]:
+def consolidated_state(source: ShardSource, saved_world_size: int, meta_size: int, *,
+                       what: str) -> dict[str, torch.Tensor]:
     """Every parameter's full tensors, keyed `<kind>/<name>` (param = fp32 master or frozen value)."""
     meta = read_meta(source, meta_size, what=what)
-    index = SliceIndex(source, saved_world_size, what=what)
-    out = {}
-    for name, (shape, dtype, trainable) in meta["parameters"].items():
-        numel = 1
-        for d in shape:
-            numel *= d
-        for kind in (kinds(meta["state_kinds"]) if trainable else [PARAM]):
-            full_dtype = torch.float32 if trainable else getattr(torch, dtype.removeprefix("torch."))
-            tensor = torch.empty(numel, dtype=full_dtype)
-            index.fill(kind, name, 0, tensor)
-            out[f"{kind}/{name}"] = tensor.view(shape)
-    return out
+    return _consolidate(source, saved_world_size, meta, what=what, weights_only=False)
 
 
 def consolidated_weights(source: ShardSource, saved_world_size: int, meta_size: int, *,
                          what: str) -> dict[str, torch.Tensor]:
     """The model's weights by every name the model uses (tied parameters under each name)."""
-    state = consolidated_state(source, saved_world_size, meta_size, what=what, kinds=lambda _: [PARAM])
-    weights = {key.removeprefix(f"{PARAM}/"): tensor for key, tensor in state.items()}
     meta = read_meta(source, meta_size, what=what)
+    state = _consolidate(source, saved_world_size, meta, what=what, weights_only=True)
+    weights = {key.removeprefix(f"{PARAM}/"): tensor for key, tensor in state.items()}
     for alias, name in meta.get("aliases", {}).items():
         weights[alias] = weights[name]
     return weights
+
+
+def _consolidate(source: ShardSource, saved_world_size: int, meta: dict[str, Any], *, what: str,
+                 weights_only: bool) -> dict[str, torch.Tensor]:
+    index = SliceIndex(source, saved_world_size, what=what)
+    trained_kinds = [PARAM] if weights_only else [PARAM, *meta["state_kinds"]]
+    out = {}
+    for name, (shape, dtype, trainable) in meta["parameters"].items():
+        numel = math.prod(shape)
+        # Trained parameters are kept as fp32 masters; frozen ones as they are.
+        full_dtype = torch.float32 if trainable else getattr(torch, dtype.removeprefix("torch."))
+        for kind in (trained_kinds if trainable else [PARAM]):
+            tensor = torch.empty(numel, dtype=full_dtype)
+            index.fill(kind, name, 0, tensor)
+            out[f"{kind}/{name}"] = tensor.view(shape)
+    return out

@@ -158,26 +158,22 @@ class ZeroPartition:
     # ---- frozen parameters: not in the optimizer -------------------------------------
     def frozen_slices(self, *, writer: bool) -> list[LocalSlice]:
         """Frozen parameters' values: under ZeRO-3 this rank's chunk of each; under ZeRO-1/2
-        whole parameters (every rank holds them; only rank 0 writes them)."""
+        whole parameters, only when `writer` (every rank holds them; rank 0 saves them, every
+        rank loads them)."""
         out = []
         for name, p in self.engine.module.named_parameters():
             if p.requires_grad:
                 continue
             if self.stage == 3:
-                world = self._dist.get_world_size(group=self.optimizer.dp_process_group)
                 rank = self._dist.get_rank(group=self.optimizer.dp_process_group)
                 chunk = p.ds_tensor.numel()
                 length = max(0, min(chunk, p.ds_numel - rank * chunk))
-                if length and world:
+                if length:
                     out.append(LocalSlice(name, rank * chunk, length, -1,
                                           {PARAM: p.ds_tensor.view(-1).narrow(0, 0, length)}))
             elif writer:
                 out.append(LocalSlice(name, 0, p.numel(), -1, {PARAM: p.data.view(-1)}))
         return out
-
-    def frozen_whole(self) -> list[LocalSlice]:
-        """ZeRO-1/2 loading: every rank fills its whole frozen parameters."""
-        return self.frozen_slices(writer=True) if self.stage != 3 else self.frozen_slices(writer=False)
 
     # ---- after loading: model weights follow the master weights -----------------------
     def publish_master_to_model(self) -> None:
