@@ -1,0 +1,73 @@
+"""Checkpoints written by an earlier Tensile (tests/fixtures/format-v2, made by
+make_format_fixtures.py at the commit each expected.json names) still load: they verify, export,
+and a job resumes from them at step 6 and logs the losses the writing code logged after it."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import run_nodes, step_losses, write_job
+
+from tensile.checkpoint import Catalog, open_tier
+from tensile.data import generate_corpus
+from tensile.ledger import RunLedger
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "format-v2"
+CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
+
+
+def _expected(name: str) -> dict:
+    return json.loads((FIXTURES / name / "expected.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fixture_dataset(tmp_path_factory) -> str:
+    """The corpus the fixtures were trained on: generation is deterministic in its seed."""
+    specs = {json.dumps(_expected(name)["dataset"], sort_keys=True) for name in CASES}
+    assert len(specs) == 1, specs
+    url = str(tmp_path_factory.mktemp("fixture-data") / "corpus")
+    generate_corpus(url, **json.loads(specs.pop()))
+    return url
+
+
+def _copy_shared(name: str, run_dir: Path) -> Path:
+    shared = run_dir / "shared"
+    shutil.copytree(FIXTURES / name / "shared", shared)
+    return shared
+
+
+def test_there_are_fixtures_of_both_layouts():
+    assert CASES == ["zero0-deepspeed-1worker", "zero2-sharded-2workers"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_an_old_checkpoint_verifies_and_exports(tmp_path, name, fixture_dataset):
+    from tensile.checkpoint_tools import export_weights
+
+    shared = _copy_shared(name, tmp_path)
+    point = Catalog(open_tier(shared)).find_resume_point()
+    assert point.manifest is not None and point.manifest.step == 6 and not point.skipped
+    manifest, count = export_weights(shared, None, tmp_path / "weights.safetensors")
+    assert manifest.checkpoint_id == point.manifest.checkpoint_id
+    assert count > 0 and (tmp_path / "weights.safetensors").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_job_resumes_an_old_checkpoint_and_follows_the_old_trajectory(tmp_path, name, fixture_dataset):
+    expected = _expected(name)
+    _copy_shared(name, tmp_path)
+    config = write_job(tmp_path, fixture_dataset, **expected["job"])
+    codes = run_nodes(tmp_path, config, ["node-a"], timeout_s=240)
+    assert codes == {"node-a": 0}
+    starts = [e for e in RunLedger(tmp_path / "shared").events() if e["event"] == "round-start"]
+    assert [e["resumed_step"] for e in starts] == [expected["resume_step"]]
+    losses = step_losses(tmp_path / "shared")
+    assert sorted(losses) == sorted(int(s) for s in expected["losses"])
+    for step, loss in expected["losses"].items():
+        # A resize (2 → 1 workers) sums in another order: rounding, not drift.
+        assert math.isclose(losses[int(step)], loss, rel_tol=1e-6), (step, losses[int(step)], loss)
