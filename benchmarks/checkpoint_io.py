@@ -46,8 +46,14 @@ def _worker(rank: int, port: int, root: str, s3_url: str, results: Any) -> None:
     import deepspeed
 
     from tensile.checkpoint import DirectoryTier, open_tier
-    from tensile.checkpointing import EngineCheckpointer, GroupLease
-    from tensile.sharded_state import snapshot_sharded
+    from tensile.checkpoint.engine import CheckpointIdentity, EngineCheckpointer, GroupLease
+    from tensile.checkpoint.sharded.snapshot import snapshot_sharded
+
+    class NoTrainerState:
+        def state_dict(self) -> dict:
+            return {}
+
+    state, identity = NoTrainerState(), CheckpointIdentity(config_hash="bench", model_hash="", data_version="")
 
     deepspeed.init_distributed(dist_backend="gloo")
     engine = _engine(1)
@@ -58,16 +64,14 @@ def _worker(rank: int, port: int, root: str, s3_url: str, results: Any) -> None:
         _step(engine, i)
         step_s.append(time.monotonic() - started)
     checkpointer = EngineCheckpointer(tier=DirectoryTier(directory / "shared"), local_dir=directory / "local",
-                                      rank=0, world_size=1, zero_stage=2, config_hash="bench", model_hash="",
-                                      data_version="", keep_last=2)
-    lease = GroupLease(token="b" * 32, next_seq=1, parent_id=None)
+                                      rank=0, world_size=1, zero_stage=2, identity=identity, keep_last=2,
+                                      lease=GroupLease(token="b" * 32, next_seq=1, parent_id=None))
     sync_stall, async_stall, durable, write_s = [], [], [], []
     for i in range(REPEATS):
-        sync_stall.append(checkpointer.save(engine, step=10 + i, lease=lease, client_state={}, reason="bench")["stall_s"])
+        sync_stall.append(checkpointer.save(engine, state, step=10 + i, reason="bench").stall_s)
         started = time.monotonic()
-        async_stall.append(checkpointer.save_async(engine, step=20 + i, lease=lease, client_state={},
-                                                   reason="bench")["stall_s"])
-        checkpointer.wait_for_persist()
+        async_stall.append(checkpointer.save_async(engine, state, step=20 + i, reason="bench").stall_s)
+        checkpointer.wait()
         durable.append(time.monotonic() - started)
         snapshot = snapshot_sharded(engine, zero_stage=2, rank=0, world_size=1, client_state={}, copy=False)
         target = directory / f"write-{i}"
@@ -77,12 +81,12 @@ def _worker(rank: int, port: int, root: str, s3_url: str, results: Any) -> None:
         nbytes = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
         shutil.rmtree(target)
     s3 = EngineCheckpointer(tier=open_tier(s3_url), local_dir=directory / "local-s3", rank=0, world_size=1,
-                            zero_stage=2, config_hash="bench", model_hash="", data_version="", keep_last=2)
-    s3_lease = GroupLease(token="c" * 32, next_seq=1, parent_id=None)
+                            zero_stage=2, identity=identity, keep_last=2,
+                            lease=GroupLease(token="c" * 32, next_seq=1, parent_id=None))
     s3_durable = []
     for i in range(2):
         started = time.monotonic()
-        s3.save(engine, step=30 + i, lease=s3_lease, client_state={}, reason="stop")
+        s3.save(engine, state, step=30 + i, reason="stop")
         s3_durable.append(time.monotonic() - started)
     results.put({"s3_durable_s": statistics.median(s3_durable), "step_s": statistics.median(step_s[1:]), "sync_stall_s": statistics.median(sync_stall),
                  "async_stall_s": statistics.median(async_stall), "async_durable_s": statistics.median(durable),

@@ -98,7 +98,10 @@ def _worker(rank: int, world_size: int, port: int, task: str, root: str, results
     torch.set_num_threads(1)
     import deepspeed
 
-    from tensile.sharded_state import META, DirectoryShardSource, load_sharded, save_sharded
+    from tensile.checkpoint.ranges import DirectoryRanges
+    from tensile.checkpoint.sharded.layout import META
+    from tensile.checkpoint.sharded.restore import load_sharded
+    from tensile.checkpoint.sharded.snapshot import save_sharded
 
     deepspeed.init_distributed(dist_backend="gloo")
     directory = Path(root)
@@ -118,7 +121,7 @@ def _worker(rank: int, world_size: int, port: int, task: str, root: str, results
         started = time.monotonic()
         if task == "tensile":
             saved = int((directory / "saved_world_size").read_text())
-            source = DirectoryShardSource(directory / "tensile")
+            source = DirectoryRanges(directory / "tensile")
             load_sharded(engine, zero_stage=STAGE, source=source, saved_world_size=saved,
                          meta_size=(directory / "tensile" / META).stat().st_size, what="bench")
             source.close()

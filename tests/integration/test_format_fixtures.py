@@ -47,7 +47,7 @@ def test_there_are_fixtures_of_both_layouts():
 
 @pytest.mark.parametrize("name", CASES)
 def test_an_old_checkpoint_verifies_and_exports(tmp_path, name, fixture_dataset):
-    from tensile.checkpoint_tools import export_weights
+    from tensile.checkpoint.tools import export_weights
 
     shared = _copy_shared(name, tmp_path)
     point = Catalog(open_tier(shared)).find_resume_point()

@@ -8,7 +8,7 @@ import shutil
 from harness import SLOW_STEPS, Script, at_step, final_weights, rounds, run_nodes, step_losses, write_job
 
 from tensile.checkpoint import Catalog, open_tier
-from tensile.checkpoint_tools import consolidated_weights, list_checkpoints
+from tensile.checkpoint.tools import consolidated_weights, list_checkpoints
 from tensile.ledger import RunLedger
 
 

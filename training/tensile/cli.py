@@ -206,7 +206,7 @@ def checkpoint_ls(shared_dir: str = SHARED,
                   verify: bool = typer.Option(False, help="Check every file's sha256 too."),
                   all_commits: bool = typer.Option(False, "--all", help="Include commits whose checkpoint retention deleted.")) -> None:
     """The commit log, newest first: lineage, steps, sizes, worker count, stage, validity."""
-    from tensile.checkpoint_tools import list_checkpoints
+    from tensile.checkpoint.tools import list_checkpoints
 
     rows = list_checkpoints(shared_dir, verify=verify)
     table = Table(title=f"checkpoints in {shared_dir}")
@@ -230,7 +230,7 @@ def checkpoint_ls(shared_dir: str = SHARED,
 def checkpoint_verify(shared_dir: str = SHARED) -> None:
     """Check every committed checkpoint against its manifest; exit 1 if the resume point is bad."""
     from tensile.checkpoint import Catalog, open_tier
-    from tensile.checkpoint_tools import list_checkpoints
+    from tensile.checkpoint.tools import list_checkpoints
 
     rows = list_checkpoints(shared_dir, verify=True)
     for row in rows:
@@ -247,7 +247,7 @@ def checkpoint_export(shared_dir: str = SHARED,
                       out: Path = typer.Option(..., help="Output .safetensors file."),
                       checkpoint: Optional[str] = CHECKPOINT_ID) -> None:
     """Consolidated fp32 weights as safetensors, whatever the ZeRO stage and worker count."""
-    from tensile.checkpoint_tools import export_weights
+    from tensile.checkpoint.tools import export_weights
 
     manifest, count = _checkpoint_errors(export_weights, shared_dir, checkpoint, out)
     console.print(f"exported {count} tensors of {manifest.checkpoint_id} (step {manifest.step}) to {out}")
@@ -258,7 +258,7 @@ def checkpoint_reshard(shared_dir: str = SHARED,
                        world_size: int = typer.Option(..., help="The worker count the job will resume at."),
                        checkpoint: Optional[str] = CHECKPOINT_ID) -> None:
     """Prepare a checkpoint for another worker count ahead of a planned resize."""
-    from tensile.checkpoint_tools import reshard_ahead
+    from tensile.checkpoint.tools import reshard_ahead
 
     manifest, seconds = _checkpoint_errors(reshard_ahead, shared_dir, checkpoint, world_size)
     if seconds:
@@ -271,7 +271,7 @@ def checkpoint_reshard(shared_dir: str = SHARED,
 def checkpoint_rollback(shared_dir: str = SHARED,
                         checkpoint: str = typer.Argument(..., help="The checkpoint id to resume from.")) -> None:
     """Pin an earlier checkpoint as the resume point; training continues from it on a new branch."""
-    from tensile.checkpoint_tools import rollback
+    from tensile.checkpoint.tools import rollback
 
     manifest = _checkpoint_errors(rollback, shared_dir, checkpoint)
     console.print(f"pinned {manifest.checkpoint_id} (step {manifest.step}): the next start resumes from it; "

@@ -80,7 +80,7 @@ def summarize(events: list[dict[str, Any]], disruptions: list[Disruption]) -> Ru
 def final_weights(shared_dir: Path) -> dict[str, torch.Tensor]:
     """Consolidated fp32 weights of the checkpoint a restart would resume from."""
     from tensile.checkpoint import DirectoryTier
-    from tensile.checkpoint_tools import consolidated_weights, resolve
+    from tensile.checkpoint.tools import consolidated_weights, resolve
 
     tier = DirectoryTier(shared_dir)
     return consolidated_weights(tier, resolve(tier, None))

@@ -17,16 +17,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tensile import faults
 from tensile.batching import BatchPlan, plan_batch
-from tensile.checkpoint import Catalog, FencingError, ResumePoint, open_tier
-from tensile.checkpointing import EngineCheckpointer, GroupLease
+from tensile.checkpoint import Catalog, FencingError, ResumePoint, SaveResult, open_tier
+from tensile.checkpoint.engine import (CheckpointIdentity, EngineCheckpointer, GroupLease, SavePolicy,
+                                       incompatibility)
+from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
 from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
+from tensile.fault_hooks import NO_FAULTS, FaultHooks
 from tensile.ledger import RunLedger
 from tensile.metrics import TrainerMetrics, run_history
 from tensile.model import build_model, parameter_groups, token_loss_sum
-from tensile.reshard import ensure_universal, incompatibility, needs_reshard
 from tensile.signals import CheckpointRequest, StepWatchdog, StopRequest
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,23 @@ class RoundStart:
     resume: ResumePoint | None
     history: dict[str, int] = field(default_factory=dict)
     """Restarts, preemptions and steps lost so far (for metrics)."""
+
+
+@dataclass(slots=True)
+class TrainState:
+    """What the trainer saves of its own beside the engine (DeepSpeed's `client_state`): the
+    steps done and the data order's position. Its dict's keys are part of the checkpoint format."""
+
+    step: int
+    sampler: GlobalSampler
+    config_hash: str
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "sampler": self.sampler.state_dict(), "config_hash": self.config_hash}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
 
 
 def lr_schedule(config: TrainingConfig):
@@ -81,7 +99,7 @@ def deepspeed_config(config: TrainingConfig, plan: BatchPlan, *, load_universal:
 class Trainer:
     def __init__(self, config: TrainingConfig, *, rank: int, world_size: int, local_dir: Path,
                  stop: StopRequest, watchdog: StepWatchdog, checkpoint_request: CheckpointRequest | None = None,
-                 metrics: TrainerMetrics | None = None):
+                 metrics: TrainerMetrics | None = None, faults: FaultHooks = NO_FAULTS):
         self.config = config
         self.rank = rank
         self.world_size = world_size
@@ -90,19 +108,26 @@ class Trainer:
         self.watchdog = watchdog
         self.checkpoint_request = checkpoint_request or CheckpointRequest()
         self.metrics = metrics
+        self.faults = faults
         self.tier = open_tier(config.checkpoint.shared_dir)
         self.ledger = RunLedger(config.checkpoint.ledger_path)
         self.dataset = TokenDataset(config.data.url)
         self.plan = plan_batch(config.batch.global_batch_size, config.batch.micro_batch_sizes, world_size)
-        self.sampler = GlobalSampler(self.dataset.num_samples, config.batch.global_batch_size, config.run.seed)
-        self.checkpointer = EngineCheckpointer(
-            tier=self.tier, local_dir=local_dir, rank=rank, world_size=world_size,
-            zero_stage=config.zero.stage, config_hash=config.trajectory_hash(), model_hash=config.model_hash(),
-            data_version=self.dataset.data_version, keep_last=config.checkpoint.keep_last,
-            persist_timeout_s=config.checkpoint.persist_timeout_s)
-        self.checkpointer.on_persisted = self._persisted
+        self.state = TrainState(step=0, sampler=GlobalSampler(self.dataset.num_samples,
+                                                              config.batch.global_batch_size, config.run.seed),
+                                config_hash=config.trajectory_hash())
+        self.save_policy = SavePolicy(every_steps=config.checkpoint.every_steps,
+                                      asynchronous=config.checkpoint.asynchronous)
         self.round: RoundStart | None = None
+        self.checkpointer: EngineCheckpointer | None = None
+        """Made at round start, holding the group's lease on the commit log."""
         self.engine: Any = None
+        self._fenced: str | None = None
+        """Set on rank 0 when a background publish found another group's commit."""
+
+    @property
+    def sampler(self) -> GlobalSampler:
+        return self.state.sampler
 
     # ---- round start -------------------------------------------------------------------
     def start_round(self) -> RoundStart:
@@ -111,6 +136,16 @@ class Trainer:
             box[0] = self._decide_round()
         dist.broadcast_object_list(box, src=0)
         self.round = box[0]
+        if self.round.decision == "train":
+            self.checkpointer = EngineCheckpointer(
+                tier=self.tier, local_dir=self.local_dir, rank=self.rank, world_size=self.world_size,
+                zero_stage=self.config.zero.stage,
+                identity=CheckpointIdentity(config_hash=self.config.trajectory_hash(),
+                                            model_hash=self.config.model_hash(),
+                                            data_version=self.dataset.data_version),
+                keep_last=self.config.checkpoint.keep_last,
+                lease=GroupLease.for_round(self.round.token, self.round.resume),
+                persist_timeout_s=self.config.checkpoint.persist_timeout_s, faults=self.faults)
         if self.round.decision == "train" and self.resharding:
             self._prepare_reshard()
         if self.metrics and self.round.decision == "train":
@@ -186,15 +221,13 @@ class Trainer:
         point = self.round.resume
         if point is None or point.manifest is None:
             return 0
-        client_state = self.checkpointer.load(self.engine, point)
-        self.sampler.load_state_dict(client_state["sampler"])
-        return int(client_state["step"])
+        self.state.load_state_dict(self.checkpointer.load(self.engine, point))
+        return self.state.step
 
     # ---- training ----------------------------------------------------------------------
     def train(self) -> str:
         """Runs the round; returns "completed", or raises StopForMembership / FencingError."""
         start_step = self.resume()
-        lease = self._lease()
         watchdog = self.watchdog
         step = start_step
         try:
@@ -216,11 +249,10 @@ class Trainer:
                                  loss, self.world_size)
                 stopping = stop_votes > 0
                 final = step == self.config.run.steps
-                asked = checkpoint_votes > 0
-                if stopping or final or asked or step % self.config.checkpoint.every_steps == 0:
+                reason = self.save_policy.reason(step, final=final, stopping=stopping, asked=checkpoint_votes > 0)
+                if reason is not None:
                     watchdog.pause()
-                    reason = "final" if final else "stop" if stopping else "rebalance" if asked else "periodic"
-                    self._save(step, lease, reason)
+                    self._save(step, reason)
                     self.checkpoint_request.clear()
                     watchdog.beat()
                 if stopping and not final:
@@ -232,30 +264,27 @@ class Trainer:
             self.ledger.record("completed", step=step)
         return "completed"
 
-    def _persisted(self, outcome: dict[str, Any]) -> None:
-        """A background save ended (called on its thread)."""
-        published = outcome["published"]
-        if self.metrics and (published or self.rank != 0) and "persist_s" in outcome:
-            self.metrics.checkpoint_done(step=outcome["step"], reason=outcome["reason"],
-                                         persist_s=outcome["persist_s"], size=outcome["bytes"])
+    def _background_save_ended(self, result: SaveResult | None) -> None:
+        """Report a background save's result (on the training thread, once)."""
+        if result is None:
+            return
+        if result.fenced is not None:
+            self._fenced = result.fenced
+        if self.metrics and (result.published or self.rank != 0) and result.persist_s is not None:
+            self.metrics.checkpoint_done(step=result.step, reason=result.reason, persist_s=result.persist_s,
+                                         size=result.bytes)
         if self.rank != 0:
             return
-        fields = {k: round(v, 4) if isinstance(v, float) else v for k, v in outcome.items() if k != "published"}
-        self.ledger.record("checkpoint" if published else "checkpoint-failed", asynchronous=True, **fields)
-
-    def _lease(self) -> GroupLease:
-        point = self.round.resume
-        manifest = point.manifest
-        if manifest is None:
-            return GroupLease(token=self.round.token, next_seq=point.next_seq, parent_id=None)
-        # Resuming from a rollback pin starts a branch named after it; descendants inherit it.
-        branch = manifest.checkpoint_id if point.pinned == manifest.checkpoint_id else manifest.branch
-        return GroupLease(token=self.round.token, next_seq=point.next_seq,
-                          parent_id=manifest.checkpoint_id, branch=branch)
+        fields: dict[str, Any] = {"checkpoint": result.checkpoint_id, "step": result.step, "reason": result.reason,
+                                  "stall_s": result.stall_s, "bytes": result.bytes}
+        for name in ("persist_s", "fenced", "durable_s", "error"):
+            if getattr(result, name) is not None:
+                fields[name] = getattr(result, name)
+        fields = {k: round(v, 4) if isinstance(v, float) else v for k, v in fields.items()}
+        self.ledger.record("checkpoint" if result.published else "checkpoint-failed", asynchronous=True, **fields)
 
     def _train_step(self, step: int) -> tuple[float, int, int]:
-        faults.maybe_raise(step=step, rank=self.rank)
-        faults.step_delay()
+        self.faults.before_step(step=step, rank=self.rank)
         sample_ids = self.sampler.sample_ids_for_step(step)
         seq_len = self.dataset.seq_len
         # Every position is a real token (the corpus is packed), so the step's global token
@@ -277,14 +306,15 @@ class Trainer:
             self.engine.backward(micro_sum * scale, scale_wrt_gas=False)
             self.engine.step()
             loss_sum += micro_sum.detach().double()
-        # One all-reduce per step carries the loss and every rank's votes, so all ranks agree
-        # on a stop or an extra checkpoint at this same step boundary.
+        self._background_save_ended(self.checkpointer.poll())
+        # One all-reduce per step carries the loss and every rank's votes (and rank 0's news of a
+        # fenced background publish), so all ranks agree at this same step boundary.
         report = torch.tensor([loss_sum.item(), float(self.stop.requested),
                                float(self.checkpoint_request.requested),
-                               float(self.checkpointer.fenced is not None)], dtype=torch.float64)
+                               float(self._fenced is not None)], dtype=torch.float64)
         dist.all_reduce(report)
         if report[3].item() > 0:  # rank 0's background publish found another group's commit
-            raise FencingError(self.checkpointer.fenced or "another worker group published first (rank 0 saw it)")
+            raise FencingError(self._fenced or "another worker group published first (rank 0 saw it)")
         return report[0].item() / global_tokens, int(report[1].item()), int(report[2].item())
 
     def _read(self, ids: list[int], padding: int) -> torch.Tensor:
@@ -293,23 +323,24 @@ class Trainer:
             tokens = torch.cat([tokens, torch.zeros(padding, tokens.shape[1], dtype=torch.long)])
         return tokens
 
-    def _save(self, step: int, lease: GroupLease, reason: str) -> None:
-        client_state = {"step": step, "sampler": self.sampler.state_dict(),
-                        "config_hash": self.config.trajectory_hash()}
-        if reason in ("periodic", "rebalance") and self.config.checkpoint.asynchronous \
-                and self.checkpointer.supports_async:
+    def _save(self, step: int, reason: str) -> None:
+        blocked_since = time.monotonic()
+        self.state.step = step
+        # At most one save in flight: the one still persisting ends (and is reported) first.
+        self._background_save_ended(self.checkpointer.wait())
+        if self.save_policy.in_background(reason, self.checkpointer.layout):
             # Training goes on while it persists; stop and final saves below wait for it.
-            timings = self.checkpointer.save_async(self.engine, step=step, lease=lease,
-                                                   client_state=client_state, reason=reason)
+            started = self.checkpointer.save_async(self.engine, self.state, step=step, reason=reason,
+                                                   blocked_since=blocked_since)
             if self.metrics:
-                self.metrics.checkpoint_stalled(timings["stall_s"])
+                self.metrics.checkpoint_stalled(started.stall_s)
             return
-        timings = self.checkpointer.save(self.engine, step=step, lease=lease,
-                                         client_state=client_state, reason=reason)
+        result = self.checkpointer.save(self.engine, self.state, step=step, reason=reason)
         if self.metrics:
-            self.metrics.checkpoint_stalled(timings["stall_s"])
-            self.metrics.checkpoint_done(step=step, reason=reason, persist_s=timings["persist_s"],
-                                         size=timings["bytes"])
+            self.metrics.checkpoint_stalled(result.stall_s)
+            self.metrics.checkpoint_done(step=step, reason=reason, persist_s=result.persist_s, size=result.bytes)
         if self.rank == 0:
-            self.ledger.record("checkpoint", step=step, checkpoint=lease.parent_id, reason=reason,
-                               seq=lease.next_seq - 1, **{k: round(v, 4) for k, v in timings.items()})
+            timings = {"stall_s": result.stall_s, "write_s": result.write_s, "persist_s": result.persist_s,
+                       "bytes": result.bytes}
+            self.ledger.record("checkpoint", step=step, checkpoint=result.checkpoint_id, reason=reason,
+                               seq=result.seq, **{k: round(v, 4) for k, v in timings.items()})

@@ -155,7 +155,8 @@ def train(config_path: str) -> int:
     round_start = None
     try:
         trainer = Trainer(config, rank=rank, world_size=world_size, local_dir=local_dir, stop=stop,
-                          watchdog=watchdog, checkpoint_request=checkpoint_request, metrics=metrics)
+                          watchdog=watchdog, checkpoint_request=checkpoint_request, metrics=metrics,
+                          faults=fault_hooks_from_environment())
         round_start = trainer.start_round()
         round_marker(local_dir, rank).parent.mkdir(parents=True, exist_ok=True)
         round_marker(local_dir, rank).write_text(str(round_start.round_number))
@@ -267,6 +268,18 @@ def watch_spot_notices(config, stop, checkpoint_request, ledger, rank: int, loca
     endpoint = os.environ.get("TENSILE_IMDS_ENDPOINT", config.signals.imds_endpoint)
     SpotNoticeWatcher(endpoint, poll_s=config.signals.imds_poll_s, on_interruption=on_interruption,
                       on_rebalance=on_rebalance).start()
+
+
+def fault_hooks_from_environment():
+    """Tensile's own failure tests arm faults through TENSILE_FAULTS* variables; without one the
+    hooks do nothing and test code is never imported."""
+    from tensile.fault_hooks import NO_FAULTS
+
+    if not any(name.startswith("TENSILE_FAULT") for name in os.environ):
+        return NO_FAULTS
+    from tensile.testing.faults import EnvironmentFaults
+
+    return EnvironmentFaults(os.environ)
 
 
 def _has_cuda() -> bool:

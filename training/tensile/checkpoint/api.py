@@ -1,9 +1,11 @@
-"""Checkpoint value types and the exception tree shared by tiers, the commit log and the trainer."""
+"""What the checkpoint package offers the rest of Tensile: the value types (manifest, commit
+record, a save's result), the exception tree, and the Tier protocol every durable tier (a shared
+directory, S3) implements, with what every tier says when a checkpoint is wrong."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +18,14 @@ READABLE_FORMAT_VERSIONS = (1, 2)
 LAYOUT_DEEPSPEED = "deepspeed"
 """DeepSpeed's own checkpoint files under `state/`: ZeRO-0, and every version-1 checkpoint."""
 LAYOUT_SHARDED = "tensile-sharded"
-"""ZeRO 1–3 slices keyed by parameter (tensile.sharded_state): loads at any worker count."""
+"""ZeRO 1–3 slices keyed by parameter (tensile.checkpoint.sharded): loads at any worker count."""
+DEEPSPEED_TAG = "state"
+"""DeepSpeed writes its files under `<checkpoint>/<tag>/`: Tensile's tag for them."""
+
+MANIFEST = "manifest.json"
+"""Each checkpoint's manifest, relative to its directory: written last."""
+PIN = "pins/resume.json"
+"""The rollback pin, relative to the tier's root."""
 
 
 class CheckpointError(Exception):
@@ -123,6 +132,19 @@ class TierCommitLog(Protocol):
     def publish(self, record: CommitRecord) -> None: ...
 
 
+ReadRange = Callable[[int, int], bytes]
+"""read_range(offset, length) -> exactly `length` bytes of one file."""
+
+
+class RangeReader(Protocol):
+    """Byte ranges of one checkpoint's files, wherever the checkpoint is: what loaders read
+    shards through (a `pread` on a directory tier, ranged GETs on S3)."""
+
+    def ranges(self, rel_path: str) -> ReadRange: ...
+
+    def close(self) -> None: ...
+
+
 class Tier(Protocol):
     """Where checkpoints live durably: DirectoryTier (a shared filesystem) or S3Tier."""
 
@@ -140,3 +162,103 @@ class Tier(Protocol):
     def delete_checkpoint(self, checkpoint_id: str) -> None: ...
     def read_pin(self) -> dict | None: ...
     def write_pin(self, data: dict) -> None: ...
+
+    def shared_directory(self, checkpoint_id: str) -> Path | None:
+        """The checkpoint's directory when the tier is a filesystem this process sees (files can
+        be opened, and written beside, in place); None for an object store."""
+        ...
+
+    def local_view(self, manifest: Manifest, scratch: Path) -> Path:
+        """A local directory holding the checkpoint's files, for readers that need real files
+        (DeepSpeed's loader): the checkpoint itself where it is local, else a copy in `scratch`."""
+        ...
+
+    def range_reader(self, manifest: Manifest, local_copies: list[Path] | None = None) -> RangeReader:
+        """Byte ranges of the checkpoint's files; from this node's own copies (`local_copies`:
+        directories holding files of the same relative paths) where they still match in size."""
+        ...
+
+
+# ---- what every tier says when a checkpoint is not as its manifest says --------------------
+
+def parse_manifest(checkpoint_id: str, text: str | bytes) -> Manifest:
+    """The manifest stored for `checkpoint_id`, or CheckpointCorrupt saying what is wrong with it."""
+    try:
+        manifest = Manifest.from_json(text)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointCorrupt(f"{checkpoint_id}: unreadable manifest: {e}") from e
+    except CheckpointCorrupt as e:  # an unknown format version: say which checkpoint
+        raise CheckpointCorrupt(f"{checkpoint_id}: {e}") from e
+    if manifest.checkpoint_id != checkpoint_id:
+        raise CheckpointCorrupt(f"{checkpoint_id}: manifest names {manifest.checkpoint_id}")
+    return manifest
+
+
+def no_manifest(checkpoint_id: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: no manifest (the save never finished)")
+
+
+def missing_file(checkpoint_id: str, rel_path: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {rel_path} is missing")
+
+
+def wrong_size(checkpoint_id: str, entry: FileEntry, size: int) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} has {size} bytes, manifest says {entry.size}")
+
+
+def wrong_sha256(checkpoint_id: str, entry: FileEntry) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} fails its sha256 check")
+
+
+def check_range(checkpoint_id: str, rel_path: str, offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise ValueError(f"{checkpoint_id}/{rel_path}: read_range needs offset >= 0 and length >= 0, "
+                         f"got offset={offset} length={length}")
+
+
+def whole_range(checkpoint_id: str, rel_path: str, offset: int, length: int, data: bytes) -> bytes:
+    if len(data) != length:
+        raise short_read(checkpoint_id, rel_path, offset, length, len(data))
+    return data
+
+
+def short_read(checkpoint_id: str, rel_path: str, offset: int, length: int, got: int) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{checkpoint_id}: {rel_path} ends before bytes {offset}..{offset + length} "
+                             f"(got {got} of {length}): the file is shorter than its reader expects")
+
+
+def partial_beside(target: Path) -> Path:
+    """Where a download to `target` is written before it is renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.with_name(target.name + ".partial")
+
+
+# ---- what a save returns ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SaveResult:
+    """How one rank's part of one save ended: returned by a synchronous save, and handed back
+    once, on the training thread, for a background save (`EngineCheckpointer.poll`/`wait`)."""
+
+    checkpoint_id: str
+    step: int
+    reason: str
+    """periodic, rebalance, stop or final."""
+    asynchronous: bool
+    bytes: float
+    """This rank's bytes for a background save; every rank's for a synchronous one."""
+    stall_s: float
+    """How long the training loop was blocked by it."""
+    published: bool = False
+    """This process wrote the commit record (rank 0, once every rank's files were durable)."""
+    seq: int | None = None
+    """The commit log position it was published at."""
+    write_s: float | None = None
+    persist_s: float | None = None
+    """Until this rank's files were durable on the tier (None: it failed before)."""
+    durable_s: float | None = None
+    """Until published (rank 0 of a background save)."""
+    fenced: str | None = None
+    """Another worker group published first: this group is stale (why)."""
+    error: str | None = None
+    """Why a background save failed, as `Type: message` (the next save tries again)."""

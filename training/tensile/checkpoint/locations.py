@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tensile.checkpoint.api import Tier
-from tensile.checkpoint.tier import DirectoryTier
+from tensile.checkpoint.directory_tier import DirectoryTier
 
 
 def open_tier(location: str | os.PathLike, *, endpoint_url: str | None = None) -> Tier:

@@ -18,12 +18,12 @@ from pathlib import Path
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from tensile.checkpoint.api import CheckpointError, CommitRecord, FileEntry, Manifest
+from tensile.checkpoint.api import (
+    MANIFEST, PIN, CheckpointError, CommitRecord, FileEntry, Manifest, RangeReader, check_range, missing_file,
+    no_manifest, parse_manifest, partial_beside, short_read, whole_range, wrong_sha256, wrong_size)
 from tensile.checkpoint.commit_log import CommitLogReader, fenced, record_name
+from tensile.checkpoint.ranges import TierRanges
 from tensile.checkpoint.s3_objects import MAX_PARTS, S3Objects, S3Settings, error_code, is_missing, is_transient
-from tensile.checkpoint.tier import (
-    MANIFEST, PIN, check_range, missing_file, no_manifest, parse_manifest, partial_beside, short_read, whole_range,
-    wrong_sha256, wrong_size)
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,20 @@ class S3Tier:
                 raise missing_file(checkpoint_id, rel_path) from e
             raise
         os.replace(partial, Path(target))
+
+    def shared_directory(self, checkpoint_id: str) -> Path | None:
+        return None  # objects, not files
+
+    def local_view(self, manifest: Manifest, scratch: Path) -> Path:
+        """Every file of the checkpoint downloaded under `scratch/<checkpoint id>`."""
+        target = Path(scratch) / manifest.checkpoint_id
+        for entry in manifest.files:
+            (target / entry.path).parent.mkdir(parents=True, exist_ok=True)
+            self.fetch_file(manifest.checkpoint_id, entry.path, target / entry.path)
+        return target
+
+    def range_reader(self, manifest: Manifest, local_copies: list[Path] | None = None) -> RangeReader:
+        return TierRanges(self, manifest.checkpoint_id, {e.path: e.size for e in manifest.files}, local_copies or [])
 
     def list_checkpoint_ids(self) -> list[str]:
         """Every checkpoint with any object, manifest or not (prune judges orphans by it)."""

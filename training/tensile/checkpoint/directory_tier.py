@@ -1,4 +1,4 @@
-"""The shared durable tier as a directory (a shared filesystem); s3_tier.py is the S3 one.
+"""The durable tier as a directory (a shared filesystem such as EFS); s3_tier.py is the S3 one.
 
 Every write is durable before it is acknowledged: file fsynced, renamed into place, parent fsynced.
 """
@@ -11,65 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
-from tensile.checkpoint.api import CheckpointCorrupt, FileEntry, Manifest
+from tensile.checkpoint.api import (
+    MANIFEST, PIN, CheckpointCorrupt, FileEntry, Manifest, RangeReader, check_range, missing_file, no_manifest,
+    parse_manifest, partial_beside, whole_range, wrong_sha256, wrong_size)
 from tensile.checkpoint.commit_log import CommitLog, fsync_dir
+from tensile.checkpoint.ranges import DirectoryRanges
 
-MANIFEST = "manifest.json"
-PIN = "pins/resume.json"
-"""The rollback pin, relative to the tier's root."""
 _CHUNK = 4 << 20
-
-
-def parse_manifest(checkpoint_id: str, text: str | bytes) -> Manifest:
-    """The manifest stored for `checkpoint_id`, or CheckpointCorrupt saying what is wrong with it."""
-    try:
-        manifest = Manifest.from_json(text)
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointCorrupt(f"{checkpoint_id}: unreadable manifest: {e}") from e
-    except CheckpointCorrupt as e:  # an unknown format version: say which checkpoint
-        raise CheckpointCorrupt(f"{checkpoint_id}: {e}") from e
-    if manifest.checkpoint_id != checkpoint_id:
-        raise CheckpointCorrupt(f"{checkpoint_id}: manifest names {manifest.checkpoint_id}")
-    return manifest
-
-
-def no_manifest(checkpoint_id: str) -> CheckpointCorrupt:
-    return CheckpointCorrupt(f"{checkpoint_id}: no manifest (the save never finished)")
-
-
-def missing_file(checkpoint_id: str, rel_path: str) -> CheckpointCorrupt:
-    return CheckpointCorrupt(f"{checkpoint_id}: {rel_path} is missing")
-
-
-def wrong_size(checkpoint_id: str, entry: FileEntry, size: int) -> CheckpointCorrupt:
-    return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} has {size} bytes, manifest says {entry.size}")
-
-
-def wrong_sha256(checkpoint_id: str, entry: FileEntry) -> CheckpointCorrupt:
-    return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} fails its sha256 check")
-
-
-def check_range(checkpoint_id: str, rel_path: str, offset: int, length: int) -> None:
-    if offset < 0 or length < 0:
-        raise ValueError(f"{checkpoint_id}/{rel_path}: read_range needs offset >= 0 and length >= 0, "
-                         f"got offset={offset} length={length}")
-
-
-def partial_beside(target: Path) -> Path:
-    """Where a download to `target` is written before it is renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target.with_name(target.name + ".partial")
-
-
-def whole_range(checkpoint_id: str, rel_path: str, offset: int, length: int, data: bytes) -> bytes:
-    if len(data) != length:
-        raise short_read(checkpoint_id, rel_path, offset, length, len(data))
-    return data
-
-
-def short_read(checkpoint_id: str, rel_path: str, offset: int, length: int, got: int) -> CheckpointCorrupt:
-    return CheckpointCorrupt(f"{checkpoint_id}: {rel_path} ends before bytes {offset}..{offset + length} "
-                             f"(got {got} of {length}): the file is shorter than its reader expects")
 
 
 class DirectoryTier:
@@ -83,6 +31,15 @@ class DirectoryTier:
 
     def checkpoint_dir(self, checkpoint_id: str) -> Path:
         return self.checkpoints / checkpoint_id
+
+    def shared_directory(self, checkpoint_id: str) -> Path | None:
+        return self.checkpoint_dir(checkpoint_id)
+
+    def local_view(self, manifest: Manifest, scratch: Path) -> Path:
+        return self.checkpoint_dir(manifest.checkpoint_id)  # already files: read in place
+
+    def range_reader(self, manifest: Manifest, local_copies: list[Path] | None = None) -> RangeReader:
+        return DirectoryRanges(self.checkpoint_dir(manifest.checkpoint_id))  # one pread per range
 
     def put_file(self, checkpoint_id: str, rel_path: str, source: Path) -> FileEntry:
         """Copy a local file into the checkpoint, hashing as it goes; durable on return."""

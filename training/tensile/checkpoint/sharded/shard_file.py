@@ -11,23 +11,19 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tensile.checkpoint.api import CheckpointCorrupt
+from tensile.checkpoint.api import CheckpointCorrupt, ReadRange
 
 _DTYPES: dict[torch.dtype, str] = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
                                    torch.float64: "F64"}
 _TORCH_DTYPES = {name: dtype for dtype, name in _DTYPES.items()}
 _ALIGN = 8
 _MAX_HEADER = 256 << 20
-
-ReadRange = Callable[[int, int], bytes]
-"""read_range(offset, length) -> exactly `length` bytes of one file."""
-
 
 def write_shard_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> int:
     """Write `tensors` (CPU, contiguous) to `path`, fsynced; returns the size in bytes.
@@ -114,20 +110,3 @@ def read_shard_header(read_range: ReadRange, *, what: str) -> ShardHeader:
         begin, end = info["data_offsets"]
         tensors[name] = StoredTensor(name, dtype, tuple(info["shape"]), data_start + begin, data_start + end)
     return ShardHeader(tensors=tensors, metadata=metadata, data_start=data_start)
-
-
-class LocalFileRanges:
-    """A ReadRange over a local file, keeping one descriptor (pread: no shared position)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd = os.open(path, os.O_RDONLY)
-
-    def __call__(self, offset: int, length: int) -> bytes:
-        data = os.pread(self._fd, length, offset)
-        if len(data) != length:
-            raise CheckpointCorrupt(f"{self.path}: wanted {length} bytes at {offset}, the file has fewer")
-        return data
-
-    def close(self) -> None:
-        os.close(self._fd)

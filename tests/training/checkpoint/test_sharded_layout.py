@@ -11,9 +11,10 @@ import torch
 from safetensors import safe_open
 
 from tensile.checkpoint import CheckpointCorrupt
-from tensile.checkpoint.shard_file import read_shard_header, write_shard_file
-from tensile.sharded_state import DirectoryShardSource, SliceIndex, parse_slice_key, shard_path, slice_key
-from tensile.zero_layout import Slice, stage3_slices, stage12_slices
+from tensile.checkpoint.ranges import DirectoryRanges
+from tensile.checkpoint.sharded.layout import Slice, parse_slice_key, shard_path, slice_key, stage3_slices, stage12_slices
+from tensile.checkpoint.sharded.restore import SliceIndex
+from tensile.checkpoint.sharded.shard_file import read_shard_header, write_shard_file
 
 # Sizes chosen to straddle partition boundaries: tiny (fewer elements than workers), odd, large.
 NUMELS = [7, 1, 130, 64, 3, 257, 2]
@@ -72,7 +73,7 @@ CASES = list(itertools.product([1, 2, 3], range(1, 9), range(1, 9)))
 
 @pytest.mark.parametrize(("stage", "saved", "loaded"), CASES, ids=[f"zero{s}-{n}to{m}" for s, n, m in CASES])
 def test_every_rank_reads_back_exactly_its_partition(tmp_path, reference, stage, saved, loaded):
-    source = DirectoryShardSource(save(tmp_path, reference, stage, saved))
+    source = DirectoryRanges(save(tmp_path, reference, stage, saved))
     try:
         index = SliceIndex(source, saved, what="test")
         covered = {name: torch.zeros(n, dtype=torch.int32) for name, n in
@@ -124,7 +125,7 @@ def test_a_missing_slice_is_corrupt_naming_the_parameter_and_range(tmp_path, ref
     directory = save(tmp_path, reference, 2, 2)
     (directory / shard_path(1)).unlink()
     write_shard_file(directory / shard_path(1), {}, {})  # rank 1's slices are gone
-    source = DirectoryShardSource(directory)
+    source = DirectoryRanges(directory)
     try:
         index = SliceIndex(source, 2, what="checkpoint step-1")
         with pytest.raises(CheckpointCorrupt, match=r"checkpoint step-1: exp_avg of p5 elements \[0, 257\)"):

@@ -1,11 +1,8 @@
-"""Which slice of each parameter a rank holds under ZeRO 1–3, and where it lives in memory.
+"""This rank's share of a live DeepSpeed ZeRO 1–3 engine, slice by slice, as views of its tensors.
 
-A checkpoint stores every rank's slices keyed by what they are (parameter name, element range
-within the flattened parameter), not by where a given world size put them. Saving walks this
-rank's slices; loading at another worker count walks the new rank's slices and fills each from
-whichever saved slices overlap it. The planning is pure (`stage12_slices`, `stage3_slices`);
-`ZeroPartition` reads the live layout off DeepSpeed 0.19.8's optimizers (the attributes it
-relies on are named in `_require`, so a DeepSpeed that moved them fails loudly, not silently).
+`ZeroPartition` reads the layout off DeepSpeed 0.19.8's optimizers and plans it with layout.py;
+the attributes it relies on are named in `_require`, so a DeepSpeed that moved them fails loudly,
+not silently. This is the one module that reads DeepSpeed's ZeRO internals.
 """
 
 from __future__ import annotations
@@ -16,46 +13,7 @@ from typing import Any
 
 import torch
 
-
-@dataclass(frozen=True, slots=True)
-class Slice:
-    """Elements [start, start + length) of one flattened parameter, held by one rank at
-    [offset, offset + length) of its flat partition `group`."""
-
-    param: int
-    """Index into the parameter list the plan was made from."""
-    start: int
-    length: int
-    group: int
-    offset: int
-
-
-def stage12_slices(numels: Sequence[int], offsets: Sequence[int], partition_size: int, rank: int,
-                   group: int = 0) -> list[Slice]:
-    """ZeRO-1/2: a group's parameters sit at `offsets` in one flat buffer (with alignment
-    padding between them); rank r owns the flat range [r·P, (r+1)·P)."""
-    low, high = rank * partition_size, (rank + 1) * partition_size
-    out = []
-    for index, (numel, offset) in enumerate(zip(numels, offsets)):
-        begin, end = max(offset, low), min(offset + numel, high)
-        if begin < end:
-            out.append(Slice(param=index, start=begin - offset, length=end - begin, group=group,
-                             offset=begin - low))
-    return out
-
-
-def stage3_slices(numels: Sequence[int], world_size: int, rank: int, group: int = 0) -> list[Slice]:
-    """ZeRO-3: each parameter is cut into `world_size` chunks of ceil(numel / world) elements
-    (the last padded); a rank's flat partition is its chunks, parameter after parameter."""
-    out, offset = [], 0
-    for index, numel in enumerate(numels):
-        chunk = -(-numel // world_size)
-        start = rank * chunk
-        length = max(0, min(chunk, numel - start))
-        if length:
-            out.append(Slice(param=index, start=start, length=length, group=group, offset=offset))
-        offset += chunk
-    return out
+from tensile.checkpoint.sharded.layout import PARAM, Slice, stage3_slices, stage12_slices
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +26,6 @@ class LocalSlice:
     group: int
     """The optimizer param group it belongs to (-1 for frozen parameters)."""
     tensors: dict[str, torch.Tensor]
-
-
-PARAM = "param"
-"""The kind holding values: fp32 master weights of trained parameters, frozen ones as they are."""
 
 
 def _require(obj: Any, *names: str) -> None:
@@ -187,3 +141,8 @@ class ZeroPartition:
                 opt.persistent_parameters[0].all_gather(opt.persistent_parameters)
         else:
             opt.update_lp_params()
+
+
+def full_shape(p: torch.nn.Parameter) -> torch.Size:
+    """A parameter's shape before ZeRO-3 partitioned it (DeepSpeed keeps it as `ds_shape`)."""
+    return p.ds_shape if hasattr(p, "ds_shape") else p.shape

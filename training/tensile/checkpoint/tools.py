@@ -11,10 +11,14 @@ from pathlib import Path
 
 import torch
 
-from tensile.checkpoint import (LAYOUT_SHARDED, Catalog, CheckpointCorrupt, CheckpointError, DirectoryTier, Manifest,
-                                Tier, open_tier)
-from tensile.sharded_state import META, shard_source
-from tensile.sharded_state import consolidated_weights as sharded_weights
+from tensile.checkpoint.api import (DEEPSPEED_TAG, LAYOUT_SHARDED, CheckpointCorrupt, CheckpointError, Manifest,
+                                    Tier)
+from tensile.checkpoint.catalog import Catalog
+from tensile.checkpoint.engine import incompatibility
+from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
+from tensile.checkpoint.locations import open_tier
+from tensile.checkpoint.sharded.consolidate import consolidated_weights as sharded_weights
+from tensile.checkpoint.sharded.layout import META
 
 Location = str | Path
 """A run's shared tier: a directory or an s3:// URL (checkpoint.shared_dir)."""
@@ -68,7 +72,7 @@ def resolve(tier: Tier, checkpoint_id: str | None) -> Manifest:
 def consolidated_weights(tier: Tier, manifest: Manifest) -> dict[str, torch.Tensor]:
     """fp32 model weights whatever the ZeRO stage or worker count they were saved at."""
     if manifest.layout == LAYOUT_SHARDED:
-        source = shard_source(tier, manifest)
+        source = tier.range_reader(manifest)
         try:
             sizes = {entry.path: entry.size for entry in manifest.files}
             weights = sharded_weights(source, manifest.world_size, sizes[META],
@@ -76,21 +80,17 @@ def consolidated_weights(tier: Tier, manifest: Manifest) -> dict[str, torch.Tens
         finally:
             source.close()
         return {name: tensor.float() for name, tensor in weights.items()}
-    if isinstance(tier, DirectoryTier):
-        return _deepspeed_weights(tier.checkpoint_dir(manifest.checkpoint_id), manifest)
     with tempfile.TemporaryDirectory(prefix="tensile-export-") as scratch:  # DeepSpeed reads files
-        for entry in manifest.files:
-            (Path(scratch) / entry.path).parent.mkdir(parents=True, exist_ok=True)
-            tier.fetch_file(manifest.checkpoint_id, entry.path, Path(scratch) / entry.path)
-        return _deepspeed_weights(Path(scratch), manifest)
+        return _deepspeed_weights(tier.local_view(manifest, Path(scratch)), manifest)
 
 
 def _deepspeed_weights(directory: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
     if manifest.zero_stage == 3:  # the module file holds placeholders; the shards hold the weights
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="state")
-    state = torch.load(directory / "state" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DEEPSPEED_TAG)
+    state = torch.load(directory / DEEPSPEED_TAG / "mp_rank_00_model_states.pt", map_location="cpu",
+                       weights_only=False)
     return {name: tensor.float() for name, tensor in state["module"].items()}
 
 
@@ -111,8 +111,6 @@ def export_weights(shared_dir: Location, checkpoint_id: str | None, out: Path) -
 
 def reshard_ahead(shared_dir: Location, checkpoint_id: str | None, world_size: int) -> tuple[Manifest, float]:
     """Prepare the resume checkpoint for `world_size` workers before a planned resize."""
-    from tensile.reshard import ensure_universal, incompatibility, needs_reshard
-
     tier = open_tier(shared_dir)
     manifest = resolve(tier, checkpoint_id)
     problem = incompatibility(manifest, zero_stage=manifest.zero_stage, world_size=world_size,

@@ -1,7 +1,7 @@
 """Resuming a version-1 checkpoint (DeepSpeed's own files) at another worker count.
 
 Checkpoints written since format version 2 store ZeRO state in Tensile's sharded layout and load
-at any size directly (tensile.sharded_state); this path remains for older ones. DeepSpeed refuses a ZeRO≥1 checkpoint at another data-parallel size, but loads its
+at any size directly (tensile.checkpoint.sharded); this path remains for older ones. DeepSpeed refuses a ZeRO≥1 checkpoint at another data-parallel size, but loads its
 world-size-independent "universal" layout at any size. When the newest checkpoint was saved at
 another size, rank 0 converts it once (DeepSpeed's ds_to_universal), into a private directory
 renamed into place with its own manifest, so a crash or a concurrent restart can never leave a
@@ -19,7 +19,8 @@ import uuid
 from argparse import Namespace
 from pathlib import Path
 
-from tensile.checkpoint import LAYOUT_DEEPSPEED, CheckpointCorrupt, CheckpointIncompatible, DirectoryTier, Manifest
+from tensile.checkpoint.api import (DEEPSPEED_TAG, LAYOUT_DEEPSPEED, CheckpointCorrupt, CheckpointIncompatible,
+                                    Manifest, Tier)
 from tensile.checkpoint.commit_log import fsync_dir
 
 UNIVERSAL_TAG = "universal"
@@ -32,19 +33,13 @@ def needs_reshard(manifest: Manifest | None, world_size: int) -> bool:
             and manifest.world_size != world_size)
 
 
-def incompatibility(manifest: Manifest, *, zero_stage: int, world_size: int, model_hash: str) -> str | None:
-    """Why this job cannot resume from `manifest`, naming what differs, or None."""
-    where = f"checkpoint {manifest.checkpoint_id} (step {manifest.step})"
-    if manifest.model_hash and manifest.model_hash != model_hash:
-        return (f"{where} holds another model shape (model hash {manifest.model_hash}, this config "
-                f"{model_hash}); restore the model section it was trained with, or use a new run directory")
-    if manifest.zero_stage != zero_stage:
-        return (f"{where} was saved with ZeRO stage {manifest.zero_stage}, this config uses stage "
-                f"{zero_stage}; set zero.stage to {manifest.zero_stage}")
+def refusal(manifest: Manifest, world_size: int) -> str | None:
+    """Why `manifest` cannot resume at `world_size` workers through this path, or None."""
     if manifest.zero_stage == 3 and needs_reshard(manifest, world_size):
         # Measured here: DeepSpeed 0.19.8's universal loading of ZeRO-3 optimizer state lets the
         # loss drift (4.5e-3 relative after 6 steps) where ZeRO-1/2 stay within 1e-7.
-        return (f"{where} holds ZeRO-3 state over {manifest.world_size} workers in DeepSpeed's own "
+        return (f"checkpoint {manifest.checkpoint_id} (step {manifest.step}) holds ZeRO-3 state over "
+                f"{manifest.world_size} workers in DeepSpeed's own "
                 f"layout (format version {manifest.format_version}); resuming it at {world_size} is not "
                 f"exact with DeepSpeed's universal loading, so Tensile refuses it: resume at "
                 f"{manifest.world_size} workers once, and the next checkpoint, in Tensile's sharded "
@@ -52,8 +47,8 @@ def incompatibility(manifest: Manifest, *, zero_stage: int, world_size: int, mod
     return None
 
 
-def universal_dir(tier: DirectoryTier, manifest: Manifest) -> Path:
-    return tier.checkpoint_dir(manifest.checkpoint_id) / UNIVERSAL_TAG
+def universal_dir(checkpoint_dir: Path) -> Path:
+    return checkpoint_dir / UNIVERSAL_TAG
 
 
 def _digest_tree(root: Path) -> dict[str, str]:
@@ -103,17 +98,18 @@ def convert(source_state: Path, target: Path) -> float:
     return time.monotonic() - started
 
 
-def ensure_universal(tier: DirectoryTier, manifest: Manifest, *, rank: int, timeout_s: float,
+def ensure_universal(tier: Tier, manifest: Manifest, *, rank: int, timeout_s: float,
                      poll_s: float = 0.2) -> float:
     """Make the universal layout of `manifest`'s checkpoint exist; every rank calls it."""
-    if not isinstance(tier, DirectoryTier):  # version 1 predates the S3 tier: never there
+    directory = tier.shared_directory(manifest.checkpoint_id)
+    if directory is None:  # version 1 predates the S3 tier: never there
         raise CheckpointIncompatible(f"{manifest.checkpoint_id} is a version-1 checkpoint on {tier.url}; "
                                      f"converting one is supported on a directory tier only")
-    target = universal_dir(tier, manifest)
+    target = universal_dir(directory)
     if rank == 0 and not verify_universal(target):
         if target.exists():
             shutil.rmtree(target)  # unverifiable: never load it, convert again
-        return convert(tier.checkpoint_dir(manifest.checkpoint_id) / "state", target)
+        return convert(directory / DEEPSPEED_TAG, target)
     deadline = time.monotonic() + timeout_s
     while not verify_universal(target):
         if time.monotonic() > deadline:

@@ -20,7 +20,7 @@ from tensile.checkpoint import (
     Manifest,
 )
 from tensile.checkpoint.catalog import checkpoint_id_for, step_of
-from tensile.reshard import incompatibility
+from tensile.checkpoint.engine import incompatibility
 
 
 def _manifest(checkpoint_id, files=(), step=10, **overrides):

@@ -1,0 +1,381 @@
+"""Saving and loading a DeepSpeed engine through Tensile's commit protocol, and when to save.
+
+Each rank writes its files to its node's own disk — ZeRO 1–3 state in Tensile's sharded layout
+(loads at any worker count), ZeRO-0 as DeepSpeed's own checkpoint — and copies them to the
+shared tier (fsynced, hashed); rank 0 gathers the hashes, writes the manifest last and publishes
+the commit record exclusively. Only then does the checkpoint count.
+
+A save returns a SaveResult. A background save's result is handed back once, on the training
+thread (`poll`, `wait`); the group's lease on the commit log moves on only there, so nothing the
+background thread does is read back from shared state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from tensile.checkpoint.api import (DEEPSPEED_TAG, LAYOUT_DEEPSPEED, LAYOUT_SHARDED, CheckpointCorrupt,
+                                    CheckpointError, CommitRecord, FencingError, FileEntry, Manifest, SaveResult,
+                                    Tier)
+from tensile.checkpoint.catalog import Catalog, ResumePoint, checkpoint_id_for
+from tensile.checkpoint.legacy_v1 import UNIVERSAL_TAG, needs_reshard, refusal
+from tensile.checkpoint.sharded.layout import META
+from tensile.checkpoint.sharded.restore import load_sharded
+from tensile.checkpoint.sharded.snapshot import ShardSnapshot, save_sharded, snapshot_sharded
+from tensile.fault_hooks import NO_FAULTS, FaultHooks
+
+log = logging.getLogger(__name__)
+
+RANK_RECORDS = "ranks"
+"""A background save's per-rank list of durable files, which rank 0 waits for to publish."""
+
+
+def code_version() -> str:
+    """The training code's commit: baked into the image (TENSILE_CODE_VERSION, which has no
+    .git), else read from the checkout this package runs from, else "unknown"."""
+    baked = os.environ.get("TENSILE_CODE_VERSION")
+    if baked:
+        return baked
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    import deepspeed
+
+    import tensile
+
+    return {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "tensile": tensile.__version__}
+
+
+def incompatibility(manifest: Manifest, *, zero_stage: int, world_size: int, model_hash: str) -> str | None:
+    """Why this job cannot resume from `manifest`, naming what differs, or None."""
+    where = f"checkpoint {manifest.checkpoint_id} (step {manifest.step})"
+    if manifest.model_hash and manifest.model_hash != model_hash:
+        return (f"{where} holds another model shape (model hash {manifest.model_hash}, this config "
+                f"{model_hash}); restore the model section it was trained with, or use a new run directory")
+    if manifest.zero_stage != zero_stage:
+        return (f"{where} was saved with ZeRO stage {manifest.zero_stage}, this config uses stage "
+                f"{zero_stage}; set zero.stage to {manifest.zero_stage}")
+    return refusal(manifest, world_size)
+
+
+# ---- when to save ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SavePolicy:
+    """When the trainer saves, why, and whether the loop may go on while the save persists."""
+
+    every_steps: int
+    asynchronous: bool
+
+    def reason(self, step: int, *, final: bool, stopping: bool, asked: bool) -> str | None:
+        """Why to save after `step` (steps done), or None: final, stop, rebalance or periodic."""
+        if final:
+            return "final"
+        if stopping:
+            return "stop"
+        if asked:
+            return "rebalance"
+        return "periodic" if step % self.every_steps == 0 else None
+
+    def in_background(self, reason: str, layout: str) -> bool:
+        """Stop and final saves complete before the process exits; only the sharded layout has a
+        host snapshot to persist from."""
+        return self.asynchronous and reason in ("periodic", "rebalance") and layout == LAYOUT_SHARDED
+
+
+# ---- the group's lease on the commit log --------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class GroupLease:
+    """What a worker group holds between its round start and its next publish."""
+
+    token: str
+    next_seq: int
+    parent_id: str | None
+    branch: str = ""
+    """The rollback this group's checkpoints descend from ("" on the original line)."""
+
+    @classmethod
+    def for_round(cls, token: str, point: ResumePoint) -> "GroupLease":
+        manifest = point.manifest
+        if manifest is None:
+            return cls(token=token, next_seq=point.next_seq, parent_id=None)
+        # Resuming from a rollback pin starts a branch named after it; descendants inherit it.
+        branch = manifest.checkpoint_id if point.pinned == manifest.checkpoint_id else manifest.branch
+        return cls(token=token, next_seq=point.next_seq, parent_id=manifest.checkpoint_id, branch=branch)
+
+    def after_publish(self, checkpoint_id: str) -> "GroupLease":
+        return replace(self, next_seq=self.next_seq + 1, parent_id=checkpoint_id)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointIdentity:
+    """What every manifest of this job records about what it trained."""
+
+    config_hash: str
+    model_hash: str
+    data_version: str
+
+
+class SavedState(Protocol):
+    """The trainer's own state, saved beside the engine's (DeepSpeed's `client_state`)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SaveStarted:
+    """A background save has its snapshot and is persisting."""
+
+    checkpoint_id: str
+    stall_s: float
+    """How long the loop was blocked: waiting for the previous save, then the host copy."""
+    previous: SaveResult | None
+    """The save that was still in flight and had to end first (to be reported, once)."""
+
+
+class EngineCheckpointer:
+    """Saves and loads one worker's share of the engine. Saves are collective (`save`) or, for
+    the sharded layout, asynchronous (`save_async`): the loop waits only for a copy of this
+    rank's slices in host memory; a background thread writes, uploads and — on rank 0, once
+    every rank's files are durable — publishes. At most one save is in flight per rank."""
+
+    def __init__(self, *, tier: Tier, local_dir: Path, rank: int, world_size: int, zero_stage: int,
+                 identity: CheckpointIdentity, keep_last: int, lease: GroupLease,
+                 persist_timeout_s: float = 600.0, faults: FaultHooks = NO_FAULTS):
+        self.tier = tier
+        self.catalog = Catalog(tier)
+        self.local_dir = local_dir
+        self.rank = rank
+        self.world_size = world_size
+        self.zero_stage = zero_stage
+        self.identity = identity
+        self.keep_last = keep_last
+        self.lease = lease
+        """Moves on when a save is published, on the training thread only."""
+        self.persist_timeout_s = persist_timeout_s
+        self.faults = faults
+        self._in_flight: Future[SaveResult] | None = None
+        self._host_buffers: dict[torch.dtype, torch.Tensor] = {}
+        """Host memory for background saves, reused: only one is in flight at a time."""
+
+    @property
+    def layout(self) -> str:
+        return LAYOUT_SHARDED if self.zero_stage > 0 else LAYOUT_DEEPSPEED
+
+    # ---- background saves ---------------------------------------------------------------
+    def poll(self) -> SaveResult | None:
+        """The background save that has ended since the last call, if any; does not block."""
+        if self._in_flight is None or not self._in_flight.done():
+            return None
+        return self.wait()
+
+    def wait(self) -> SaveResult | None:
+        """Block until the background save in flight, if any, has ended; its result, once."""
+        if self._in_flight is None:
+            return None
+        future, self._in_flight = self._in_flight, None
+        result = future.result()
+        if result.published:
+            self.lease = self.lease.after_publish(result.checkpoint_id)
+        return result
+
+    def save_async(self, engine: Any, state: SavedState, *, step: int, reason: str,
+                   blocked_since: float | None = None) -> SaveStarted:
+        """Not collective. Snapshot this rank's slices, persist them in the background.
+        `blocked_since`: when the loop stopped for this save (default: now)."""
+        started = time.monotonic() if blocked_since is None else blocked_since
+        previous = self.wait()
+        snapshot = snapshot_sharded(engine, zero_stage=self.zero_stage, rank=self.rank,
+                                    world_size=self.world_size, client_state=state.state_dict(), copy=True,
+                                    host_buffers=self._host_buffers)
+        checkpoint_id = checkpoint_id_for(step, self.lease.token)
+        stall_s = time.monotonic() - started
+        future: Future[SaveResult] = Future()
+        lease = self.lease
+
+        def persist() -> None:
+            try:
+                future.set_result(self._persist(snapshot, checkpoint_id, step, lease, reason, stall_s))
+            except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
+                future.set_exception(e)
+
+        self._in_flight = future
+        threading.Thread(target=persist, name=f"persist-{checkpoint_id}", daemon=True).start()
+        return SaveStarted(checkpoint_id=checkpoint_id, stall_s=stall_s, previous=previous)
+
+    def _persist(self, snapshot: ShardSnapshot, checkpoint_id: str, step: int, lease: GroupLease,
+                 reason: str, stall_s: float) -> SaveResult:
+        """The background thread: everything it learns goes into the result it returns."""
+        began = time.monotonic()
+        result = SaveResult(checkpoint_id=checkpoint_id, step=step, reason=reason, asynchronous=True,
+                            bytes=float(snapshot.nbytes), stall_s=stall_s)
+        try:
+            self.faults.before_persist()
+            local_root = self._local_root(checkpoint_id)
+            entries = self._write_and_upload(snapshot.write, local_root, checkpoint_id, step)
+            record = local_root / "rank.json"
+            record.write_text(json.dumps([asdict(e) for e in entries]))
+            self.tier.put_file(checkpoint_id, f"{RANK_RECORDS}/rank-{self.rank:05d}.json", record)
+            result = replace(result, persist_s=time.monotonic() - began)
+            if self.rank == 0:
+                gathered = self._await_rank_records(checkpoint_id)
+                try:
+                    self._publish(checkpoint_id, step, lease, gathered, reason)
+                except FencingError as e:
+                    result = replace(result, fenced=str(e))
+                else:
+                    result = replace(result, published=True, seq=lease.next_seq,
+                                     durable_s=time.monotonic() - began)
+            self._drop_older_local_copies(keep=local_root)
+        except Exception as e:  # noqa: BLE001 - reported; the next save tries again
+            log.error("background save of %s failed: %s", checkpoint_id, e)
+            result = replace(result, error=f"{type(e).__name__}: {e}")
+        return result
+
+    def _await_rank_records(self, checkpoint_id: str) -> list[list[FileEntry]]:
+        """Every rank's list of durable files, fetched from the tier as each appears."""
+        deadline = time.monotonic() + self.persist_timeout_s
+        scratch = self._local_root(checkpoint_id) / RANK_RECORDS
+        scratch.mkdir(parents=True, exist_ok=True)
+        records: dict[int, list[FileEntry]] = {}
+        while len(records) < self.world_size:
+            for rank in range(self.world_size):
+                if rank in records:
+                    continue
+                target = scratch / f"rank-{rank:05d}.json"
+                try:
+                    self.tier.fetch_file(checkpoint_id, f"{RANK_RECORDS}/{target.name}", target)
+                except CheckpointCorrupt:  # not there yet
+                    continue
+                records[rank] = [FileEntry(**e) for e in json.loads(target.read_text())]
+            if len(records) < self.world_size:
+                if time.monotonic() > deadline:
+                    missing = sorted(set(range(self.world_size)) - set(records))
+                    raise TimeoutError(f"ranks {missing} never made their files durable")
+                time.sleep(0.1)
+        return [records[rank] for rank in range(self.world_size)]
+
+    # ---- synchronous saves --------------------------------------------------------------
+    def save(self, engine: Any, state: SavedState, *, step: int, reason: str) -> SaveResult:
+        """Collective: every rank calls it, with no background save in flight (`wait` first).
+        Raises FencingError on every rank if fenced."""
+        if self._in_flight is not None:
+            raise RuntimeError("a background save is still in flight: wait() for it before saving")
+        started = time.monotonic()
+        lease = self.lease
+        checkpoint_id = checkpoint_id_for(step, lease.token)
+        local_root = self._local_root(checkpoint_id)
+        client_state = state.state_dict()
+        if self.layout == LAYOUT_SHARDED:
+            def write(directory: Path) -> Any:
+                return save_sharded(engine, zero_stage=self.zero_stage, directory=directory, rank=self.rank,
+                                    world_size=self.world_size, client_state=client_state)
+        else:
+            def write(directory: Path) -> Any:
+                return engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state=client_state,
+                                              save_latest=False)
+        entries = self._write_and_upload(write, local_root, checkpoint_id, step)
+        written = time.monotonic()
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, entries)
+        fenced: list[str | None] = [None]
+        if self.rank == 0:
+            try:
+                self._publish(checkpoint_id, step, lease, gathered, reason)
+            except FencingError as e:
+                fenced[0] = str(e)
+        dist.broadcast_object_list(fenced, src=0)
+        if fenced[0] is not None:
+            raise FencingError(fenced[0])
+        self.lease = lease.after_publish(checkpoint_id)
+        self._drop_older_local_copies(keep=local_root)
+        return SaveResult(checkpoint_id=checkpoint_id, step=step, reason=reason, asynchronous=False,
+                          published=True, seq=lease.next_seq, stall_s=time.monotonic() - started,
+                          write_s=written - started, persist_s=time.monotonic() - written,
+                          bytes=float(sum(e.size for rank_entries in gathered for e in rank_entries)))
+
+    # ---- shared by both -----------------------------------------------------------------
+    def _local_root(self, checkpoint_id: str) -> Path:
+        # Per rank, so ranks sharing a node never mix files before upload.
+        return self.local_dir / "checkpoints" / f"{checkpoint_id}.rank{self.rank}"
+
+    def _write_and_upload(self, write: Callable[[Path], Any], local_root: Path, checkpoint_id: str,
+                          step: int) -> list[FileEntry]:
+        write(local_root)
+        entries = []
+        for path in sorted(p for p in local_root.rglob("*") if p.is_file()):
+            entries.append(self.tier.put_file(checkpoint_id, str(path.relative_to(local_root)), path))
+            self.faults.after_checkpoint_file(step=step, rank=self.rank)
+        return entries
+
+    def _publish(self, checkpoint_id: str, step: int, lease: GroupLease, gathered: list[list[Any]],
+                 reason: str) -> None:
+        """Manifest, then the commit record at the lease's seq; raises FencingError if taken."""
+        files = tuple(entry for rank_entries in gathered for entry in rank_entries)
+        manifest = Manifest(
+            checkpoint_id=checkpoint_id, parent_id=lease.parent_id, step=step,
+            world_size=self.world_size, zero_stage=self.zero_stage, files=files,
+            config_hash=self.identity.config_hash, model_hash=self.identity.model_hash,
+            data_version=self.identity.data_version, versions=library_versions(), created_at=time.time(),
+            reason=reason, branch=lease.branch, code_version=code_version(), layout=self.layout)
+        self.tier.write_manifest(manifest)
+        self.tier.commit_log.publish(CommitRecord(seq=lease.next_seq, checkpoint_id=checkpoint_id, step=step,
+                                                  group_token=lease.token))
+        deleted = self.catalog.prune(self.keep_last)
+        if deleted:
+            log.info("retention removed %s", ", ".join(deleted))
+
+    def _drop_older_local_copies(self, keep: Path) -> None:
+        for path in (self.local_dir / "checkpoints").iterdir():
+            if path != keep and path.name.endswith(f".rank{self.rank}"):
+                shutil.rmtree(path, ignore_errors=True)
+
+    # ---- loading ------------------------------------------------------------------------
+    def load(self, engine: Any, point: ResumePoint) -> dict[str, Any]:
+        """Load the resume point into the engine; returns the trainer state saved with it."""
+        manifest = point.manifest
+        if manifest is None:
+            raise CheckpointError("no checkpoint to load")
+        if manifest.layout == LAYOUT_SHARDED:
+            own = sorted((self.local_dir / "checkpoints").glob(f"{manifest.checkpoint_id}.rank*"))
+            source = self.tier.range_reader(manifest, own)
+            sizes = {entry.path: entry.size for entry in manifest.files}
+            try:
+                client_state, stats = load_sharded(
+                    engine, zero_stage=self.zero_stage, source=source, saved_world_size=manifest.world_size,
+                    meta_size=sizes[META], what=f"checkpoint {manifest.checkpoint_id}")
+            finally:
+                source.close()
+            log.info("loaded %s (saved by %d workers) in %.2f s, %d bytes read by this rank",
+                     manifest.checkpoint_id, manifest.world_size, stats.seconds, stats.bytes_read)
+            return client_state
+        # DeepSpeed's own files (ZeRO-0, version-1 checkpoints): its loader needs them on disk.
+        # ZeRO state saved at another worker count loads from its universal layout (legacy_v1
+        # converts it, on a directory tier, before the engine is built).
+        tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG
+        load_dir = self.tier.local_view(manifest, self.local_dir / "restore")
+        path, client_state = engine.load_checkpoint(
+            str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise CheckpointError(f"DeepSpeed could not load {load_dir}")
+        return client_state or {}

@@ -1,0 +1,25 @@
+"""The one seam where Tensile's own failure tests reach into a real run (real processes, so a
+fixture cannot patch them): the places product code lets a fault in, and nothing by default.
+
+`tensile.testing.faults` implements them from the TENSILE_FAULTS* variables; the worker process
+(`tensile.worker`) imports it only when one of them is set, so a production run never imports
+test code.
+"""
+
+from __future__ import annotations
+
+
+class FaultHooks:
+    """Called by the trainer and the checkpointer at the named points; every one does nothing."""
+
+    def before_step(self, *, step: int, rank: int) -> None:
+        """At the start of every training step (a test may raise, or stretch the step)."""
+
+    def before_persist(self) -> None:
+        """On the background thread, before a background save writes anything."""
+
+    def after_checkpoint_file(self, *, step: int, rank: int) -> None:
+        """After each file a rank has uploaded to the shared tier, mid-save."""
+
+
+NO_FAULTS = FaultHooks()
