@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 
 from tensile.data import generate_corpus
-from tensile.fake_imds import MetadataServer
-from tensile.ledger import RunLedger
-from tensile.localcluster import LocalCluster, current_world_size, last_step
+from tensile.elastic.ledger import RunLedger
+from tensile.local.cluster import LocalCluster, current_world_size, last_step
+from tensile.local.metadata_server import MetadataServer
 
 JOB = {
     "run": {"name": "bench", "seed": 5, "steps": 400, "log_every": 50},

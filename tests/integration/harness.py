@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 import yaml
 
 from tensile.checkpoint import Catalog, DirectoryTier
-from tensile.demo import final_weights  # noqa: F401  (re-exported for the tests)
-from tensile.ledger import RunLedger
-from tensile.localcluster import LocalCluster, current_world_size, last_step
+from tensile.elastic.ledger import RunLedger
+from tensile.local.cluster import LocalCluster, current_world_size, last_step
+from tensile.local.demo import final_weights  # noqa: F401  (re-exported for the tests)
 
 TINY_JOB: dict[str, Any] = {
     "run": {"name": "itest", "seed": 11, "steps": 12, "log_every": 4},

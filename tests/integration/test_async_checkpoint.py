@@ -6,7 +6,7 @@ import pytest
 from harness import SLOW_STEPS, Script, at_step, rounds, run_nodes, write_job
 
 from tensile.checkpoint import Catalog, DirectoryTier
-from tensile.ledger import RunLedger
+from tensile.elastic.ledger import RunLedger
 
 
 def test_periodic_checkpoints_persist_while_training_goes_on_one_at_a_time(tmp_path, dataset):

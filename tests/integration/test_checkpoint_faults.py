@@ -9,7 +9,7 @@ import pytest
 from harness import SLOW_STEPS, assert_bit_identical, checkpoint_tensors, rounds, run_nodes, write_job
 
 from tensile.checkpoint import Catalog, DirectoryTier
-from tensile.ledger import RunLedger
+from tensile.elastic.ledger import RunLedger
 
 
 def test_crash_between_checkpoint_files_is_never_loaded(tmp_path, dataset):

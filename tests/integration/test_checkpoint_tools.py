@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tensile.checkpoint import Catalog, DirectoryTier
 from tensile.cli import app
-from tensile.ledger import RunLedger
+from tensile.elastic.ledger import RunLedger
 
 
 def test_rollback_resumes_from_the_pin_on_a_new_branch(tmp_path, dataset, fixed_size_runs):

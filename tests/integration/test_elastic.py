@@ -10,7 +10,7 @@ import pytest
 from harness import (SLOW_STEPS, Script, at_step, final_weights, rounds, run_nodes, step_losses,
                      steps_in_round, write_job)
 
-from tensile.ledger import RunLedger
+from tensile.elastic.ledger import RunLedger
 
 LONG_RUN = {"run": {"name": "itest", "seed": 11, "steps": 30, "log_every": 10}}
 LOSS_RTOL = 1e-5

@@ -15,7 +15,7 @@ from harness import run_nodes, step_losses, write_job
 
 from tensile.checkpoint import Catalog, open_tier
 from tensile.data import generate_corpus
-from tensile.ledger import RunLedger
+from tensile.elastic.ledger import RunLedger
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "format-v2"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from harness import SLOW_STEPS, Script, at_step, rounds, write_job
 
-from tensile.fake_imds import MetadataServer
-from tensile.ledger import RunLedger
-from tensile.localcluster import LocalCluster
+from tensile.elastic.ledger import RunLedger
+from tensile.local.cluster import LocalCluster
+from tensile.local.metadata_server import MetadataServer
 
 KEEP_ALIVE = {"keep_alive_interval_s": 60, "keep_alive_max_attempts": 3}
 HEARTBEAT_EXPIRY_S = 60 * 3

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from harness import SLOW_STEPS, Script, final_weights, rounds, run_nodes, step_losses, write_job
 
-from tensile.ledger import RunLedger
+from tensile.elastic.ledger import RunLedger
 
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5

@@ -3,7 +3,7 @@
 import pytest
 from harness import assert_bit_identical, checkpoint_tensors, rounds, step_losses
 
-from tensile.ledger import RunLedger
+from tensile.elastic.ledger import RunLedger
 
 
 @pytest.mark.parametrize("stage", [0, pytest.param(1, marks=pytest.mark.full),

@@ -9,7 +9,7 @@ from harness import SLOW_STEPS, Script, at_step, final_weights, rounds, run_node
 
 from tensile.checkpoint import Catalog, open_tier
 from tensile.checkpoint.tools import consolidated_weights, list_checkpoints
-from tensile.ledger import RunLedger
+from tensile.elastic.ledger import RunLedger
 
 
 def test_a_replacement_node_resumes_from_s3_alone_and_keeps_the_trajectory(tmp_path, dataset, fixed_size_runs,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from harness import SLOW_STEPS, Script, at_step, rounds, run_nodes, write_job
 
-from tensile.fake_imds import MetadataServer
-from tensile.imds import INSTANCE_ACTION_PATH, MetadataClient, SpotNoticeWatcher
-from tensile.ledger import RunLedger
-from tensile.localcluster import LocalCluster
+from tensile.elastic.imds import INSTANCE_ACTION_PATH, MetadataClient, SpotNoticeWatcher
+from tensile.elastic.ledger import RunLedger
+from tensile.local.cluster import LocalCluster
+from tensile.local.metadata_server import MetadataServer
 
 
 def test_metadata_client_uses_a_token_and_renews_it():
@@ -75,7 +75,7 @@ def test_metrics_endpoint_serves_the_trainers_figures(tmp_path, dataset):
     import re
     import urllib.request
 
-    from tensile.localcluster import free_port
+    from tensile.local.cluster import free_port
 
     port = free_port()
     config = write_job(tmp_path, dataset, run={"name": "itest", "seed": 11, "steps": 12, "log_every": 6,

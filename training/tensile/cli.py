@@ -72,7 +72,7 @@ def launch(config: Path = typer.Option(..., help="Training config (YAML)."),
            rdzv_endpoint: str = typer.Option(..., help="host:port of the rendezvous store."),
            nproc_per_node: int = typer.Option(1, help="Worker processes on this node.")) -> None:
     """Run this node's part of an elastic job under torchrun, until the run ends for it."""
-    from tensile.launcher import NodeSpec, run_node
+    from tensile.elastic.launcher import NodeSpec, run_node
 
     cfg = _load(config)
     spec = NodeSpec(config_path=config.resolve(), node_id=node_id, local_dir=local_dir.resolve(),
@@ -85,7 +85,7 @@ def launch(config: Path = typer.Option(..., help="Training config (YAML)."),
 @app.command("rdzv-store")
 def rdzv_store(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(29400)) -> None:
     """Host the rendezvous store (it must outlive every worker node)."""
-    from tensile.rdzv_store import serve
+    from tensile.elastic.rendezvous import serve
 
     serve(host, port)
 
@@ -93,7 +93,7 @@ def rdzv_store(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(2
 @app.command()
 def demo(run_dir: Path = typer.Option(Path("runs/demo"), help="Where the run is left for inspection.")) -> None:
     """A local elastic job: 2 nodes, one lost mid-run, one added back, vs an uninterrupted run."""
-    from tensile.demo import run_demo
+    from tensile.local.demo import run_demo
 
     result = run_demo(run_dir.resolve(), progress=lambda m: console.print(f"[cyan]demo[/] {m}"))
     _print_demo(result)

@@ -24,11 +24,12 @@ from tensile.checkpoint.engine import (CheckpointIdentity, EngineCheckpointer, G
 from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
 from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
+from tensile.elastic.api import NodeOutcome
+from tensile.elastic.ledger import RunLedger
+from tensile.elastic.signals import CheckpointRequest, StepWatchdog, StopRequest
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
-from tensile.ledger import RunLedger
 from tensile.metrics import TrainerMetrics, run_history
 from tensile.model import build_model, parameter_groups, token_loss_sum
-from tensile.signals import CheckpointRequest, StepWatchdog, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ class StopForMembership(Exception):
 class RoundStart:
     """What rank 0 decides at a round's start and broadcasts to every rank."""
 
-    decision: str
-    """train, completed (nothing left to do), budget-exhausted or incompatible."""
+    decision: NodeOutcome | None
+    """None: the round trains. Otherwise how the node ends without training: completed (nothing
+    left to do), budget-exhausted or incompatible."""
     round_number: int
     token: str
     resume: ResumePoint | None
@@ -136,7 +138,7 @@ class Trainer:
             box[0] = self._decide_round()
         dist.broadcast_object_list(box, src=0)
         self.round = box[0]
-        if self.round.decision == "train":
+        if self.round.decision is None:
             self.checkpointer = EngineCheckpointer(
                 tier=self.tier, local_dir=self.local_dir, rank=self.rank, world_size=self.world_size,
                 zero_stage=self.config.zero.stage,
@@ -146,9 +148,9 @@ class Trainer:
                 keep_last=self.config.checkpoint.keep_last,
                 lease=GroupLease.for_round(self.round.token, self.round.resume),
                 persist_timeout_s=self.config.checkpoint.persist_timeout_s, faults=self.faults)
-        if self.round.decision == "train" and self.resharding:
+        if self.round.decision is None and self.resharding:
             self._prepare_reshard()
-        if self.metrics and self.round.decision == "train":
+        if self.metrics and self.round.decision is None:
             self.metrics.round_started(world_size=self.world_size, resumed_step=self.round.resume.step,
                                        failures_spent=self.ledger.failures_spent(), **self.round.history)
         return self.round
@@ -177,12 +179,12 @@ class Trainer:
         token = uuid.uuid4().hex
         status = self.ledger.status()
         if status and status.get("state") == "completed":
-            return RoundStart("completed", 0, token, None)
+            return RoundStart(NodeOutcome.COMPLETED, 0, token, None)
         spent = self.ledger.failures_spent()
         if spent > self.config.elastic.max_failures:
             self.ledger.write_status("failed", reason=f"failure budget spent: {spent} failures, "
                                      f"elastic.max_failures is {self.config.elastic.max_failures}")
-            return RoundStart("budget-exhausted", 0, token, None)
+            return RoundStart(NodeOutcome.BUDGET_EXHAUSTED, 0, token, None)
         point = Catalog(self.tier).find_resume_point()
         if point.manifest is not None:
             problem = incompatibility(point.manifest, zero_stage=self.config.zero.stage,
@@ -191,7 +193,7 @@ class Trainer:
                 log.error("cannot resume: %s", problem)
                 self.ledger.write_status("failed", reason=problem)
                 self.ledger.record("incompatible", reason=problem)
-                return RoundStart("incompatible", 0, token, None)
+                return RoundStart(NodeOutcome.INCOMPATIBLE, 0, token, None)
         number = self.ledger.open_round({"world_size": self.world_size, "token": token})
         self.ledger.record(
             "round-start", round=number, world_size=self.world_size, resumed_step=point.step,
@@ -200,7 +202,7 @@ class Trainer:
             failures_spent=spent)
         for what, why in point.skipped:
             log.warning("not resuming from %s: %s", what, why)
-        return RoundStart("train", number, token, point, history=run_history(self.ledger.events()))
+        return RoundStart(None, number, token, point, history=run_history(self.ledger.events()))
 
     # ---- the model ---------------------------------------------------------------------
     def build(self) -> None:

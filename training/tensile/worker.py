@@ -9,23 +9,55 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
-EXIT_COMPLETED = 0
-EXIT_FAILURE = 1
-EXIT_REGROUP = 75
-"""Leaving for a membership change (stop agreed, peer lost, hang): torchrun restarts the
-worker into a new round; Tensile spends no failure budget on it."""
+from tensile.elastic.api import NodeDirectory, NodeOutcome, RendezvousLeaveError, WorkerExit
 
 log = logging.getLogger("tensile.worker")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerIdentity:
+    """Who this worker process is: read once from what torchrun (RANK, WORLD_SIZE, LOCAL_RANK)
+    and Tensile's launcher and guard (TENSILE_*) put in its environment."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    node_dir: NodeDirectory
+    node_id: str
+    """The node's name in logs and the ledger ("?" outside a launcher)."""
+    agent_pid: int
+    """This node's torchrun agent (0: unknown, so the worker cannot end it)."""
+    rdzv_endpoint: str | None
+    rdzv_local_addr: str | None
+    """The address the agent names its node by; None: the host's FQDN."""
+
+    @property
+    def speaks_for_node(self) -> bool:
+        """Local rank 0 writes the node's outcome and takes the node out of the rendezvous."""
+        return self.local_rank == 0
+
+    @classmethod
+    def from_environment(cls, config, environ: Mapping[str, str] = os.environ) -> "WorkerIdentity":
+        return cls(rank=int(environ["RANK"]), world_size=int(environ["WORLD_SIZE"]),
+                   local_rank=int(environ.get("LOCAL_RANK", "0")), node_dir=node_directory(config, environ),
+                   node_id=environ.get("TENSILE_NODE_ID", "?"), agent_pid=int(environ.get("TENSILE_AGENT_PID", "0")),
+                   rdzv_endpoint=environ.get("TENSILE_RDZV_ENDPOINT") or None,
+                   rdzv_local_addr=environ.get("TENSILE_RDZV_LOCAL_ADDR") or None)
+
+
+def node_directory(config, environ: Mapping[str, str] = os.environ) -> NodeDirectory:
+    """The node's directory: the launcher's TENSILE_LOCAL_DIR, else the config's."""
+    return NodeDirectory(environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
 
 
 def is_peer_loss(error: BaseException) -> bool:
@@ -37,26 +69,6 @@ def is_peer_loss(error: BaseException) -> bool:
     text = str(error).lower()
     markers = ("gloo", "connection reset", "connection closed", "broken pipe", "timed out", "nccl")
     return isinstance(error, RuntimeError) and any(m in text for m in markers)
-
-
-def write_node_outcome(local_dir: Path, outcome: str, detail: str = "", **fields: object) -> None:
-    local_dir.mkdir(parents=True, exist_ok=True)
-    (local_dir / "outcome.json").write_text(json.dumps({"outcome": outcome, "detail": detail, **fields}))
-
-
-def round_marker(local_dir: Path, rank: str | int) -> Path:
-    return local_dir / f"round.rank{rank}"
-
-
-def leaving_marker(local_dir: Path) -> Path:
-    """This node is going (an interruption notice, or its launcher was signalled): a worker that
-    stops takes the node out of the rendezvous, not just its own round."""
-    return local_dir / "leaving"
-
-
-def agent_ended_marker(local_dir: Path) -> Path:
-    """A leaving worker ended its agent: its launcher waits for the worker's outcome."""
-    return local_dir / "agent-ended"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +93,7 @@ def guard(config_path: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     code = child.wait()
-    if code in (EXIT_COMPLETED, EXIT_FAILURE, EXIT_REGROUP):
+    if code in (WorkerExit.COMPLETED, WorkerExit.FAILURE, WorkerExit.REGROUP):
         return code
     if code in (-signal.SIGTERM, -signal.SIGINT):
         return code  # asked to stop (torchrun restarting its workers) and did: not a failure
@@ -90,27 +102,26 @@ def guard(config_path: str) -> int:
         # ended by its launcher after a spot notice), which is not this worker's failure.
         return code
     from tensile.config import load_config
-    from tensile.ledger import RunLedger
+    from tensile.elastic.ledger import RunLedger
 
     config = load_config(config_path)
     ledger = RunLedger(config.checkpoint.ledger_path)
-    rank = os.environ.get("RANK", "?")
-    local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
-    marker = round_marker(local_dir, rank)
+    rank = os.environ.get("RANK", "?")  # as text: recorded as it is, "?" if torchrun set none
+    marker = node_directory(config).round_marker(rank)
     # A worker that died before its round began is keyed after the last round, so a crash
     # loop at start-up still spends the budget, once per attempt of the group.
     key = marker.read_text().strip() if marker.exists() else f"{ledger.last_round()}-before-start"
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
     if ledger.record_failure(key, {"rank": rank, "error": f"worker {how}"}):
         ledger.record("failure", round=key, rank=rank, error=f"worker {how}")
-    return EXIT_FAILURE
+    return WorkerExit.FAILURE
 
 
 def train(config_path: str) -> int:
     logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK', '?')}] %(message)s")
     # Quiet DeepSpeed's per-call INFO lines; warnings still show.
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    from tensile.signals import StopRequest, exit_now
+    from tensile.elastic.signals import StopRequest, exit_now
 
     # Before the slow imports: torchrun may restart a worker that is still starting.
     stop = StopRequest()
@@ -122,95 +133,95 @@ def train(config_path: str) -> int:
     from tensile.checkpoint import FencingError
     from tensile.config import ConfigError, load_config
     from tensile.data import DatasetError
-    from tensile.ledger import RunLedger
+    from tensile.elastic.ledger import RunLedger
+    from tensile.elastic.signals import CheckpointRequest, StepWatchdog
     from tensile.metrics import TrainerMetrics
-    from tensile.signals import CheckpointRequest, StepWatchdog
     from tensile.trainer import StopForMembership, Trainer
 
     if stop.requested:  # asked to stop while importing: nothing to save yet
-        exit_now(EXIT_REGROUP)
+        exit_now(WorkerExit.REGROUP)
     config = load_config(config_path)
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    me = WorkerIdentity.from_environment(config)
+    rank, node_dir = me.rank, me.node_dir
     ledger = RunLedger(config.checkpoint.ledger_path)
 
     def on_hang(silent_s: float) -> None:
         log.error("no progress for %.1f s: a peer is gone or hung; leaving to re-form", silent_s)
         ledger.record("hang", rank=rank, silent_s=round(silent_s, 2))
-        exit_now(EXIT_REGROUP)
+        exit_now(WorkerExit.REGROUP)
 
     watchdog = StepWatchdog(config.elastic.startup_timeout_s, on_hang).start()
     watchdog.beat()
     checkpoint_request = CheckpointRequest()
     metrics = TrainerMetrics(config.run.name)
     port = int(os.environ.get("TENSILE_METRICS_PORT", config.run.metrics_port) or 0)
-    if port and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if port and me.speaks_for_node:
         metrics.serve(port)
-    local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
     if config.signals.imds_enabled:
-        watch_spot_notices(config, stop, checkpoint_request, ledger, rank, local_dir)
+        watch_spot_notices(config, stop, checkpoint_request, ledger, me)
     deepspeed.utils.logger.setLevel(logging.WARNING)
     deepspeed.init_distributed(dist_backend="gloo" if not _has_cuda() else "nccl",
                                timeout=timedelta(seconds=config.elastic.collective_timeout_s),
                                verbose=False)
     round_start = None
     try:
-        trainer = Trainer(config, rank=rank, world_size=world_size, local_dir=local_dir, stop=stop,
+        trainer = Trainer(config, rank=rank, world_size=me.world_size, local_dir=node_dir.path, stop=stop,
                           watchdog=watchdog, checkpoint_request=checkpoint_request, metrics=metrics,
                           faults=fault_hooks_from_environment())
         round_start = trainer.start_round()
-        round_marker(local_dir, rank).parent.mkdir(parents=True, exist_ok=True)
-        round_marker(local_dir, rank).write_text(str(round_start.round_number))
-        if round_start.decision != "train":
-            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-                write_node_outcome(local_dir, round_start.decision)
-            return EXIT_COMPLETED
+        node_dir.round_marker(rank).parent.mkdir(parents=True, exist_ok=True)
+        node_dir.round_marker(rank).write_text(str(round_start.round_number))
+        if round_start.decision is not None:  # the node ends without training
+            if me.speaks_for_node:
+                node_dir.write_outcome(round_start.decision)
+            return WorkerExit.COMPLETED
         if rank == 0:
             log.info("round %d: %s", round_start.round_number, trainer.plan.describe())
         trainer.build()
         trainer.train()
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            write_node_outcome(local_dir, "completed")
+        if me.speaks_for_node:
+            node_dir.write_outcome(NodeOutcome.COMPLETED)
         dist.barrier()
         # Everything is durable; interpreter teardown of DeepSpeed and gloo only costs seconds.
-        exit_now(EXIT_COMPLETED)
+        exit_now(WorkerExit.COMPLETED)
     except FencingError as e:
         log.error("fenced: %s", e)
-        write_node_outcome(local_dir, "fenced", str(e))
+        node_dir.write_outcome(NodeOutcome.FENCED, str(e))
         # Exit 0 so torchrun does not restart this stale group into another race.
-        exit_now(EXIT_COMPLETED)
+        exit_now(WorkerExit.COMPLETED)
     except StopForMembership as e:
         log.info("%s", e)
         # This node is going (reclaimed, or its launcher was signalled), not just re-forming.
-        leaving = stop.reason == SPOT_INTERRUPTION or leaving_marker(local_dir).exists()
-        if leaving and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            left = leave_rendezvous_now(config, ledger, local_dir)
+        leaving = stop.reason == SPOT_INTERRUPTION or node_dir.leaving_marker.exists()
+        if leaving and me.speaks_for_node:
+            left = leave_rendezvous_now(config, ledger, me)
             # Written last: the launcher ends what is left of the node once it reads it.
-            write_node_outcome(local_dir, "preempted" if stop.reason == SPOT_INTERRUPTION else "stopped",
-                               str(e), left_rendezvous=left)
-        exit_now(EXIT_REGROUP)
+            node_dir.write_outcome(NodeOutcome.PREEMPTED if stop.reason == SPOT_INTERRUPTION else NodeOutcome.STOPPED,
+                                   str(e), left_rendezvous=left)
+        exit_now(WorkerExit.REGROUP)
     except (DatasetError, ConfigError) as e:
         # No retry can fix these: end the run and say why, instead of spending the budget.
         log.error("cannot train: %s", e)
-        ledger.write_status("failed", reason=str(e))
-        write_node_outcome(local_dir, "failed", str(e))
-        exit_now(EXIT_COMPLETED)
+        ledger.write_status(NodeOutcome.FAILED.value, reason=str(e))
+        node_dir.write_outcome(NodeOutcome.FAILED, str(e))
+        exit_now(WorkerExit.COMPLETED)
     except Exception as e:  # noqa: BLE001 - the exit code must classify every error
         if is_peer_loss(e):
             log.warning("a peer is gone (%s): leaving to re-form", str(e).splitlines()[0][:200])
             ledger.record("peer-lost", rank=rank, error=str(e).splitlines()[0][:200])
-            exit_now(EXIT_REGROUP)
+            exit_now(WorkerExit.REGROUP)
         key = round_start.round_number if round_start else f"{ledger.last_round()}-before-start"
         log.exception("training failed")
         if ledger.record_failure(key, {"rank": rank, "error": repr(e)[:500]}):
             ledger.record("failure", round=key, rank=rank, error=repr(e)[:500])
-        exit_now(EXIT_FAILURE)
-    return EXIT_FAILURE
+        exit_now(WorkerExit.FAILURE)
+    return WorkerExit.FAILURE
 
 
 SPOT_INTERRUPTION = "spot-interruption"
 
 
-def leave_rendezvous_now(config, ledger, local_dir: Path) -> bool:
+def leave_rendezvous_now(config, ledger, me: WorkerIdentity) -> bool:
     """End this node's torchrun agent, then take its node out of the rendezvous, so the
     survivors re-form without waiting for its heartbeat to expire. Called after the stop's
     checkpoint is committed; torch is already imported here, unlike in the launcher.
@@ -220,49 +231,42 @@ def leave_rendezvous_now(config, ledger, local_dir: Path) -> bool:
     launcher tries again, and the heartbeat expiry remains the last resort."""
     import psutil
 
-    from tensile.rdzv_leave import RendezvousLeaveError, leave_rendezvous
+    from tensile.elastic.rendezvous import leave_and_record
 
-    agent_pid = int(os.environ.get("TENSILE_AGENT_PID", "0"))
-    endpoint = os.environ.get("TENSILE_RDZV_ENDPOINT")
-    if not agent_pid or not endpoint:
+    if not me.agent_pid or not me.rdzv_endpoint:
         return False
     began = time.monotonic()
-    agent_ended_marker(local_dir).touch()
+    me.node_dir.agent_ended_marker.touch()
     try:
-        agent = psutil.Process(agent_pid)
+        agent = psutil.Process(me.agent_pid)
         agent.kill()
         # A zombie (until its launcher reaps it) can no longer write to the store.
         while agent.status() != psutil.STATUS_ZOMBIE and time.monotonic() - began < 5:
             time.sleep(0.01)
     except psutil.NoSuchProcess:
         pass
-    node = os.environ.get("TENSILE_NODE_ID", "?")
     try:
-        result = leave_rendezvous(endpoint, config.run.name, agent_pid=agent_pid,
-                                  local_addr=os.environ.get("TENSILE_RDZV_LOCAL_ADDR") or None,
-                                  min_nodes=config.elastic.min_workers, max_nodes=config.elastic.max_workers)
+        leave_and_record(config, ledger, endpoint=me.rdzv_endpoint, agent_pid=me.agent_pid,
+                         local_addr=me.rdzv_local_addr, node=me.node_id, by="worker", began=began)
     except RendezvousLeaveError as e:
         log.warning("%s", e)
-        ledger.record("rendezvous-leave-failed", node=node, by="worker", error=str(e)[:300])
         return False
-    ledger.record("rendezvous-leave", node=node, by="worker", removed=result.removed, round=result.round,
-                  attempts=result.attempts, leave_s=round(time.monotonic() - began, 4))
     return True
 
 
-def watch_spot_notices(config, stop, checkpoint_request, ledger, rank: int, local_dir: Path) -> None:
-    from tensile.imds import SpotNoticeWatcher
+def watch_spot_notices(config, stop, checkpoint_request, ledger, me: WorkerIdentity) -> None:
+    from tensile.elastic.imds import SpotNoticeWatcher
 
     def on_interruption(notice: dict) -> None:
         log.warning("spot interruption notice %s: checkpointing and leaving", notice)
         stop.request(SPOT_INTERRUPTION)
-        local_dir.mkdir(parents=True, exist_ok=True)
-        leaving_marker(local_dir).touch()
-        ledger.record("spot-notice", kind="interruption", rank=rank, notice=notice)
+        me.node_dir.path.mkdir(parents=True, exist_ok=True)
+        me.node_dir.leaving_marker.touch()
+        ledger.record("spot-notice", kind="interruption", rank=me.rank, notice=notice)
 
     def on_rebalance(notice: dict) -> None:
         log.info("rebalance recommendation %s: checkpointing now", notice)
-        ledger.record("spot-notice", kind="rebalance", rank=rank, notice=notice)
+        ledger.record("spot-notice", kind="rebalance", rank=me.rank, notice=notice)
         checkpoint_request.request("rebalance")
 
     endpoint = os.environ.get("TENSILE_IMDS_ENDPOINT", config.signals.imds_endpoint)

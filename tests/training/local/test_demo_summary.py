@@ -1,6 +1,6 @@
 import pytest
 
-from tensile.demo import Disruption, summarize
+from tensile.local.demo import Disruption, summarize
 
 
 def _loss(step, round_number):

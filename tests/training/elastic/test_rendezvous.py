@@ -1,6 +1,6 @@
 """Leaving torchrun's c10d rendezvous at once: against torch's real rendezvous code, in-process.
 
-The first tests fail loudly if torch's internals that tensile.rdzv_leave relies on change shape.
+The first tests fail loudly if torch's internals that tensile.elastic.rendezvous relies on change shape.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import pickle
 import threading
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,13 +28,15 @@ from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
     create_handler,
 )
 
-from tensile import rdzv_leave
-from tensile.rdzv_leave import TORCH_VERSION_CHECKED, leave_rendezvous, remove_agent
+from tensile.elastic import rendezvous
+from tensile.elastic.api import RendezvousLeaveError
+from tensile.elastic.ledger import RunLedger
+from tensile.elastic.rendezvous import TORCH_VERSION_CHECKED, leave_and_record, leave_rendezvous, remove_agent
 
 
 def test_rdzv_leave_checked_against_the_installed_torch():
     assert torch.__version__.split("+")[0] == TORCH_VERSION_CHECKED, (
-        f"torch is {torch.__version__}; tensile.rdzv_leave was checked against {TORCH_VERSION_CHECKED}: "
+        f"torch is {torch.__version__}; tensile.elastic.rendezvous was checked against {TORCH_VERSION_CHECKED}: "
         "re-read torch's dynamic_rendezvous.py and c10d_rendezvous_backend.py, then update it")
 
 
@@ -116,12 +119,46 @@ def test_leave_rendezvous_redoes_its_removal_on_a_concurrent_change(monkeypatch)
                 backend.set_state(pickle.dumps(current), backend.get_state()[1])
             return super().set_state(state, token)
 
-    monkeypatch.setattr(rdzv_leave, "TCPStore", lambda *args, **kwargs: store)
-    monkeypatch.setattr(rdzv_leave, "C10dRendezvousBackend", RacedBackend)
+    monkeypatch.setattr(rendezvous, "TCPStore", lambda *args, **kwargs: store)
+    monkeypatch.setattr(rendezvous, "C10dRendezvousBackend", RacedBackend)
     result = leave_rendezvous("127.0.0.1:1", "run", agent_pid=7, local_addr="pod-b", min_nodes=1, max_nodes=3)
     assert result.removed == ["participants:pod-b_7_0"] and result.attempts == 2
     final = pickle.loads(backend.get_state()[0])
     assert list(final.participants) == [a] and final.last_heartbeats[a] == later, "the rival write is kept"
+
+
+def _job(name: str = "run"):
+    """The two config fields a leave reads."""
+    return SimpleNamespace(run=SimpleNamespace(name=name), elastic=SimpleNamespace(min_workers=1, max_workers=3))
+
+
+def test_leave_and_record_records_the_leave_with_its_fields(monkeypatch, tmp_path):
+    store = FakeStore()
+    C10dRendezvousBackend(store, "run").set_state(pickle.dumps(complete_state(_NodeDesc("pod-b", 7, 0))))
+    monkeypatch.setattr(rendezvous, "TCPStore", lambda *args, **kwargs: store)
+    ledger = RunLedger(tmp_path / "run")
+    result = leave_and_record(_job(), ledger, endpoint="127.0.0.1:1", agent_pid=7, local_addr="pod-b",
+                              node="node-b", by="launcher")
+    (event,) = ledger.events()
+    assert {k: v for k, v in event.items() if k not in ("t", "leave_s")} == {
+        "event": "rendezvous-leave", "node": "node-b", "by": "launcher", "removed": ["participants:pod-b_7_0"],
+        "round": 5, "attempts": 1}
+    assert result.removed == event["removed"] and event["leave_s"] >= 0
+
+
+def test_leave_and_record_records_a_failed_leave_and_raises(monkeypatch, tmp_path):
+    def unreachable(*args, **kwargs):
+        raise RuntimeError("connection refused")
+
+    monkeypatch.setattr(rendezvous, "TCPStore", unreachable)
+    ledger = RunLedger(tmp_path / "run")
+    with pytest.raises(RendezvousLeaveError, match="connection refused"):
+        leave_and_record(_job(), ledger, endpoint="127.0.0.1:1", agent_pid=7, local_addr=None, node="node-a",
+                         by="worker")
+    (event,) = ledger.events()
+    assert {k: v for k, v in event.items() if k != "t"} == {
+        "event": "rendezvous-leave-failed", "node": "node-a", "by": "worker",
+        "error": "could not leave rendezvous 'run' at 127.0.0.1:1: connection refused"}
 
 
 # ---- against torch's DynamicRendezvousHandler over a real TCPStore ----------------------------

@@ -1,7 +1,7 @@
 import json
 import multiprocessing
 
-from tensile.ledger import RunLedger
+from tensile.elastic.ledger import RunLedger
 
 
 def test_ledger_events_round_trip_in_order(tmp_path):

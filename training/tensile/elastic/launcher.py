@@ -12,19 +12,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 from tensile.config import TrainingConfig
-from tensile.ledger import RunLedger
-from tensile.worker import agent_ended_marker, leaving_marker
+from tensile.elastic.api import NodeDirectory, NodeOutcome, RendezvousLeaveError
+from tensile.elastic.ledger import RunLedger
 
 # torchrun's --max-restarts counts membership changes too; Tensile's ledger counts real
 # failures, so torchrun's own budget is only a backstop against a worker that cannot start.
 AGENT_RESTART_BACKSTOP = 1000
 
-EXIT_CODES = {"completed": 0, "failed": 3, "budget-exhausted": 3, "incompatible": 3, "fenced": 4,
-              # Stopped by a signal (pod deletion, node drain) after saving: the usual 128 + SIGTERM.
-              "stopped": 143, "preempted": 143}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +31,10 @@ class NodeSpec:
     nproc_per_node: int = 1
     monitor_interval_s: float = 0.2
     """How often the agent checks its workers: a worker that exits to re-form is seen this fast."""
+
+    @property
+    def node_dir(self) -> NodeDirectory:
+        return NodeDirectory(self.local_dir)
 
 
 def torchrun_command(config: TrainingConfig, spec: NodeSpec) -> list[str]:
@@ -77,7 +76,7 @@ def worker_environment(spec: NodeSpec) -> dict[str, str]:
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
         "TENSILE_LOCAL_DIR": str(spec.local_dir),
         "TENSILE_NODE_ID": spec.node_id,
-        # For a worker that takes its leaving node out of the rendezvous (tensile.rdzv_leave).
+        # For a worker that takes its leaving node out of the rendezvous (tensile.elastic.rendezvous).
         "TENSILE_RDZV_ENDPOINT": spec.rdzv_endpoint,
         "TENSILE_RDZV_LOCAL_ADDR": _local_addr(spec) or "",
         "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
@@ -91,25 +90,23 @@ def _has_gpu() -> bool:
     return Path("/dev/nvidia0").exists()
 
 
-def read_outcome(config: TrainingConfig, spec: NodeSpec, torchrun_code: int) -> tuple[str, int]:
-    """Why this node stopped, and the launcher's exit code."""
-    node_file = spec.local_dir / "outcome.json"
+def read_outcome(config: TrainingConfig, spec: NodeSpec, torchrun_code: int) -> tuple[NodeOutcome | str, int]:
+    """Why this node stopped (an outcome, or what torchrun's exit says), and the launcher's exit code."""
+    node_file = spec.node_dir.outcome_file
     if node_file.exists():
-        outcome = json.loads(node_file.read_text())["outcome"]
-        if outcome in EXIT_CODES:
-            return outcome, EXIT_CODES[outcome]
+        outcome = NodeOutcome.parse(json.loads(node_file.read_text())["outcome"])
+        if outcome is not None:
+            return outcome, outcome.exit_code
     status = RunLedger(config.checkpoint.ledger_path).status()
-    if status and status["state"] in EXIT_CODES:
-        return status["state"], EXIT_CODES[status["state"]]
+    if status and (state := NodeOutcome.parse(status["state"])) is not None:
+        return state, state.exit_code
     return f"torchrun exited {torchrun_code}", torchrun_code or 1
 
 
-def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str, int]:
+def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[NodeOutcome | str, int]:
     """Run one node until the run ends for it. Stops waiting as a spare once the run is over."""
-    spec.local_dir.mkdir(parents=True, exist_ok=True)
-    (spec.local_dir / "outcome.json").unlink(missing_ok=True)
-    leaving_marker(spec.local_dir).unlink(missing_ok=True)
-    agent_ended_marker(spec.local_dir).unlink(missing_ok=True)
+    node_dir = spec.node_dir
+    node_dir.clear()
     process = subprocess.Popen(torchrun_command(config, spec), env=worker_environment(spec),
                                stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
     ledger = RunLedger(config.checkpoint.ledger_path)
@@ -120,7 +117,7 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
         # the workers, which agree on a step, save and leave. The marker tells them this node
         # is going, not merely being restarted by torchrun.
         stopping.append(signum)
-        leaving_marker(spec.local_dir).touch()
+        node_dir.leaving_marker.touch()
         if process.poll() is None:
             process.send_signal(signum)
 
@@ -129,7 +126,7 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
         while process.poll() is None:
             # Short: the survivors' next rendezvous may wait for this node to be gone.
             time.sleep(0.1)
-            if _node_outcome(spec) in ("preempted", "stopped"):
+            if node_dir.outcome_field() in (NodeOutcome.PREEMPTED, NodeOutcome.STOPPED):
                 # Saved and leaving (its worker has normally ended the agent and left the
                 # rendezvous already): end what is left of the node.
                 _kill_tree(process)
@@ -140,7 +137,7 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
                 _kill_tree(process)
                 break
             status = ledger.status()
-            if status and status["state"] in ("completed", "failed"):
+            if status and status["state"] in (NodeOutcome.COMPLETED, NodeOutcome.FAILED):
                 # A node still waiting in rendezvous would wait out join_timeout for nothing.
                 _stop(process, grace_s=15)
     except KeyboardInterrupt:
@@ -148,51 +145,39 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[str
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if agent_ended_marker(spec.local_dir).exists():
+    if node_dir.agent_ended_marker.exists():
         # A leaving worker ended the agent; it writes the node's outcome once it has left.
-        _wait_for_outcome(spec, timeout_s=10)
+        _wait_for_outcome(node_dir, timeout_s=10)
     outcome, code = read_outcome(config, spec, process.returncode)
-    leaving = outcome == "preempted" or (stopping and outcome != "completed")
-    if leaving and not _node_outcome(spec, "left_rendezvous"):
+    leaving = outcome == NodeOutcome.PREEMPTED or (stopping and outcome != NodeOutcome.COMPLETED)
+    if leaving and not node_dir.outcome_field("left_rendezvous"):
         # No worker left for the node (none was running, or its leave failed): the agent is
         # dead by now, so take it out here.
         leave_rendezvous(config, spec, process.pid, ledger)
-    if stopping and outcome not in ("completed", "preempted"):
-        return "stopped", EXIT_CODES["stopped"]
+    if stopping and outcome not in (NodeOutcome.COMPLETED, NodeOutcome.PREEMPTED):
+        return NodeOutcome.STOPPED, NodeOutcome.STOPPED.exit_code
     return outcome, code
 
 
-def _wait_for_outcome(spec: NodeSpec, *, timeout_s: float) -> None:
+def _wait_for_outcome(node_dir: NodeDirectory, *, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while _node_outcome(spec) is None and time.monotonic() < deadline:
+    while node_dir.outcome_field() is None and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
 def leave_rendezvous(config: TrainingConfig, spec: NodeSpec, agent_pid: int, ledger: RunLedger) -> bool:
     """Take this node's dead agent out of the rendezvous; on any failure its heartbeat still
     expires, as before, so the survivors only wait longer."""
-    from tensile.rdzv_leave import RendezvousLeaveError
-    from tensile.rdzv_leave import leave_rendezvous as leave
+    from tensile.elastic.rendezvous import leave_and_record  # imports torch: only when needed
 
-    began = time.monotonic()
     try:
-        result = leave(spec.rdzv_endpoint, config.run.name, agent_pid=agent_pid, local_addr=_local_addr(spec),
-                       min_nodes=config.elastic.min_workers, max_nodes=config.elastic.max_workers)
+        result = leave_and_record(config, ledger, endpoint=spec.rdzv_endpoint, agent_pid=agent_pid,
+                                  local_addr=_local_addr(spec), node=spec.node_id, by="launcher")
     except RendezvousLeaveError as e:
         print(f"{spec.node_id}: {e}; the survivors wait for this node's heartbeat to expire",
               file=sys.stderr, flush=True)
-        ledger.record("rendezvous-leave-failed", node=spec.node_id, by="launcher", error=str(e)[:300])
         return False
-    ledger.record("rendezvous-leave", node=spec.node_id, by="launcher", removed=result.removed, round=result.round,
-                  attempts=result.attempts, leave_s=round(time.monotonic() - began, 4))
     return bool(result.removed)
-
-
-def _node_outcome(spec: NodeSpec, field: str = "outcome") -> Any:
-    try:
-        return json.loads((spec.local_dir / "outcome.json").read_text()).get(field)
-    except (FileNotFoundError, ValueError, AttributeError):
-        return None
 
 
 def _has_children(process: subprocess.Popen) -> bool:

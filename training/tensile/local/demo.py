@@ -14,8 +14,8 @@ from typing import Any, Callable
 import torch
 
 from tensile.config import TrainingConfig, dump_config, load_config
-from tensile.ledger import RunLedger
-from tensile.localcluster import LocalCluster, current_world_size, last_step
+from tensile.elastic.ledger import RunLedger
+from tensile.local.cluster import LocalCluster, current_world_size, last_step
 
 
 @dataclass(frozen=True, slots=True)

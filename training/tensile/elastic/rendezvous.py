@@ -1,11 +1,15 @@
-"""Takes a stopped node out of torchrun's c10d rendezvous at once, so the survivors re-form
-without waiting for its heartbeat to expire (keep_alive_interval × keep_alive_max_attempt).
+"""torchrun's c10d rendezvous, Tensile's side of it: the store as its own process, and taking a
+stopped node out at once so the survivors re-form without waiting for its heartbeat to expire
+(keep_alive_interval × keep_alive_max_attempt).
+
+The store must outlive every (spot) worker node: in a cluster it runs as a small pod on the
+on-demand system nodes; here, one local process (`tensile rdzv-store`).
 
 torchrun has no public way for one node to leave: a clean agent shutdown closes the rendezvous
-for every node. This module does for a node whose agent is already dead what torch's own exit
-op does for a live one (`_DistributedRendezvousOpExecutor._remove_from_participants`).
+for every node. `leave_rendezvous` does for a node whose agent is already dead what torch's own
+exit op does for a live one (`_DistributedRendezvousOpExecutor._remove_from_participants`).
 
-Relies on torch 2.13.0 internals, checked by tests/training/test_rdzv_leave.py:
+Relies on torch 2.13.0 internals, checked by tests/training/elastic/test_rendezvous.py:
 - the state lives under the store key "torch.rendezvous.<run id>" as base64 of a pickled
   `_RendezvousState` (participants, wait_list, redundancy_list, last_heartbeats), read and
   compare-and-set through `C10dRendezvousBackend.get_state` / `set_state(state, token)`;
@@ -16,15 +20,20 @@ Relies on torch 2.13.0 internals, checked by tests/training/test_rdzv_leave.py:
 Every write is the backend's compare-and-set against the state just read, as torch's own
 `_BackendRendezvousStateHolder.sync` does, so a concurrent change by a live agent is never
 overwritten: the removal is retried on the newer state.
+
+It imports torch: the launcher imports it only when it has to leave itself.
 """
 
 from __future__ import annotations
 
 import pickle
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from torch.distributed import TCPStore
 from torch.distributed.elastic.rendezvous.api import RendezvousError
@@ -38,12 +47,26 @@ from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
 )
 from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
 
+from tensile.elastic.api import RendezvousLeaveError
+
+if TYPE_CHECKING:
+    from tensile.config import TrainingConfig
+    from tensile.elastic.ledger import RunLedger
+
 TORCH_VERSION_CHECKED = "2.13.0"
 
 
-class RendezvousLeaveError(RuntimeError):
-    """The node could not be taken out (store unreachable, state unreadable or always changing).
-    The caller can ignore it: the node's heartbeat then expires as before."""
+def serve(host: str, port: int, ready: threading.Event | None = None) -> None:
+    """Host a multi-tenant TCPStore until SIGTERM/SIGINT."""
+    store = TCPStore(host, port, is_master=True, multi_tenant=True, wait_for_workers=False,
+                     timeout=timedelta(seconds=60))
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    print(f"rendezvous store listening on {host}:{store.port}", flush=True)
+    if ready:
+        ready.set()
+    stopped.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +141,22 @@ def leave_rendezvous(endpoint: str, run_id: str, *, agent_pid: int, local_addr: 
     if current is None:
         return LeaveResult([], None, 0)
     raise RendezvousLeaveError(f"rendezvous {run_id!r} changed on every attempt for {timeout_s} s")
+
+
+def leave_and_record(config: TrainingConfig, ledger: RunLedger, *, endpoint: str, agent_pid: int,
+                     local_addr: str | None, node: str, by: str, began: float | None = None) -> LeaveResult:
+    """Take a dead agent's node out of the run's rendezvous and record it in the ledger
+    (`rendezvous-leave`, or `rendezvous-leave-failed` and the error raised again).
+
+    by names the caller ("worker" or "launcher"); began (time.monotonic()) is when the leave
+    began for the caller, if before this call (the worker counts ending its agent in)."""
+    began = time.monotonic() if began is None else began
+    try:
+        result = leave_rendezvous(endpoint, config.run.name, agent_pid=agent_pid, local_addr=local_addr,
+                                  min_nodes=config.elastic.min_workers, max_nodes=config.elastic.max_workers)
+    except RendezvousLeaveError as e:
+        ledger.record("rendezvous-leave-failed", node=node, by=by, error=str(e)[:300])
+        raise
+    ledger.record("rendezvous-leave", node=node, by=by, removed=result.removed, round=result.round,
+                  attempts=result.attempts, leave_s=round(time.monotonic() - began, 4))
+    return result
