@@ -45,10 +45,10 @@ test-full: $(VENV)/.stamp-training $(VENV)/.stamp-infra
 	$(BIN)/python -m pytest
 
 preview: $(VENV)/.stamp-infra
-	$(BIN)/python -m infra.preview --stack $(STACK)
+	$(BIN)/python -m infra.tools.preview --stack $(STACK)
 
 validate: $(VENV)/.stamp-infra
-	$(BIN)/python -m infra.validation --stack $(STACK) --out build/manifests/$(STACK)
+	$(BIN)/python -m infra.tools.validation --stack $(STACK) --out build/manifests/$(STACK)
 
 scan: $(VENV)/.stamp-infra
 	PYTHON=$(PYTHON) scripts/checkov-scan.sh

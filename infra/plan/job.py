@@ -12,10 +12,9 @@ from pathlib import PurePosixPath
 import yaml
 
 from infra import cost
-from infra.cluster import SYSTEM_NODE_LABEL
-from infra.config import GpuPoolConfig, JobConfig
-from infra.planning import GPU_TAINT
-from infra.team_plan import (GPU, GPU_NAME_LABEL, LOCAL_QUEUE, METRICS_PORT, RDZV_PORT, SHARED_PVC, TEAM_LABEL,
+from infra.config.types import GpuPoolConfig, JobConfig
+from infra.plan.pools import GPU_TAINT, SYSTEM_NODE_LABEL
+from infra.plan.teams import (GPU, GPU_NAME_LABEL, LOCAL_QUEUE, METRICS_PORT, RDZV_PORT, SHARED_PVC, TEAM_LABEL,
                              TRAINER_SERVICE_ACCOUNT, team_prefix)
 
 JOB_LABEL = "tensile.io/job"
