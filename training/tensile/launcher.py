@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tensile import contract
 from tensile.config import TrainingConfig
 from tensile.ledger import RunLedger
 from tensile.worker import agent_ended_marker, leaving_marker
@@ -22,9 +23,7 @@ from tensile.worker import agent_ended_marker, leaving_marker
 # failures, so torchrun's own budget is only a backstop against a worker that cannot start.
 AGENT_RESTART_BACKSTOP = 1000
 
-EXIT_CODES = {"completed": 0, "failed": 3, "budget-exhausted": 3, "incompatible": 3, "fenced": 4,
-              # Stopped by a signal (pod deletion, node drain) after saving: the usual 128 + SIGTERM.
-              "stopped": 143, "preempted": 143}
+EXIT_CODES = contract.OUTCOME_EXIT_CODES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,6 +19,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from tensile import contract
+
 EXIT_COMPLETED = 0
 EXIT_FAILURE = 1
 EXIT_REGROUP = 75
@@ -142,7 +144,7 @@ def train(config_path: str) -> int:
     watchdog.beat()
     checkpoint_request = CheckpointRequest()
     metrics = TrainerMetrics(config.run.name)
-    port = int(os.environ.get("TENSILE_METRICS_PORT", config.run.metrics_port) or 0)
+    port = int(os.environ.get(contract.ENV_METRICS_PORT, config.run.metrics_port) or 0)
     if port and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         metrics.serve(port)
     local_dir = Path(os.environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
