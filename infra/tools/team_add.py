@@ -87,12 +87,16 @@ def team_add(stack: str, name: str, gpus: int, budget_usd: float, gpu_families: 
              member_role_arn: str, *, root: Path = REPO_ROOT, out: TextIO = sys.stdout,
              err: TextIO = sys.stderr) -> int:
     """Add a team to `Pulumi.<stack>.yaml` after validating it with the whole stack config: the
-    stack's parse judges the entry (name, role, quota, budgets); only what the parse cannot see
-    is checked here (GPU families, and the numbers' types before they are written as text)."""
+    stack's parse judges the stack as it is (which teams exist) and with the entry (name, role,
+    quota, budgets); only what the parse cannot see is checked here (the GPU families, and the
+    numbers' types before they are written into the file as text)."""
     try:
         path, text, document = read_stack_document(stack, root)
+        current = parse_document(document, stack)
     except StackFileError as e:
         return error(str(e), err)
+    except ConfigError as e:
+        return error(f"{path.name} left unchanged: the stack config is invalid already:\n{e}", err)
     problems = []
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus <= 0:
         problems.append(f"--gpus must be a positive integer, got {gpus!r}")
@@ -104,8 +108,7 @@ def team_add(stack: str, name: str, gpus: int, budget_usd: float, gpu_families: 
         problems.append(f"unknown GPU family {family!r}: use a GPU model or instance family ({', '.join(known)})")
     if not gpu_families:
         problems.append("give at least one GPU family (--gpu-family l4)")
-    existing = [t.get("name") for t in ((document.get("config") or {}).get("tensile:teams") or []) if isinstance(t, dict)]
-    if name in existing:
+    if name in {team.name for team in current.teams}:
         problems.append(f"team {name!r} already exists in {path.name}")
     if problems:
         for p in problems:
@@ -120,7 +123,7 @@ def team_add(stack: str, name: str, gpus: int, budget_usd: float, gpu_families: 
     try:
         cfg = parse_document(yaml.safe_load(new_text), stack)
     except ConfigError as e:
-        return _refused(e, path=path, name=name, index=len(existing), err=err)
+        return _refused(e, path=path, name=name, index=len(current.teams), err=err)
     except yaml.YAMLError as e:  # the insertion must never produce broken YAML; refuse if it did
         return error(f"{path.name} left unchanged: could not add the entry cleanly ({e})", err)
     team = next((t for t in cfg.teams if t.name == name), None)
