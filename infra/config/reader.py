@@ -98,11 +98,11 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _positive(value: float) -> str | None:
+def positive(value: float) -> str | None:
     return None if value > 0 else f"must be > 0 (got {value})"
 
 
-def _at_least(minimum: int) -> Callable[[int], str | None]:
+def at_least(minimum: int) -> Callable[[int], str | None]:
     return lambda v: None if v >= minimum else f"must be >= {minimum} (got {v})"
 
 
@@ -110,7 +110,7 @@ def one_of(*choices: str) -> Callable[[str], str | None]:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)} (got {v!r})"
 
 
-def _cidr(value: str) -> str | None:
+def cidr_problem(value: str) -> str | None:
     try:
         ipaddress.ip_network(value, strict=True)
     except ValueError:

@@ -9,8 +9,8 @@ import re
 from typing import Any, Mapping
 
 from infra import cost
-from infra.config.reader import (DNS_LABEL, DURATION, EMAIL, ISO_DATE, RESERVATION_ID, Reader, _at_least, _cidr,
-                                 _positive, image_problem, one_of, role_arn_problem)
+from infra.config.reader import (DNS_LABEL, DURATION, EMAIL, ISO_DATE, RESERVATION_ID, Reader, at_least, cidr_problem,
+                                 image_problem, one_of, positive, role_arn_problem)
 from infra.config.types import (BudgetConfig, ClusterConfig, GpuPoolConfig, JobConfig, KarpenterConfig,
                                 NetworkConfig, PlatformConfig, StorageConfig, SystemNodesConfig, TeamConfig)
 
@@ -31,8 +31,8 @@ REQUIRED_ADDONS = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent",
 def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
     path = "network"
     obj = r.section(raw, path, {"cidr", "availabilityZones", "natGateways", "interfaceEndpoints"})
-    cidr = r.value(obj, "cidr", path, str, check=_cidr)
-    if cidr and not _cidr(cidr):
+    cidr = r.value(obj, "cidr", path, str, check=cidr_problem)
+    if cidr and not cidr_problem(cidr):
         prefix = ipaddress.ip_network(cidr).prefixlen
         if not 16 <= prefix <= 20:
             r.problem(f"{path}.cidr", f"prefix must be /16 to /20 so every AZ gets room for pods (got /{prefix})")
@@ -66,7 +66,7 @@ def parse_cluster(r: Reader, raw: Any, environment: str | None, today: dt.date) 
         elif ends - today < MIN_SUPPORT_LEFT:
             r.problem(f"{path}.kubernetesVersion",
                       f"{version} leaves EKS standard support on {ends.isoformat()}: use one of {supported}")
-    cidrs = r.strings(obj, "endpointPublicAccessCidrs", path, (), check=_cidr)
+    cidrs = r.strings(obj, "endpointPublicAccessCidrs", path, (), check=cidr_problem)
     for i, c in enumerate(cidrs):
         if environment == "prod" and c in ("0.0.0.0/0", "::/0"):
             r.problem(f"{path}.endpointPublicAccessCidrs[{i}]",
@@ -93,10 +93,10 @@ def parse_system_nodes(r: Reader, raw: Any, path: str) -> SystemNodesConfig | No
     obj = r.section(raw, path, {"instanceType", "minSize", "desiredSize", "maxSize", "diskGiB"})
     instance_type = r.value(obj, "instanceType", path, str)
     # Two at least: Karpenter and CoreDNS run two replicas each, and they must outlive a node.
-    min_size = r.value(obj, "minSize", path, int, check=_at_least(2))
-    desired = r.value(obj, "desiredSize", path, int, check=_at_least(1))
-    max_size = r.value(obj, "maxSize", path, int, check=_at_least(1))
-    disk = r.value(obj, "diskGiB", path, int, 50, check=_at_least(20))
+    min_size = r.value(obj, "minSize", path, int, check=at_least(2))
+    desired = r.value(obj, "desiredSize", path, int, check=at_least(1))
+    max_size = r.value(obj, "maxSize", path, int, check=at_least(1))
+    disk = r.value(obj, "diskGiB", path, int, 50, check=at_least(20))
     if None in (instance_type, min_size, desired, max_size):
         return None
     if not min_size <= desired <= max_size:
@@ -134,7 +134,7 @@ def parse_prices(r: Reader, raw_prices: Any, raw_spot: Any) -> cost.PriceBook:
     for instance_type, entry in (raw_prices or {}).items():
         path = f"prices.{instance_type}"
         obj = r.section(entry, path, {"usdPerHour", "asOf", "source"})
-        usd = r.value(obj, "usdPerHour", path, float, check=_positive)
+        usd = r.value(obj, "usdPerHour", path, float, check=positive)
         as_of = r.value(obj, "asOf", path, str,
                         check=lambda v: None if ISO_DATE.match(v) else f"must be an ISO date such as 2026-11-01 (got {v!r})")
         source = r.value(obj, "source", path, str, check=lambda v: None if v.strip() else "must say where the price comes from")
@@ -183,7 +183,7 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
                               f"{t} carries {shape.gpu_model}, not {model}: one GPU model per pool (mixed models make stragglers)")
                 elif t not in prices.on_demand:
                     r.problem(f"{path}.instanceTypes[{j}]", f"no on-demand price for {t}: add it under prices")
-        max_gpus = r.value(obj, "maxGpus", path, int, check=_positive)
+        max_gpus = r.value(obj, "maxGpus", path, int, check=positive)
         spot = r.value(obj, "spot", path, bool, True)
         reservations = r.strings(obj, "capacityReservationIds", path, (),
                                  check=lambda v: None if RESERVATION_ID.match(v) else f"must be a capacity reservation id cr-..., got {v!r}")
@@ -216,15 +216,15 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
 def parse_storage(r: Reader, raw: Any) -> StorageConfig | None:
     path = "storage"
     obj = r.section(raw, path, {"noncurrentVersionDays", "abortMultipartDays"}, required=False)
-    keep = r.value(obj, "noncurrentVersionDays", path, int, 30, check=_at_least(1))
-    abort = r.value(obj, "abortMultipartDays", path, int, 7, check=_at_least(1))
+    keep = r.value(obj, "noncurrentVersionDays", path, int, 30, check=at_least(1))
+    abort = r.value(obj, "abortMultipartDays", path, int, 7, check=at_least(1))
     return StorageConfig(noncurrent_version_days=keep, abort_multipart_days=abort)
 
 
 def parse_budget(r: Reader, raw: Any) -> BudgetConfig | None:
     path = "budget"
     obj = r.section(raw, path, {"monthlyUsd", "actualThresholds", "forecastThresholds", "emails", "onWorstCaseOverBudget"})
-    monthly = r.value(obj, "monthlyUsd", path, float, check=_positive)
+    monthly = r.value(obj, "monthlyUsd", path, float, check=positive)
 
     def thresholds(key: str, default: list[float]) -> tuple[float, ...]:
         values = r.value(obj, key, path, list, default) or []
@@ -265,9 +265,9 @@ def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[
         if name in names:
             r.problem(f"{path}.name", f"duplicate team {name!r}")
         names.add(name)
-        quota = r.value(obj, "gpuQuota", path, int, check=_positive)
-        borrow = r.value(obj, "borrowingLimit", path, int, 0, check=_at_least(0))
-        budget = r.value(obj, "monthlyBudgetUsd", path, float, check=_positive)
+        quota = r.value(obj, "gpuQuota", path, int, check=positive)
+        borrow = r.value(obj, "borrowingLimit", path, int, 0, check=at_least(0))
+        budget = r.value(obj, "monthlyBudgetUsd", path, float, check=positive)
         models = r.strings(obj, "gpuModels", path,
                            check=lambda v: None if v in pool_models else f"no GPU pool offers {v!r} (pools offer {', '.join(sorted(pool_models))})")
         member_role = r.value(obj, "memberRoleArn", path, str, check=role_arn_problem)
@@ -320,7 +320,7 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
         model = r.value(obj, "gpuModel", path, str, None,
                         check=lambda v: None if team is None or v in team.gpu_models
                         else f"team {team_name} may use {', '.join(team.gpu_models)}, not {v!r}")
-        gpus = r.value(obj, "gpusPerWorker", path, int, 1, check=_positive)
+        gpus = r.value(obj, "gpusPerWorker", path, int, 1, check=positive)
         grace = r.value(obj, "emergencyCheckpointSeconds", path, int, 60,
                         check=lambda v: None if 1 <= v <= 90 else
                         f"must be 1..90: the save must fit inside the two-minute spot notice (got {v})")

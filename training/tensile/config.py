@@ -246,7 +246,8 @@ class ElasticConfig:
 class CheckpointConfig:
     shared_dir: str = "shared"
     """The durable tier every node sees: a directory (a shared filesystem, EFS in a cluster) or
-    an `s3://bucket/prefix` URL. Relative paths are resolved against the config file's directory."""
+    an `s3://bucket/prefix` URL. Relative paths are resolved against the config file's directory.
+    TENSILE_CHECKPOINT_URL overrides it (the job sets it per pod)."""
     ledger_dir: str = ""
     """The run's ledger (rounds, failures, status): a directory every node sees. Empty means
     shared_dir, which must then be a directory; an s3:// shared_dir needs one (EFS)."""
