@@ -19,9 +19,9 @@ from infra.config import stack as stack_config
 from infra.plan import job as job_plan
 
 # The trainer's side, as the trainer itself reads a pod's config and command line.
-from tensile.cli import app as trainer_cli  # noqa: E402
-from tensile.config import ElasticConfig, TrainingConfig, load_config  # noqa: E402
-from tensile.launcher import EXIT_CODES  # noqa: E402
+from tensile.cli import app as trainer_cli
+from tensile.config import ElasticConfig, TrainingConfig, load_config
+from tensile.launcher import EXIT_CODES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "tensile-dev-ckpt-abc"
