@@ -31,8 +31,11 @@ $(VENV)/.stamp-training: $(VENV)/.stamp-torch training/pyproject.toml $(CONSTRAI
 	$(PIP) install -c $(CONSTRAINTS) -e 'training[dev]'
 	touch $@
 
+# The .pth makes this checkout's infra/ and policies/ installed packages (as an editable install
+# would): the `tensile` infra commands import infra.tools as a package, without touching sys.path.
 $(VENV)/.stamp-infra: $(VENV)/.stamp-training infra/requirements.txt policies/requirements.txt $(CONSTRAINTS)
 	$(PIP) install -c $(CONSTRAINTS) -r infra/requirements.txt -r policies/requirements.txt
+	$(BIN)/python -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'tensile-infra.pth').write_text('$(CURDIR)\n')"
 	touch $@
 
 demo: $(VENV)/.stamp-training
@@ -45,10 +48,10 @@ test-full: $(VENV)/.stamp-training $(VENV)/.stamp-infra
 	$(BIN)/python -m pytest
 
 preview: $(VENV)/.stamp-infra
-	$(BIN)/python -m infra.preview --stack $(STACK)
+	$(BIN)/python -m infra.tools.preview --stack $(STACK)
 
 validate: $(VENV)/.stamp-infra
-	$(BIN)/python -m infra.validation --stack $(STACK) --out build/manifests/$(STACK)
+	$(BIN)/python -m infra.tools.validation --stack $(STACK) --out build/manifests/$(STACK)
 
 scan: $(VENV)/.stamp-infra
 	PYTHON=$(PYTHON) scripts/checkov-scan.sh

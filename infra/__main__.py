@@ -1,5 +1,5 @@
 """The Pulumi program: load and validate the stack config, then compose the components.
-Nothing else lives here; decisions are in infra/planning.py and infra/cost.py."""
+Nothing else lives here; decisions are in infra/plan/, infra/config/ and infra/cost.py."""
 
 import sys
 from pathlib import Path
@@ -12,19 +12,21 @@ if _REPO_ROOT not in sys.path:
 
 import pulumi  # noqa: E402
 
-from infra import config as stack_config  # noqa: E402
-from infra import planning, tagging  # noqa: E402
-from infra.addons import Addons, AddonsArgs  # noqa: E402
-from infra.budgets import Budgets, BudgetsArgs  # noqa: E402
-from infra.cluster import Cluster, ClusterArgs  # noqa: E402
-from infra.enforcer_deploy import BudgetEnforcer, BudgetEnforcerArgs  # noqa: E402
-from infra.gpu_pools import GpuNodePools, GpuNodePoolsArgs  # noqa: E402
-from infra.interruption import InterruptionQueue, InterruptionQueueArgs  # noqa: E402
-from infra.job import TrainingJob, TrainingJobArgs  # noqa: E402
-from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
-from infra.network import Network, NetworkArgs  # noqa: E402
-from infra.storage import Storage, StorageArgs  # noqa: E402
-from infra.teams import Teams, TeamsArgs  # noqa: E402
+from infra.components import tagging  # noqa: E402
+from infra.components.addons import Addons, AddonsArgs  # noqa: E402
+from infra.components.budgets import Budgets, BudgetsArgs  # noqa: E402
+from infra.components.cluster import Cluster, ClusterArgs  # noqa: E402
+from infra.components.enforcer_deploy import BudgetEnforcer, BudgetEnforcerArgs  # noqa: E402
+from infra.components.gpu_pools import GpuNodePools, GpuNodePoolsArgs  # noqa: E402
+from infra.components.interruption import InterruptionQueue, InterruptionQueueArgs  # noqa: E402
+from infra.components.job import TrainingJob, TrainingJobArgs  # noqa: E402
+from infra.components.karpenter import Karpenter, KarpenterArgs  # noqa: E402
+from infra.components.network import Network, NetworkArgs  # noqa: E402
+from infra.components.storage import Storage, StorageArgs  # noqa: E402
+from infra.components.teams import Teams, TeamsArgs  # noqa: E402
+from infra.config import stack as stack_config  # noqa: E402
+from infra.config.checks import cost_estimate  # noqa: E402
+from infra.plan.budgets import team_gpu_hour_prices  # noqa: E402
 
 cfg = stack_config.load_from_pulumi()  # raises ConfigError, listing every problem, before any resource
 for warning in cfg.warnings:
@@ -52,7 +54,7 @@ storage = Storage("storage", StorageArgs(
     cluster_security_group_id=cluster.security_group_id))
 budgets = Budgets("budgets", BudgetsArgs(
     config=cfg.budget, stack=cfg.stack, teams=cfg.teams,
-    gpu_hour_prices=planning.team_gpu_hour_prices(cfg.gpu_pools, cfg.prices), provider=cluster.provider))
+    gpu_hour_prices=team_gpu_hour_prices(cfg.gpu_pools, cfg.prices), provider=cluster.provider))
 addons = Addons("addons", AddonsArgs(
     platform=cfg.platform, cluster_name=cluster.name, file_system_id=storage.file_system_id, provider=cluster.provider,
     depends_on=(cluster.system_nodes, karpenter.release)))
@@ -68,7 +70,7 @@ for job in cfg.jobs:
         job=job, team_models=team_models[job.team], pools=cfg.gpu_pools, bucket_name=storage.bucket_name,
         provider=cluster.provider, depends_on=(teams.namespaces[job.team],)))
 
-estimate = planning.cost_estimate(pools=cfg.gpu_pools, cluster=cfg.cluster, network=cfg.network, prices=cfg.prices)
+estimate = cost_estimate(pools=cfg.gpu_pools, cluster=cfg.cluster, network=cfg.network, prices=cfg.prices)
 pulumi.export("clusterName", cluster.name)
 pulumi.export("vpcId", network.vpc_id)
 pulumi.export("checkpointBucket", storage.bucket_name)

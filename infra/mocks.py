@@ -1,7 +1,8 @@
 """Run the Pulumi program offline under the SDK's mocks and record every resource it declares.
 
-Mocks are process-global, so each stack runs in its own process: `run_isolated()` starts
-`python -m infra.mocks` and reads back a JSON record (used by `tensile preview` and the tests).
+Mocks are process-global, so each stack runs in its own process: `run_isolated()` reads the
+stack file, starts this file as a script (laid out as the language host lays out the program)
+and reads back a JSON record. The engine of `tensile preview`, `make validate` and the tests.
 """
 
 from __future__ import annotations
@@ -19,46 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PROGRAM_DIR = REPO_ROOT / "infra"
+PROGRAM_DIR = Path(__file__).resolve().parent
+"""infra/, the program (`main: infra/`); its parent is the checkout whose stack files are read."""
 PROJECT = "tensile"
 MOCK_ACCOUNT_ID = "111122223333"
-
-
-class StackFileError(Exception):
-    """The stack does not exist or its file cannot be read as a Pulumi stack file."""
-
-
-def stack_names(root: Path = REPO_ROOT) -> list[str]:
-    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
-
-
-def read_stack_config(stack: str, root: Path = REPO_ROOT) -> tuple[dict[str, str], list[str]]:
-    """The config Pulumi would hand the program for `stack`, as `{"ns:key": text}` (structured
-    values as JSON text, as the CLI passes them), plus the secret keys left out offline."""
-    path = root / f"Pulumi.{stack}.yaml"
-    if not path.is_file():
-        known = ", ".join(stack_names(root)) or "none"
-        raise StackFileError(f"no stack {stack!r}: {path.name} not found (stacks here: {known})")
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise StackFileError(f"{path.name} is not valid YAML: {e}") from e
-    if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):
-        raise StackFileError(f"{path.name}: expected a mapping with a `config:` mapping")
-    config, secrets = {}, []
-    for key, value in (document.get("config") or {}).items():
-        if not isinstance(key, str) or ":" not in key:
-            raise StackFileError(f"{path.name}: config key {key!r} must be namespaced, e.g. tensile:{key}")
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            # Encrypted with the stack's key; only the CLI can decrypt it. The program needs no
-            # secret to preview, so it is left out offline.
-            secrets.append(key)
-            continue
-        config[key] = value if isinstance(value, str) else json.dumps(value)
-    return config, secrets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +182,7 @@ def run_in_this_process(stack: str, config: dict[str, str], program_dir: Path = 
         program()
     except Exception as e:  # noqa: BLE001 - reported to the caller with its type, not swallowed
         # Imported only now: the program itself must be what makes `infra` importable.
-        from infra.config import ConfigError
+        from infra.config.types import ConfigError
 
         if isinstance(e, ConfigError):
             run.error, run.error_kind, run.problems = str(e), "config", [str(p) for p in e.problems]
@@ -231,20 +196,27 @@ def run_in_this_process(stack: str, config: dict[str, str], program_dir: Path = 
     return run
 
 
-def run_isolated(stack: str, *, config: dict[str, Any] | None = None, root: Path = REPO_ROOT,
+def run_isolated(stack: str, *, config: dict[str, Any] | None = None, root: Path = PROGRAM_DIR.parent,
                  timeout: float = 120.0) -> ProgramRun:
     """Run the program for `stack` in a fresh Python process laid out as the language host lays
     it out for `main: infra/`: working directory infra/, only infra/ on sys.path (this file runs
     as a script), the program run from ".". `config` (fully qualified keys, decoded values)
     replaces the stack file, for tests of deliberately broken configs."""
+    # Only this (parent) side reads the stack file: the child has nothing of infra importable
+    # until the program itself makes it so, which is what its layout record proves.
+    from infra.config.stack import StackFileError, read_stack_config
+
+    if config is None:
+        try:
+            config, _secrets = read_stack_config(stack, root)
+        except StackFileError as e:
+            return ProgramRun(stack=stack, error=str(e), error_kind="stack-file")
     with tempfile.TemporaryDirectory(prefix="tensile-mocks-") as tmp:
         out = Path(tmp) / "run.json"
+        config_path = Path(tmp) / "config.json"
+        config_path.write_text(json.dumps(config))
         command = [sys.executable, str(Path(__file__).resolve()), "--stack", stack, "--out", str(out),
-                   "--root", str(root), "--program-dir", "."]
-        if config is not None:
-            config_path = Path(tmp) / "config.json"
-            config_path.write_text(json.dumps(config))
-            command += ["--config-json", str(config_path)]
+                   "--config-json", str(config_path), "--program-dir", "."]
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PULUMI_CONFIG")}
         proc = subprocess.run(command, cwd=PROGRAM_DIR, env=env, capture_output=True, text=True, timeout=timeout)
         if not out.exists():
@@ -258,25 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the Tensile Pulumi program under mocks (one stack).")
     parser.add_argument("--stack", required=True)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--root", type=Path, default=REPO_ROOT)
-    parser.add_argument("--config-json", type=Path, help="raw config to use instead of the stack file")
+    parser.add_argument("--config-json", required=True, type=Path,
+                        help="the stack's config, fully qualified keys (run_isolated reads the stack file)")
     parser.add_argument("--program-dir", type=Path, default=PROGRAM_DIR)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     # Evidence that the program, not this runner, makes `infra.*` importable.
     layout = {"sys_path0": str(Path(sys.path[0]).resolve()), "cwd": str(Path.cwd()),
               "infra_imported_before_program": "infra" in sys.modules}
-    if args.config_json:
-        raw = json.loads(args.config_json.read_text())
-        config = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
-        run = run_in_this_process(args.stack, config, args.program_dir)
-    else:
-        try:
-            config, _secrets = read_stack_config(args.stack, args.root)
-        except StackFileError as e:
-            run = ProgramRun(stack=args.stack, error=str(e), error_kind="stack-file")
-        else:
-            run = run_in_this_process(args.stack, config, args.program_dir)
+    raw = json.loads(args.config_json.read_text())
+    config = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    run = run_in_this_process(args.stack, config, args.program_dir)
     run.layout = layout
     run.seconds = time.perf_counter() - started
     run.cpu_seconds = time.process_time()

@@ -16,7 +16,7 @@ NAT_GATEWAY = "aws:ec2/natGateway:NatGateway"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
 TEAM_BUDGETS_CONFIG = {"teamBudgetsConfigMap": {
     "type": "string", "default": "tensile-system/team-budgets",
-    "description": "namespace/name of the ConfigMap holding team budgets (infra/budgets.py)"}}
+    "description": "namespace/name of the ConfigMap holding team budgets (infra/components/budgets.py)"}}
 
 
 def check_stack_budget(stack: Stack, config: Mapping, report: Report) -> None:
@@ -147,7 +147,7 @@ def check_worst_case(stack: Stack, config: Mapping, report: Report) -> None:
         name: cost_model.Price(usd_per_hour=float(usd), as_of="pack config", source="--policy-pack-config")
         for name, usd in config["prices"].items()})
     budgets = stack.of_type(BUDGET)
-    # The stack's budget is the one filtered on its stack tag (infra/budgets.py); else the largest.
+    # The stack's budget is the one filtered on its stack tag (infra/components/budgets.py); else the largest.
     stack_budgets = [b for b in budgets if any(
         isinstance(v, str) and v.startswith("user:tensile.io/stack$")
         for f in (dig(b.props, "costFilters") if isinstance(dig(b.props, "costFilters"), list) else [])

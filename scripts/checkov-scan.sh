@@ -22,7 +22,7 @@ fi
 rm -rf "$OUT"
 for stack in "${stacks[@]}"; do
   # Validation runs too; the scan needs only the written objects, so its verdict is not fatal here.
-  .venv/bin/python -m infra.validation --stack "$stack" --out "$OUT/$stack" >/dev/null || true
+  .venv/bin/python -m infra.tools.validation --stack "$stack" --out "$OUT/$stack" >/dev/null || true
 done
 
 skip=$(grep -Ev '^\s*(#|$)' scripts/checkov-waivers.txt | awk '{print $1}' | paste -sd, -)

@@ -7,17 +7,19 @@ import datetime as dt
 
 import pytest
 
-from infra import config, mocks
+from infra import mocks
+from infra.config import stack as stack_config
+from infra.config.types import ConfigError
 
 TODAY = dt.date(2026, 11, 28)
 
 
 def _parse(raw, stack="dev", today=TODAY):
-    return config.parse(raw, stack=stack, today=today)
+    return stack_config.parse(raw, stack=stack, today=today)
 
 
 def _problems(raw, stack="dev", today=TODAY) -> list[str]:
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         _parse(raw, stack, today)
     return [str(p) for p in info.value.problems]
 
@@ -171,7 +173,7 @@ def test_read_stack_config_passes_structured_values_as_json_and_skips_secrets(tm
     (tmp_path / "Pulumi.x.yaml").write_text(
         "config:\n  aws:region: us-east-1\n  tensile:network: {cidr: 10.0.0.0/16}\n"
         "  tensile:alertWebhook:\n    secure: v1:abc\n")
-    values, secrets = mocks.read_stack_config("x", tmp_path)
+    values, secrets = stack_config.read_stack_config("x", tmp_path)
     assert values == {"aws:region": "us-east-1", "tensile:network": '{"cidr": "10.0.0.0/16"}'}
     assert secrets == ["tensile:alertWebhook"]
 
@@ -183,10 +185,10 @@ def test_read_stack_config_passes_structured_values_as_json_and_skips_secrets(tm
 ])
 def test_read_stack_config_rejects_broken_files(tmp_path, text, message):
     (tmp_path / "Pulumi.x.yaml").write_text(text)
-    with pytest.raises(mocks.StackFileError, match=message.replace("[", r"\[").replace("`", "`")):
-        mocks.read_stack_config("x", tmp_path)
+    with pytest.raises(stack_config.StackFileError, match=message.replace("[", r"\[").replace("`", "`")):
+        stack_config.read_stack_config("x", tmp_path)
 
 
 def test_read_stack_config_names_the_known_stacks_for_an_unknown_one():
-    with pytest.raises(mocks.StackFileError, match=r"no stack 'staging': Pulumi.staging.yaml not found \(stacks here: dev, prod\)"):
-        mocks.read_stack_config("staging")
+    with pytest.raises(stack_config.StackFileError, match=r"no stack 'staging': Pulumi.staging.yaml not found \(stacks here: dev, prod\)"):
+        stack_config.read_stack_config("staging")

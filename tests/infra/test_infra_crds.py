@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from infra import karpenter
+from infra.components import karpenter
 
 PINNED = {"karpenter.sh_nodepools.yaml": "3bb64a20c807", "karpenter.sh_nodeclaims.yaml": "96037dc24103",
           "karpenter.k8s.aws_ec2nodeclasses.yaml": "62dec59f01c0"}

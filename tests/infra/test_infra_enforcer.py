@@ -218,7 +218,8 @@ def test_budget_book_charges_an_unpriced_flavor_at_the_dearest_price():
 
 
 def test_budget_document_from_the_program_is_what_the_enforcer_reads():
-    from infra import budgets, config
+    from infra.components import budgets
+    from infra.config import types as config
     teams = (config.TeamConfig(name="vision", gpu_quota=8, borrowing_limit=0, monthly_budget_usd=5000.0,
                                gpu_models=("l40s",)),)
     book = enforcer.BudgetBook.from_json(budgets.team_budgets_document(teams, {"l40s": 3.77}))

@@ -6,7 +6,10 @@ import ipaddress
 
 import pytest
 
-from infra import config, planning
+from infra.config import types as config
+from infra.plan import budgets as budget_plan
+from infra.plan import network as network_plan
+from infra.plan import pools as planning
 
 KARPENTER = config.KarpenterConfig(chart_version="1.14.1", ami_alias="al2023@v20261110", imds_hop_limit=2,
                                    termination_grace_period="2h", expire_after="720h")
@@ -28,7 +31,7 @@ def _pool(**overrides) -> config.GpuPoolConfig:
      ["172.16.14.0/26", "172.16.14.64/26"], [0, 1]),
 ])
 def test_plan_subnets(cidr, azs, nat, private, public, nat_index):
-    plan = planning.plan_subnets(cidr, azs, nat)
+    plan = network_plan.plan_subnets(cidr, azs, nat)
     assert [p.private_cidr for p in plan] == private
     assert [p.public_cidr for p in plan] == public
     assert [p.nat_index for p in plan] == nat_index
@@ -38,12 +41,12 @@ def test_plan_subnets(cidr, azs, nat, private, public, nat_index):
 
 def test_plan_subnets_refuses_more_azs_than_fit():
     with pytest.raises(ValueError, match="7 AZs do not fit 10.0.0.0/16: at most 6"):
-        planning.plan_subnets("10.0.0.0/16", list("abcdefg"), "single")
+        network_plan.plan_subnets("10.0.0.0/16", list("abcdefg"), "single")
 
 
 @pytest.mark.parametrize("azs, mode, expected", [(["a", "b"], "single", 1), (["a", "b", "c"], "per-az", 3)])
 def test_nat_gateway_count(azs, mode, expected):
-    assert planning.nat_gateway_count(azs, mode) == expected
+    assert config.nat_gateway_count(azs, mode) == expected
 
 
 @pytest.mark.parametrize("reserved, spot, expected", [
@@ -124,13 +127,13 @@ def test_node_pool_spec_disruption_keeps_training_nodes():
     ([80], [], [("ACTUAL", 80.0)]),
 ])
 def test_budget_notifications(actual, forecast, expected):
-    got = planning.budget_notifications(actual, forecast)
+    got = budget_plan.budget_notifications(actual, forecast)
     assert [(n["notification_type"], n["threshold"]) for n in got] == expected
     assert {n["threshold_type"] for n in got} == {"PERCENTAGE"}
 
 
 def test_team_gpu_hour_prices_charge_the_dearest_size_per_model():
     from infra import cost
-    prices = planning.team_gpu_hour_prices([_pool(), _pool(name="l4b", instance_types=("g6.4xlarge",))],
+    prices = budget_plan.team_gpu_hour_prices([_pool(), _pool(name="l4b", instance_types=("g6.4xlarge",))],
                                            cost.price_book())
     assert prices == {"l4": pytest.approx(1.3232)}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import preview
+from infra.tools import preview
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_preview_lists_every_config_problem(tmp_path):
 
 
 def test_preview_command_line_exits_2_without_a_traceback():
-    proc = subprocess.run([sys.executable, "-m", "infra.preview", "--stack", "nope"], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "infra.tools.preview", "--stack", "nope"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "error: no stack 'nope'" in proc.stderr

@@ -10,7 +10,8 @@ from collections import Counter
 
 import pytest
 
-from infra import cost, interruption, tagging
+from infra import cost
+from infra.components import interruption, tagging
 
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"

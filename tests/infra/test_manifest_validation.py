@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from infra import validation
+from infra.tools import validation
 
 # Vendored Kueue CRDs (kubernetes-sigs/kueue v0.19.2, byte for byte; see infra/crds/kueue/README.md).
 KUEUE_PINNED = {"kueue.x-k8s.io_resourceflavors.yaml": "19e339c47e9c", "kueue.x-k8s.io_clusterqueues.yaml": "e0a5fc9b370c",

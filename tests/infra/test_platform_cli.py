@@ -1,4 +1,4 @@
-"""`tensile team add` and `tensile job render` (infra/cli.py): the happy path and the refusals,
+"""`tensile team add` and `tensile job render` (infra/tools/team_add.py, infra/tools/job_render.py): the happy path and the refusals,
 with the stack file untouched whenever the command refuses."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import cli, config
+from infra.config import stack as config
+from infra.tools import job_render as render_tool
+from infra.tools import team_add as team_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLE = "arn:aws:iam::111122223333:role/ml-speech"
@@ -28,7 +30,7 @@ def root(tmp_path: Path) -> Path:
 
 def _add(root, stack="prod", name="speech", gpus=4, budget=12000, families=("l40s",), role=ROLE):
     out, err = io.StringIO(), io.StringIO()
-    code = cli.team_add(stack, name, gpus, budget, list(families), role, root=root, out=out, err=err)
+    code = team_tool.team_add(stack, name, gpus, budget, list(families), role, root=root, out=out, err=err)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -93,7 +95,7 @@ def test_team_add_creates_the_list_when_a_stack_has_no_teams(root):
 
 def test_job_render_prints_the_objects_of_one_run(root):
     out, err = io.StringIO(), io.StringIO()
-    code = cli.job_render("dev", name="trial", team="sandbox", training_config="training/tensile/configs/demo.yaml",
+    code = render_tool.job_render("dev", name="trial", team="sandbox", training_config="training/tensile/configs/demo.yaml",
                           image="111122223333.dkr.ecr.us-east-1.amazonaws.com/tensile-training:0.1.0",
                           bucket="tensile-dev-ckpt-abc", gpu_model="l4", root=root, out=out, err=err)
     assert code == 0, err.getvalue()
@@ -119,7 +121,7 @@ def test_job_render_refuses_bad_input_without_a_traceback(root, kwargs, message)
                 image="111122223333.dkr.ecr.us-east-1.amazonaws.com/tensile-training:0.1.0", bucket="b")
     args.update(kwargs)
     out, err = io.StringIO(), io.StringIO()
-    assert cli.job_render("dev", **args, root=root, out=out, err=err) == 2
+    assert render_tool.job_render("dev", **args, root=root, out=out, err=err) == 2
     assert message in err.getvalue() and "Traceback" not in err.getvalue() and out.getvalue() == ""
 
 

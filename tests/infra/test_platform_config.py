@@ -8,13 +8,14 @@ import datetime as dt
 
 import pytest
 
-from infra import config
+from infra.config import stack as config
+from infra.config.types import ConfigError
 
 TODAY = dt.date(2026, 11, 28)
 
 
 def _problems(raw) -> list[str]:
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         config.parse(raw, stack="dev", today=TODAY)
     return [str(p) for p in info.value.problems]
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from infra import cli, cost, job_plan, team_plan
-from infra.config import GpuPoolConfig, JobConfig, TeamConfig
+from infra import cost
+from infra.config.types import GpuPoolConfig, JobConfig, TeamConfig
+from infra.plan import job as job_plan
+from infra.plan import teams as team_plan
+from infra.tools import team_add as cli
 
 PRICES = cost.price_book()
 

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import yaml
 
-from infra import addons, config, cost, team_plan
-from infra.planning import GPU_TAINT
+from infra import cost
+from infra.components import addons
+from infra.config import stack as config
+from infra.config.types import StackConfig
+from infra.plan import teams as team_plan
+from infra.plan.pools import GPU_TAINT
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 JOB = "kubernetes:batch/v1:Job"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _config(stack: str, raw_configs) -> config.StackConfig:
+def _config(stack: str, raw_configs) -> StackConfig:
     return config.parse(raw_configs[stack], stack=stack)
 
 

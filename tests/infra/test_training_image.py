@@ -83,7 +83,7 @@ def test_build_context_is_the_training_directory_and_keeps_infra_and_tests_out()
     ignored = (TRAINING / ".dockerignore").read_text()
     assert "**/__pycache__" in ignored
     # The image's user is the uid the job's pods run as.
-    from infra import job_plan
+    from infra.plan import job as job_plan
 
     assert "USER 10001:10001" in text
     assert job_plan._hardened_container()["runAsUser"] == 10001

@@ -8,7 +8,7 @@ import io
 
 import yaml
 
-from infra import preview
+from infra.tools import preview
 
 from .conftest import REPO_ROOT
 

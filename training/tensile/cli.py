@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Optional
@@ -9,6 +10,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from tensile import contract
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tensile: elastic DeepSpeed training on spot capacity.")
@@ -66,11 +69,12 @@ def plan(config: Path = typer.Argument(..., help="Training config (YAML)."),
 
 
 @app.command()
-def launch(config: Path = typer.Option(..., help="Training config (YAML)."),
-           node_id: str = typer.Option(..., help="This node's name in logs."),
-           local_dir: Path = typer.Option(..., help="This node's own disk for checkpoint staging."),
-           rdzv_endpoint: str = typer.Option(..., help="host:port of the rendezvous store."),
-           nproc_per_node: int = typer.Option(1, help="Worker processes on this node.")) -> None:
+def launch(config: Path = typer.Option(..., contract.LAUNCH_CONFIG, help="Training config (YAML)."),
+           node_id: str = typer.Option(..., contract.LAUNCH_NODE_ID, help="This node's name in logs."),
+           local_dir: Path = typer.Option(..., contract.LAUNCH_LOCAL_DIR, help="This node's own disk for checkpoint staging."),
+           rdzv_endpoint: str = typer.Option(..., contract.LAUNCH_RDZV_ENDPOINT, help="host:port of the rendezvous store."),
+           nproc_per_node: int = typer.Option(contract.DEFAULT_NPROC_PER_NODE, contract.LAUNCH_NPROC_PER_NODE,
+                                              help="Worker processes on this node.")) -> None:
     """Run this node's part of an elastic job under torchrun, until the run ends for it."""
     from tensile.elastic.launcher import NodeSpec, run_node
 
@@ -83,7 +87,8 @@ def launch(config: Path = typer.Option(..., help="Training config (YAML)."),
 
 
 @app.command("rdzv-store")
-def rdzv_store(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(29400)) -> None:
+def rdzv_store(host: str = typer.Option(contract.DEFAULT_RDZV_STORE_HOST, contract.RDZV_STORE_HOST),
+               port: int = typer.Option(contract.DEFAULT_RDZV_PORT, contract.RDZV_STORE_PORT)) -> None:
     """Host the rendezvous store (it must outlive every worker node)."""
     from tensile.elastic.rendezvous import serve
 
@@ -125,6 +130,10 @@ def _print_demo(result: dict) -> None:
                   f"run directory: {result['run_dir']}")
 
 
+INFRA_COMMANDS = {"run_preview": "infra.tools.preview", "team_add": "infra.tools.team_add",
+                  "job_render": "infra.tools.job_render"}
+
+
 def _infra(function_name: str):
     """An infra entry point: needs the checkout (infra/ beside Pulumi.yaml) and the infra install."""
     repo_root = _repo_root()
@@ -132,14 +141,11 @@ def _infra(function_name: str):
         errors.print("[red]infra commands run from a Tensile checkout[/]: cd to the repository "
                      "(the directory with Pulumi.yaml) and run them there")
         raise typer.Exit(2)
-    sys.path.insert(0, str(repo_root))
-    try:
-        module = __import__("infra.preview" if function_name == "run_preview" else "infra.cli",
-                            fromlist=[function_name])
+    try:  # an installed package (`make install-infra` puts the checkout's infra/ and policies/ on the path)
+        module = importlib.import_module(INFRA_COMMANDS[function_name])
     except ImportError as e:
         errors.print(f"[red]infra commands need the infra install[/] ({e.name} is missing): "
-                     "run `make install-infra` (or `pip install -r infra/requirements.txt "
-                     "-r policies/requirements.txt`) from the repository root")
+                     "run `make install-infra` from the repository root")
         raise typer.Exit(2) from None
     return getattr(module, function_name)
 

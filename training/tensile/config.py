@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tensile import contract
 
 
 class ConfigError(ValueError):
@@ -128,7 +131,7 @@ class CorpusConfig:
 
 @dataclass(kw_only=True, slots=True)
 class DataConfig:
-    url: str = "data"
+    url: str = contract.DEFAULT_DATA_URL
     """Sharded token dataset: a directory or an fsspec URL. Relative paths are resolved
     against the config file's directory."""
     generate: CorpusConfig | None = None
@@ -200,9 +203,9 @@ class ZeroConfig:
 
 @dataclass(kw_only=True, slots=True)
 class ElasticConfig:
-    min_workers: int = 1
+    min_workers: int = contract.DEFAULT_MIN_WORKERS
     """Fewest workers the job trains with; below it the job parks and waits."""
-    max_workers: int = 4
+    max_workers: int = contract.DEFAULT_MAX_WORKERS
     """Most workers the job uses; more nodes wait as spares."""
     collective_timeout_s: float = 15.0
     """A collective that waits this long fails: how fast a silently vanished peer is seen."""
@@ -243,7 +246,8 @@ class ElasticConfig:
 class CheckpointConfig:
     shared_dir: str = "shared"
     """The durable tier every node sees: a directory (a shared filesystem, EFS in a cluster) or
-    an `s3://bucket/prefix` URL. Relative paths are resolved against the config file's directory."""
+    an `s3://bucket/prefix` URL. Relative paths are resolved against the config file's directory.
+    TENSILE_CHECKPOINT_URL overrides it (the job sets it per pod)."""
     ledger_dir: str = ""
     """The run's ledger (rounds, failures, status): a directory every node sees. Empty means
     shared_dir, which must then be a directory; an s3:// shared_dir needs one (EFS)."""
@@ -438,6 +442,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     except yaml.YAMLError as e:
         raise ConfigError([("<file>", f"is not valid YAML: {e}")], str(path)) from e
     data = data or {}
+    if os.environ.get(contract.ENV_CHECKPOINT_URL):  # the platform's name for the run's shared tier wins
+        overrides = {"checkpoint.shared_dir": os.environ[contract.ENV_CHECKPOINT_URL], **(overrides or {})}
     if isinstance(data, dict):
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+from tensile import contract
 from tensile.elastic.api import NodeDirectory, NodeOutcome, RendezvousLeaveError, WorkerExit
 
 log = logging.getLogger("tensile.worker")
@@ -154,7 +155,7 @@ def train(config_path: str) -> int:
     watchdog.beat()
     checkpoint_request = CheckpointRequest()
     metrics = TrainerMetrics(config.run.name)
-    port = int(os.environ.get("TENSILE_METRICS_PORT", config.run.metrics_port) or 0)
+    port = int(os.environ.get(contract.ENV_METRICS_PORT, config.run.metrics_port) or 0)
     if port and me.speaks_for_node:
         metrics.serve(port)
     if config.signals.imds_enabled:

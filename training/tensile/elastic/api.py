@@ -12,6 +12,8 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
+from tensile import contract
+
 
 class NodeOutcome(StrEnum):
     """Why a node stopped, as its worker writes it to `outcome.json` and its launcher reports it.
@@ -47,13 +49,10 @@ class NodeOutcome(StrEnum):
             return None
 
 
-_LAUNCHER_EXIT_CODES = {
-    NodeOutcome.COMPLETED: 0,
-    NodeOutcome.FAILED: 3, NodeOutcome.BUDGET_EXHAUSTED: 3, NodeOutcome.INCOMPATIBLE: 3,
-    NodeOutcome.FENCED: 4,
-    # Stopped by a signal (pod deletion, node drain) after saving: the usual 128 + SIGTERM.
-    NodeOutcome.STOPPED: 143, NodeOutcome.PREEMPTED: 143,
-}
+# The codes are the trainer's contract with the infra (the Job's podFailurePolicy reads them).
+_LAUNCHER_EXIT_CODES = {NodeOutcome(name): code for name, code in contract.OUTCOME_EXIT_CODES.items()}
+if set(_LAUNCHER_EXIT_CODES) != set(NodeOutcome):
+    raise RuntimeError("tensile.contract.OUTCOME_EXIT_CODES must name every NodeOutcome")
 
 
 class WorkerExit(IntEnum):

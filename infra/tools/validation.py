@@ -3,7 +3,7 @@
 and the CRDs' CEL rules (x-kubernetes-validations) with cel-python. A kind with no schema is an
 error; a CEL rule the library cannot evaluate is listed, never passed silently.
 
-    python -m infra.validation --stack dev --out build/manifests/dev
+    python -m infra.tools.validation --stack dev --out build/manifests/dev
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any, Iterable
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from infra import mocks
+from infra.config.stack import REPO_ROOT
+
 CRD_DIRS = (REPO_ROOT / "infra" / "crds" / "karpenter", REPO_ROOT / "infra" / "crds" / "kueue")
 NOT_OBJECTS = ("kubernetes:helm.sh/",)
 """Helm releases are not objects in the cluster's API (their charts are not rendered here)."""
@@ -249,8 +251,6 @@ def validate(manifests: list[dict], kubernetes_version: str, crd_schemas: dict |
 
 def render_stack(stack: str) -> tuple[list[dict], str]:
     """The stack's objects from a mocked run (own process) and its Kubernetes version."""
-    from infra import mocks
-
     run = mocks.run_isolated(stack)
     if run.error:
         raise RuntimeError(f"stack {stack} failed under mocks: {run.error}")
@@ -280,5 +280,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO_ROOT))
     sys.exit(main())

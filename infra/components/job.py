@@ -1,4 +1,4 @@
-"""A run of the training package on the cluster: the objects `infra.job_plan` plans (config,
+"""A run of the training package on the cluster: the objects `infra.plan.job` plans (config,
 rendezvous store on the system nodes, headless Service, Kueue-admitted Indexed Job)."""
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from infra import job_plan
-from infra.config import GpuPoolConfig, JobConfig
-from infra.k8s_objects import declare
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from infra.components.k8s_objects import declare
+from infra.config.stack import REPO_ROOT
+from infra.config.types import GpuPoolConfig, JobConfig
+from infra.plan import job as job_plan
 
 
 def read_training_config(path: str, root: Path = REPO_ROOT) -> dict:

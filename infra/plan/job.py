@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import yaml
+from tensile import contract
 
 from infra import cost
-from infra.cluster import SYSTEM_NODE_LABEL
-from infra.config import GpuPoolConfig, JobConfig
-from infra.planning import GPU_TAINT
-from infra.team_plan import (GPU, GPU_NAME_LABEL, LOCAL_QUEUE, METRICS_PORT, RDZV_PORT, SHARED_PVC, TEAM_LABEL,
+from infra.config.types import GpuPoolConfig, JobConfig
+from infra.plan.pools import GPU_TAINT, SYSTEM_NODE_LABEL
+from infra.plan.teams import (GPU, GPU_NAME_LABEL, LOCAL_QUEUE, METRICS_PORT, RDZV_PORT, SHARED_PVC, TEAM_LABEL,
                              TRAINER_SERVICE_ACCOUNT, team_prefix)
 
 JOB_LABEL = "tensile.io/job"
@@ -26,8 +26,6 @@ COMPLETIONS_EQUAL_PARALLELISM = "kueue.x-k8s.io/job-completions-equal-parallelis
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 CONFIG_DIR = "/etc/tensile"
 WORK_DIR = "/var/lib/tensile"
-STOPPED_EXIT_CODE = 143
-"""The trainer exits 143 when SIGTERM stopped it after saving: a preemption, not a failure."""
 GRACE_MARGIN_SECONDS = 30
 """Above the measured emergency-checkpoint time: torchrun's shutdown and the pod's own exit."""
 HEADROOM = 0.75
@@ -92,27 +90,28 @@ def training_config_document(raw: dict, *, job: JobConfig, bucket: str) -> tuple
     if not isinstance(raw, dict):
         raise JobPlanError("the training config must be a YAML mapping")
     doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    elastic = doc.get("elastic") or {}
+    elastic = doc.get(contract.ELASTIC) or {}
     try:
-        low, high = int(elastic.get("min_workers", 1)), int(elastic.get("max_workers", 4))
+        low = int(elastic.get(contract.MIN_WORKERS, contract.DEFAULT_MIN_WORKERS))
+        high = int(elastic.get(contract.MAX_WORKERS, contract.DEFAULT_MAX_WORKERS))
     except (TypeError, ValueError) as e:
         raise JobPlanError(f"elastic.min_workers/max_workers must be integers: {e}") from e
     if not 1 <= low <= high:
         raise JobPlanError(f"elastic bounds must satisfy 1 <= min_workers <= max_workers (got {low}..{high})")
-    checkpoint = dict(doc.get("checkpoint") or {})
-    checkpoint["shared_dir"] = checkpoint_url(bucket, job)
-    checkpoint["local_dir"] = f"{WORK_DIR}/local"
+    checkpoint = dict(doc.get(contract.CHECKPOINT) or {})
+    checkpoint[contract.SHARED_DIR] = checkpoint_url(bucket, job)
+    checkpoint[contract.LOCAL_DIR] = f"{WORK_DIR}/local"
     # Rounds, failures and status need appends and exclusive creates: the team's EFS share.
-    checkpoint["ledger_dir"] = f"{SHARED_MOUNT}/runs/{job.name}"
-    doc["checkpoint"] = checkpoint
-    data = dict(doc.get("data") or {})
-    url = str(data.get("url", "data"))
+    checkpoint[contract.LEDGER_DIR] = f"{SHARED_MOUNT}/runs/{job.name}"
+    doc[contract.CHECKPOINT] = checkpoint
+    data = dict(doc.get(contract.DATA) or {})
+    url = str(data.get(contract.URL, contract.DEFAULT_DATA_URL))
     if "://" not in url and not url.startswith("/"):
-        data["url"] = str(PurePosixPath(WORK_DIR) / "work" / url)
-    doc["data"] = data
-    run = dict(doc.get("run") or {})
-    run["name"] = job.name
-    doc["run"] = run
+        data[contract.URL] = str(PurePosixPath(WORK_DIR) / "work" / url)
+    doc[contract.DATA] = data
+    run = dict(doc.get(contract.RUN) or {})
+    run[contract.NAME] = job.name
+    doc[contract.RUN] = run
     return yaml.safe_dump(doc, sort_keys=False), low, high
 
 
@@ -143,7 +142,8 @@ def rendezvous_objects(job: JobConfig) -> list[dict]:
                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [{
                     "name": "store", "image": job.image, "imagePullPolicy": "IfNotPresent",
-                    "command": ["tensile", "rdzv-store", "--host", "0.0.0.0", "--port", str(RDZV_PORT)],
+                    "command": [*contract.RDZV_STORE_COMMAND, contract.RDZV_STORE_HOST, "0.0.0.0",
+                                contract.RDZV_STORE_PORT, str(RDZV_PORT)],
                     "ports": [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}],
                     "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
                                   "limits": {"cpu": "1", "memory": "1Gi"}},
@@ -167,8 +167,8 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_workers: int, max_work
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "HOME", "value": "/tmp"},
-        {"name": "TENSILE_METRICS_PORT", "value": str(METRICS_PORT)},
-        {"name": "TENSILE_CHECKPOINT_URL", "value": checkpoint_url(bucket, job)},
+        {"name": contract.ENV_METRICS_PORT, "value": str(METRICS_PORT)},
+        {"name": contract.ENV_CHECKPOINT_URL, "value": checkpoint_url(bucket, job)},
     ]
     if shape.efa_interfaces:
         requests[EFA_RESOURCE] = str(shape.efa_interfaces)
@@ -208,9 +208,9 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_workers: int, max_work
         "securityContext": {"runAsNonRoot": True, "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "trainer", "image": job.image, "imagePullPolicy": "IfNotPresent",
-            "command": ["tensile", "launch", "--config", f"{CONFIG_DIR}/train.yaml", "--node-id", "$(POD_NAME)",
-                        "--local-dir", f"{WORK_DIR}/local", "--rdzv-endpoint", rdzv,
-                        "--nproc-per-node", str(shape.gpus)],
+            "command": [*contract.LAUNCH_COMMAND, contract.LAUNCH_CONFIG, f"{CONFIG_DIR}/train.yaml",
+                        contract.LAUNCH_NODE_ID, "$(POD_NAME)", contract.LAUNCH_LOCAL_DIR, f"{WORK_DIR}/local",
+                        contract.LAUNCH_RDZV_ENDPOINT, rdzv, contract.LAUNCH_NPROC_PER_NODE, str(shape.gpus)],
             "env": env,
             "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
             "resources": {"requests": dict(requests), "limits": dict(requests)},
@@ -237,7 +237,7 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_workers: int, max_work
             "podFailurePolicy": {"rules": [
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In",
-                                                     "values": [STOPPED_EXIT_CODE]}},
+                                                     "values": [contract.EXIT_STOPPED]}},
             ]},
             "template": {"metadata": {"labels": labels,
                                       "annotations": {"prometheus.io/scrape": "true",

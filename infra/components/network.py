@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra import planning
-from infra.config import NetworkConfig
+from infra.config.types import NetworkConfig, nat_gateway_count
+from infra.plan import network as network_plan
+from infra.plan.pools import DISCOVERY_TAG
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +29,7 @@ class Network(pulumi.ComponentResource):
         super().__init__("tensile:infra:Network", name, None, opts)
         cfg = args.config
         child = pulumi.ResourceOptions(parent=self)
-        plan = planning.plan_subnets(cfg.cidr, cfg.availability_zones, cfg.nat_gateways)
+        plan = network_plan.plan_subnets(cfg.cidr, cfg.availability_zones, cfg.nat_gateways)
         cluster_tag = {f"kubernetes.io/cluster/{args.cluster_name}": "shared"}
 
         vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=cfg.cidr, enable_dns_hostnames=True, enable_dns_support=True,
@@ -49,7 +50,7 @@ class Network(pulumi.ComponentResource):
             aws.ec2.RouteTableAssociation(f"{name}-public-{az}-rta", subnet_id=public.id,
                                           route_table_id=public_rt.id, opts=child)
             public_subnets.append(public)
-        for i in range(planning.nat_gateway_count(cfg.availability_zones, cfg.nat_gateways)):
+        for i in range(nat_gateway_count(cfg.availability_zones, cfg.nat_gateways)):
             az = plan[i].availability_zone
             eip = aws.ec2.Eip(f"{name}-nat-{az}-eip", domain="vpc", tags={"Name": f"{name}-nat-{az}"}, opts=child)
             nats.append(aws.ec2.NatGateway(f"{name}-nat-{az}", allocation_id=eip.id, subnet_id=public_subnets[i].id,
@@ -60,7 +61,7 @@ class Network(pulumi.ComponentResource):
             private = aws.ec2.Subnet(
                 f"{name}-private-{az}", vpc_id=vpc.id, cidr_block=subnet.private_cidr, availability_zone=az,
                 tags={"Name": f"{name}-private-{az}", "kubernetes.io/role/internal-elb": "1",
-                      planning.DISCOVERY_TAG: args.cluster_name, **cluster_tag}, opts=child)
+                      DISCOVERY_TAG: args.cluster_name, **cluster_tag}, opts=child)
             rt = aws.ec2.RouteTable(
                 f"{name}-private-{az}-rt", vpc_id=vpc.id,
                 routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nats[subnet.nat_index].id)],
@@ -81,7 +82,7 @@ class Network(pulumi.ComponentResource):
                 ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=443, to_port=443,
                                                           cidr_blocks=[cfg.cidr])],
                 tags={"Name": f"{name}-endpoints"}, opts=child)
-            for service in planning.interface_endpoint_services(args.region):
+            for service in network_plan.interface_endpoint_services(args.region):
                 short = service.rsplit(".", 2)[-2:] if service.endswith((".api", ".dkr")) else [service.rsplit(".", 1)[-1]]
                 aws.ec2.VpcEndpoint(
                     f"{name}-{'-'.join(short)}", vpc_id=vpc.id, service_name=service, vpc_endpoint_type="Interface",

@@ -11,10 +11,12 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra import cost, tagging, team_plan
-from infra.cluster import assume_role_policy
-from infra.config import GpuPoolConfig, PlatformConfig, TeamConfig
-from infra.k8s_objects import declare
+from infra import cost
+from infra.components import tagging
+from infra.components.cluster import assume_role_policy
+from infra.components.k8s_objects import declare
+from infra.config.types import GpuPoolConfig, PlatformConfig, TeamConfig
+from infra.plan import teams as team_plan
 
 
 @dataclass(frozen=True, kw_only=True)

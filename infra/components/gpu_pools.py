@@ -10,8 +10,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra import planning
-from infra.config import GpuPoolConfig, KarpenterConfig
+from infra.config.types import GpuPoolConfig, KarpenterConfig
+from infra.plan import pools as pool_plan
 
 EFA_PLUGIN_CHART = "aws-efa-k8s-device-plugin"
 EFA_PLUGIN_REPO = "https://aws.github.io/eks-charts"
@@ -39,7 +39,7 @@ class GpuNodePools(pulumi.ComponentResource):
 
         # The plan is pure; the node role's name is an Output, filled into each class spec below.
         node_role = pulumi.Output.from_input(args.node_role_name)
-        classes, node_pools = planning.plan_gpu_pools(
+        classes, node_pools = pool_plan.plan_gpu_pools(
             args.pools, cluster_name=args.cluster_name, node_role="", karpenter=args.karpenter, tags=args.tags)
         if any(p.efa for p in node_pools):
             # EFA needs all traffic between members of one group, in and out (EFA user guide).
@@ -49,14 +49,14 @@ class GpuNodePools(pulumi.ComponentResource):
                 egress=[aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0, self=True),
                         aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0,
                                                         cidr_blocks=["0.0.0.0/0"])],
-                tags={"Name": f"{args.cluster_name}-efa", planning.EFA_SECURITY_GROUP_TAG: args.cluster_name},
+                tags={"Name": f"{args.cluster_name}-efa", pool_plan.EFA_SECURITY_GROUP_TAG: args.cluster_name},
                 opts=child)
             self.efa_security_group_id = efa_sg.id
             k8s.helm.v3.Release(
                 f"{name}-efa-device-plugin", name="aws-efa-k8s-device-plugin", chart=EFA_PLUGIN_CHART,
                 version=EFA_PLUGIN_VERSION,
                 repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=EFA_PLUGIN_REPO), namespace="kube-system",
-                values={"nodeSelector": {planning.EFA_LABEL: "true"},
+                values={"nodeSelector": {pool_plan.EFA_LABEL: "true"},
                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
                 opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.controller]))
 
@@ -76,7 +76,7 @@ class GpuNodePools(pulumi.ComponentResource):
         for plan in node_pools:
             k8s.apiextensions.CustomResource(
                 f"{name}-{plan.name}", api_version="karpenter.sh/v1", kind="NodePool",
-                metadata={"name": plan.name, "labels": {planning.POOL_LABEL: plan.pool}}, spec=plan.spec,
+                metadata={"name": plan.name, "labels": {pool_plan.POOL_LABEL: plan.pool}}, spec=plan.spec,
                 opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
                                             depends_on=[*args.crds, args.controller, node_classes[plan.node_class]]))
             self.node_pool_names.append(plan.name)

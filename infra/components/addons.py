@@ -12,11 +12,11 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import yaml
 
-from infra.cluster import SYSTEM_NODE_LABEL, assume_role_policy
-from infra.config import PlatformConfig
-from infra.planning import GPU_TAINT
+from infra.components.cluster import assume_role_policy
+from infra.config.types import PlatformConfig
+from infra.plan.pools import GPU_TAINT, SYSTEM_NODE_LABEL
 
-KUEUE_CRD_DIR = Path(__file__).resolve().parent / "crds" / "kueue"
+KUEUE_CRD_DIR = Path(__file__).resolve().parents[1] / "crds" / "kueue"
 # Only the kinds the program declares; the chart installs the rest (Workload, AdmissionCheck...).
 KUEUE_CRD_FILES = ("kueue.x-k8s.io_resourceflavors.yaml", "kueue.x-k8s.io_clusterqueues.yaml",
                    "kueue.x-k8s.io_localqueues.yaml", "kueue.x-k8s.io_cohorts.yaml")

@@ -1,134 +1,38 @@
-"""Section parsers for the stack config and its cost cross-checks: each reads raw values,
-records every problem with its property path, and returns typed config (see infra/config.py)."""
+"""Section parsers for the stack config: each reads one section's raw values, records every
+problem with its property path, and returns typed config (infra/config/types.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from infra import cost
-from infra.config import (
-    CLUSTER_LOG_TYPES, EKS_STANDARD_SUPPORT_ENDS, MIN_SUPPORT_LEFT,
-    REQUIRED_ADDONS, BudgetConfig, ClusterConfig, GpuPoolConfig, JobConfig, KarpenterConfig, NetworkConfig,
-    PlatformConfig, Problem, StorageConfig, SystemNodesConfig, TeamConfig,
-)
+from infra.config.reader import (DNS_LABEL, DURATION, EMAIL, ISO_DATE, RESERVATION_ID, Reader, at_least, cidr_problem,
+                                 image_problem, one_of, positive, role_arn_problem)
+from infra.config.types import (BudgetConfig, ClusterConfig, GpuPoolConfig, JobConfig, KarpenterConfig,
+                                NetworkConfig, PlatformConfig, StorageConfig, SystemNodesConfig, TeamConfig)
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
-ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
-DURATION = re.compile(r"^\d+(s|m|h)$")
-# An image reference pinned to a tag or digest (never `:latest`, never untagged).
-PINNED_IMAGE = re.compile(r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$")
+# EKS standard support end per Kubernetes minor (AWS EKS version calendar, checked 2026-11-28;
+# 1.36's date is its EKS release + 14 months). Refresh with each EKS release.
+EKS_STANDARD_SUPPORT_ENDS: dict[str, dt.date] = {
+    "1.34": dt.date(2026, 12, 2),
+    "1.35": dt.date(2027, 3, 27),
+    "1.36": dt.date(2027, 8, 2),
+}
+MIN_SUPPORT_LEFT = dt.timedelta(days=60)
+"""A version leaving standard support sooner than this is refused: an upgrade is due first."""
 
-
-def role_arn_problem(value: str) -> str | None:
-    return None if ROLE_ARN.match(value) else f"must be an IAM role ARN such as arn:aws:iam::111122223333:role/ml-team (got {value!r})"
-
-
-def image_problem(value: str) -> str | None:
-    if value.endswith(":latest"):
-        return f"must pin a version, not :latest (got {value!r})"
-    return None if PINNED_IMAGE.match(value) else f"must be registry/repository:tag or @sha256:digest (got {value!r})"
-
-
-class Reader:
-    """Reads raw values, collecting problems instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-
-    def problem(self, path: str, reason: str) -> None:
-        self.problems.append(Problem(path, reason))
-
-    def section(self, raw: Any, path: str, known: set[str], *, required: bool = True) -> dict:
-        if raw is None:
-            if required:
-                self.problem(path, "is required: add this section to the stack file")
-            return {}
-        if not isinstance(raw, Mapping):
-            self.problem(path, f"must be a mapping, got {type(raw).__name__}")
-            return {}
-        for key in sorted(set(raw) - known):
-            self.problem(f"{path}.{key}", f"unknown setting: expected one of {', '.join(sorted(known))}")
-        return dict(raw)
-
-    def value(self, obj: Mapping, key: str, path: str, kind: type | tuple[type, ...], default: Any = ...,
-              check: Callable[[Any], str | None] | None = None) -> Any:
-        where = f"{path}.{key}" if path else key
-        if key not in obj or obj[key] is None:
-            if default is ...:
-                self.problem(where, "is required")
-                return None
-            return default
-        value = obj[key]
-        # YAML gives ints for whole numbers; a float setting accepts them. bool is not an int here.
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind is not bool:
-            self.problem(where, f"must be {_kind_name(kind)}, got {value!r}")
-            return None
-        if not isinstance(value, kind):
-            self.problem(where, f"must be {_kind_name(kind)}, got {value!r}")
-            return None
-        if check is not None:
-            reason = check(value)
-            if reason:
-                self.problem(where, reason)
-        return value
-
-    def strings(self, obj: Mapping, key: str, path: str, default: Any = ...,
-                check: Callable[[str], str | None] | None = None) -> tuple[str, ...]:
-        where = f"{path}.{key}" if path else key
-        items = self.value(obj, key, path, list, default)
-        if items is None:
-            return ()
-        out = []
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                self.problem(f"{where}[{i}]", f"must be a string, got {item!r}")
-                continue
-            if check is not None and (reason := check(item)):
-                self.problem(f"{where}[{i}]", reason)
-            out.append(item)
-        return tuple(out)
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a mapping"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else f"must be > 0 (got {value})"
-
-
-def _at_least(minimum: int) -> Callable[[int], str | None]:
-    return lambda v: None if v >= minimum else f"must be >= {minimum} (got {v})"
-
-
-def one_of(*choices: str) -> Callable[[str], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)} (got {v!r})"
-
-
-def _cidr(value: str) -> str | None:
-    try:
-        ipaddress.ip_network(value, strict=True)
-    except ValueError:
-        return f"must be a CIDR block such as 203.0.113.0/24 (got {value!r})"
-    return None
+CLUSTER_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+REQUIRED_ADDONS = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "eks-node-monitoring-agent")
 
 
 def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
     path = "network"
     obj = r.section(raw, path, {"cidr", "availabilityZones", "natGateways", "interfaceEndpoints"})
-    cidr = r.value(obj, "cidr", path, str, check=_cidr)
-    if cidr and not _cidr(cidr):
+    cidr = r.value(obj, "cidr", path, str, check=cidr_problem)
+    if cidr and not cidr_problem(cidr):
         prefix = ipaddress.ip_network(cidr).prefixlen
         if not 16 <= prefix <= 20:
             r.problem(f"{path}.cidr", f"prefix must be /16 to /20 so every AZ gets room for pods (got /{prefix})")
@@ -162,7 +66,7 @@ def parse_cluster(r: Reader, raw: Any, environment: str | None, today: dt.date) 
         elif ends - today < MIN_SUPPORT_LEFT:
             r.problem(f"{path}.kubernetesVersion",
                       f"{version} leaves EKS standard support on {ends.isoformat()}: use one of {supported}")
-    cidrs = r.strings(obj, "endpointPublicAccessCidrs", path, (), check=_cidr)
+    cidrs = r.strings(obj, "endpointPublicAccessCidrs", path, (), check=cidr_problem)
     for i, c in enumerate(cidrs):
         if environment == "prod" and c in ("0.0.0.0/0", "::/0"):
             r.problem(f"{path}.endpointPublicAccessCidrs[{i}]",
@@ -189,10 +93,10 @@ def parse_system_nodes(r: Reader, raw: Any, path: str) -> SystemNodesConfig | No
     obj = r.section(raw, path, {"instanceType", "minSize", "desiredSize", "maxSize", "diskGiB"})
     instance_type = r.value(obj, "instanceType", path, str)
     # Two at least: Karpenter and CoreDNS run two replicas each, and they must outlive a node.
-    min_size = r.value(obj, "minSize", path, int, check=_at_least(2))
-    desired = r.value(obj, "desiredSize", path, int, check=_at_least(1))
-    max_size = r.value(obj, "maxSize", path, int, check=_at_least(1))
-    disk = r.value(obj, "diskGiB", path, int, 50, check=_at_least(20))
+    min_size = r.value(obj, "minSize", path, int, check=at_least(2))
+    desired = r.value(obj, "desiredSize", path, int, check=at_least(1))
+    max_size = r.value(obj, "maxSize", path, int, check=at_least(1))
+    disk = r.value(obj, "diskGiB", path, int, 50, check=at_least(20))
     if None in (instance_type, min_size, desired, max_size):
         return None
     if not min_size <= desired <= max_size:
@@ -230,7 +134,7 @@ def parse_prices(r: Reader, raw_prices: Any, raw_spot: Any) -> cost.PriceBook:
     for instance_type, entry in (raw_prices or {}).items():
         path = f"prices.{instance_type}"
         obj = r.section(entry, path, {"usdPerHour", "asOf", "source"})
-        usd = r.value(obj, "usdPerHour", path, float, check=_positive)
+        usd = r.value(obj, "usdPerHour", path, float, check=positive)
         as_of = r.value(obj, "asOf", path, str,
                         check=lambda v: None if ISO_DATE.match(v) else f"must be an ISO date such as 2026-11-01 (got {v!r})")
         source = r.value(obj, "source", path, str, check=lambda v: None if v.strip() else "must say where the price comes from")
@@ -279,7 +183,7 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
                               f"{t} carries {shape.gpu_model}, not {model}: one GPU model per pool (mixed models make stragglers)")
                 elif t not in prices.on_demand:
                     r.problem(f"{path}.instanceTypes[{j}]", f"no on-demand price for {t}: add it under prices")
-        max_gpus = r.value(obj, "maxGpus", path, int, check=_positive)
+        max_gpus = r.value(obj, "maxGpus", path, int, check=positive)
         spot = r.value(obj, "spot", path, bool, True)
         reservations = r.strings(obj, "capacityReservationIds", path, (),
                                  check=lambda v: None if RESERVATION_ID.match(v) else f"must be a capacity reservation id cr-..., got {v!r}")
@@ -312,15 +216,15 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
 def parse_storage(r: Reader, raw: Any) -> StorageConfig | None:
     path = "storage"
     obj = r.section(raw, path, {"noncurrentVersionDays", "abortMultipartDays"}, required=False)
-    keep = r.value(obj, "noncurrentVersionDays", path, int, 30, check=_at_least(1))
-    abort = r.value(obj, "abortMultipartDays", path, int, 7, check=_at_least(1))
+    keep = r.value(obj, "noncurrentVersionDays", path, int, 30, check=at_least(1))
+    abort = r.value(obj, "abortMultipartDays", path, int, 7, check=at_least(1))
     return StorageConfig(noncurrent_version_days=keep, abort_multipart_days=abort)
 
 
 def parse_budget(r: Reader, raw: Any) -> BudgetConfig | None:
     path = "budget"
     obj = r.section(raw, path, {"monthlyUsd", "actualThresholds", "forecastThresholds", "emails", "onWorstCaseOverBudget"})
-    monthly = r.value(obj, "monthlyUsd", path, float, check=_positive)
+    monthly = r.value(obj, "monthlyUsd", path, float, check=positive)
 
     def thresholds(key: str, default: list[float]) -> tuple[float, ...]:
         values = r.value(obj, key, path, list, default) or []
@@ -361,9 +265,9 @@ def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[
         if name in names:
             r.problem(f"{path}.name", f"duplicate team {name!r}")
         names.add(name)
-        quota = r.value(obj, "gpuQuota", path, int, check=_positive)
-        borrow = r.value(obj, "borrowingLimit", path, int, 0, check=_at_least(0))
-        budget = r.value(obj, "monthlyBudgetUsd", path, float, check=_positive)
+        quota = r.value(obj, "gpuQuota", path, int, check=positive)
+        borrow = r.value(obj, "borrowingLimit", path, int, 0, check=at_least(0))
+        budget = r.value(obj, "monthlyBudgetUsd", path, float, check=positive)
         models = r.strings(obj, "gpuModels", path,
                            check=lambda v: None if v in pool_models else f"no GPU pool offers {v!r} (pools offer {', '.join(sorted(pool_models))})")
         member_role = r.value(obj, "memberRoleArn", path, str, check=role_arn_problem)
@@ -416,7 +320,7 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
         model = r.value(obj, "gpuModel", path, str, None,
                         check=lambda v: None if team is None or v in team.gpu_models
                         else f"team {team_name} may use {', '.join(team.gpu_models)}, not {v!r}")
-        gpus = r.value(obj, "gpusPerWorker", path, int, 1, check=_positive)
+        gpus = r.value(obj, "gpusPerWorker", path, int, 1, check=positive)
         grace = r.value(obj, "emergencyCheckpointSeconds", path, int, 60,
                         check=lambda v: None if 1 <= v <= 90 else
                         f"must be 1..90: the save must fit inside the two-minute spot notice (got {v})")
@@ -431,33 +335,3 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
         jobs.append(JobConfig(name=name, team=team_name, training_config=training, image=image, gpu_model=model,
                               gpus_per_worker=gpus, emergency_checkpoint_seconds=grace))
     return tuple(jobs)
-
-
-def check_costs(r: Reader, *, stack: str, pools, teams, budget: BudgetConfig, cluster: ClusterConfig,
-                 network: NetworkConfig, prices: cost.PriceBook) -> list[str]:
-    """Capacity is the hard bound: the worst case at the NodePools' limits and each team's quota
-    (with borrowing) must fit the budgets. Over budget refuses or warns, per budget.onWorstCaseOverBudget."""
-    from infra import planning  # planning imports config types; import here to keep modules acyclic
-
-    warnings: list[str] = []
-    checks: list[tuple[str, cost.BudgetCheck]] = []
-    estimate = planning.cost_estimate(pools=pools, cluster=cluster, network=network, prices=prices)
-    checks.append(("budget.monthlyUsd", cost.check_budget(
-        subject=f"stack {stack}", worst_case_monthly=estimate.worst_case_monthly,
-        budget_monthly=budget.monthly_usd, mode=budget.on_worst_case_over_budget)))
-    for i, team in enumerate(teams):
-        types = [t for p in pools if p.gpu_model in team.gpu_models for t in p.instance_types]
-        worst = cost.team_worst_case_monthly(quota_gpus=team.gpu_quota, borrowing_limit_gpus=team.borrowing_limit,
-                                             instance_types=types, prices=prices)
-        checks.append((f"teams[{i}].monthlyBudgetUsd", cost.check_budget(
-            subject=f"team {team.name}", worst_case_monthly=worst, budget_monthly=team.monthly_budget_usd,
-            mode=budget.on_worst_case_over_budget)))
-    team_total = sum(t.monthly_budget_usd for t in teams)
-    if team_total > budget.monthly_usd:
-        r.problem("teams", f"team budgets add up to ${team_total:,.0f}, more than budget.monthlyUsd ${budget.monthly_usd:,.0f}")
-    for path, check in checks:
-        if check.refuse:
-            r.problem(path, check.message + " (or set budget.onWorstCaseOverBudget: warn)")
-        elif check.exceeds:
-            warnings.append(f"{path}: {check.message}")
-    return warnings

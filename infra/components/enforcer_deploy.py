@@ -11,8 +11,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import enforcer
-from infra.cluster import SYSTEM_NODE_LABEL
-from infra.k8s_objects import declare
+from infra.components.k8s_objects import declare
+from infra.plan.pools import SYSTEM_NODE_LABEL
 
 IMAGE = "public.ecr.aws/docker/library/python:3.12.11-slim-bookworm"
 """Docker's official image through ECR Public (no Docker Hub rate limits), pinned by tag."""

@@ -10,8 +10,9 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra import planning, tagging
-from infra.config import BudgetConfig, TeamConfig
+from infra.components import tagging
+from infra.config.types import BudgetConfig, TeamConfig
+from infra.plan import budgets as budget_plan
 
 ENFORCER_NAMESPACE = "tensile-system"
 TEAM_BUDGETS_CONFIGMAP = "team-budgets"
@@ -69,7 +70,7 @@ class Budgets(pulumi.ComponentResource):
         notifications = [
             aws.budgets.BudgetNotificationArgs(
                 **n, subscriber_sns_topic_arns=[topic.arn], subscriber_email_addresses=list(cfg.emails) or None)
-            for n in planning.budget_notifications(cfg.actual_thresholds, cfg.forecast_thresholds)
+            for n in budget_plan.budget_notifications(cfg.actual_thresholds, cfg.forecast_thresholds)
         ]
         budget = aws.budgets.Budget(
             f"{name}-stack", name=f"tensile-{args.stack}", budget_type="COST", time_unit="MONTHLY",

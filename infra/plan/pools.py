@@ -1,17 +1,16 @@
-"""Planning decisions as pure functions of the typed config: subnets per AZ, NAT placement,
-NodePool and EC2NodeClass specs, limits, budget notifications, the stack's cost estimate.
+"""GPU pool planning as pure functions of the config: NodePool and EC2NodeClass specs, capacity
+order, limits, per-zone splits, and the labels and taints that place pods on nodes.
 Components only turn these plans into resources; tests check the plans with tables of cases.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from dataclasses import dataclass
 from typing import Iterable
 
 from infra import cost
-from infra.config import ClusterConfig, GpuPoolConfig, KarpenterConfig, NetworkConfig
+from infra.config.types import GpuPoolConfig, KarpenterConfig
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
 EFA_SECURITY_GROUP_TAG = "tensile.io/efa"
@@ -21,51 +20,8 @@ POOL_LABEL = "tensile.io/gpu-pool"
 MODEL_LABEL = "tensile.io/gpu-model"
 EFA_LABEL = "tensile.io/efa"
 """On EFA nodes only: the EFA device plugin runs where this label is."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Network
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SubnetPlan:
-    availability_zone: str
-    private_cidr: str
-    """Large: pods take VPC addresses (VPC CNI)."""
-    public_cidr: str
-    """Small: NAT gateways and load balancers only."""
-    nat_index: int
-    """Which NAT gateway this AZ's private subnet routes through."""
-
-
-def plan_subnets(cidr: str, azs: Iterable[str], nat_gateways: str) -> list[SubnetPlan]:
-    """Split the VPC into eighths: one per AZ for private subnets (up to six AZs), and the last
-    eighth cut into small public subnets. With one NAT, every AZ routes through the first."""
-    azs = list(azs)
-    network = ipaddress.ip_network(cidr)
-    eighths = list(network.subnets(prefixlen_diff=3))
-    if len(azs) > len(eighths) - 2:
-        raise ValueError(f"{len(azs)} AZs do not fit {cidr}: at most {len(eighths) - 2}")
-    public_blocks = list(eighths[-1].subnets(prefixlen_diff=3))
-    return [
-        SubnetPlan(
-            availability_zone=az,
-            private_cidr=str(eighths[i]),
-            public_cidr=str(public_blocks[i]),
-            nat_index=i if nat_gateways == "per-az" else 0,
-        )
-        for i, az in enumerate(azs)
-    ]
-
-
-def nat_gateway_count(azs: Iterable[str], nat_gateways: str) -> int:
-    return len(list(azs)) if nat_gateways == "per-az" else 1
-
-
-def interface_endpoint_services(region: str) -> list[str]:
-    """Image pulls (ECR api + dkr), IRSA/Pod Identity token exchange (STS) and logs stay in the VPC."""
-    return [f"com.amazonaws.{region}.{svc}" for svc in ("ecr.api", "ecr.dkr", "sts", "logs")]
+SYSTEM_NODE_LABEL = {"tensile.io/node-role": "system"}
+"""On the on-demand system node group: what must outlive any spot node (Karpenter, rendezvous stores) runs there."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,40 +200,3 @@ def plan_gpu_pools(pools: Iterable[GpuPoolConfig], *, cluster_name: str, node_ro
             spec=node_pool_spec(pool, zones=pool.zones, max_gpus=pool.max_gpus, node_class=class_name,
                                 karpenter=karpenter)))
     return list(classes.values()), node_pools
-
-
-# ---------------------------------------------------------------------------------------------
-# Cost and budgets
-# ---------------------------------------------------------------------------------------------
-
-
-def cost_estimate(*, pools: Iterable[GpuPoolConfig], cluster: ClusterConfig, network: NetworkConfig,
-                  prices: cost.PriceBook) -> cost.CostEstimate:
-    specs = [cost.PoolSpec(name=p.name, instance_types=p.instance_types, max_gpus=p.max_gpus) for p in pools]
-    fixed = cost.FixedSpec(
-        system_instance_type=cluster.system_nodes.instance_type,
-        system_nodes_min=cluster.system_nodes.min_size,
-        system_nodes_max=cluster.system_nodes.max_size,
-        nat_gateways=nat_gateway_count(network.availability_zones, network.nat_gateways),
-    )
-    return cost.estimate(specs, fixed, prices)
-
-
-def budget_notifications(actual: Iterable[float], forecast: Iterable[float]) -> list[dict]:
-    """One notification per threshold: ACTUAL ones say money is spent, FORECASTED ones warn early."""
-    out = []
-    for kind, thresholds in (("ACTUAL", actual), ("FORECASTED", forecast)):
-        for threshold in thresholds:
-            out.append({"notification_type": kind, "threshold": float(threshold),
-                        "threshold_type": "PERCENTAGE", "comparison_operator": "GREATER_THAN"})
-    return out
-
-
-def team_gpu_hour_prices(pools: Iterable[GpuPoolConfig], prices: cost.PriceBook) -> dict[str, float]:
-    """What the spend meter charges per admitted GPU-hour of each model: the dearest on-demand
-    GPU-hour among that model's pools, so metered spend never undercounts."""
-    by_model: dict[str, float] = {}
-    for pool in pools:
-        price = cost.worst_per_gpu_hour(pool.instance_types, prices)
-        by_model[pool.gpu_model] = max(price, by_model.get(pool.gpu_model, 0.0))
-    return by_model

@@ -11,8 +11,8 @@ from typing import Sequence
 import pulumi
 import pulumi_aws as aws
 
-from infra import tagging
-from infra.config import StorageConfig, TeamConfig
+from infra.components import tagging
+from infra.config.types import StorageConfig, TeamConfig
 
 TEAM_UID_BASE = 50_000
 """POSIX uid/gid of the first team's access point; each team gets its own."""

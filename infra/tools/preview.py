@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from infra import mocks
+from infra.config.stack import REPO_ROOT, StackFileError, read_stack_config
 
 EXIT_OK, EXIT_PROGRAM_ERROR, EXIT_BAD_STACK, EXIT_POLICY_VIOLATION = 0, 1, 2, 3
 
@@ -183,15 +184,15 @@ def _render_rich(run: mocks.ProgramRun, out: TextIO, root: Path, policy_lines: l
         console.print(escape(line))
 
 
-def run_preview(stack: str, *, root: Path = mocks.REPO_ROOT, out: TextIO | None = None, err: TextIO | None = None,
+def run_preview(stack: str, *, root: Path = REPO_ROOT, out: TextIO | None = None, err: TextIO | None = None,
                 plain: bool | None = None) -> int:
     """Preview `stack` offline; returns the exit code. `plain` forces text without rich."""
     out = out or sys.stdout
     err = err or sys.stderr
     started = time.perf_counter()
     try:
-        mocks.read_stack_config(stack, root)
-    except mocks.StackFileError as e:
+        read_stack_config(stack, root)
+    except StackFileError as e:
         print(f"error: {e}", file=err)
         return EXIT_BAD_STACK
     run = mocks.run_isolated(stack, root=root)

@@ -1,6 +1,6 @@
-"""Platform commands behind `tensile team add` and `tensile job render`: plain functions that
-print clear errors and return exit codes (0 done, 2 refused: bad input or a config the stack
-would refuse). The stack file is changed only when the whole new config validates."""
+"""`tensile team add`: add a team to `Pulumi.<stack>.yaml`, judged by the stack's own parse (the
+file is changed only when the whole new config validates). Prints clear errors and returns an
+exit code: 0 done, 2 refused (bad input or a config the stack would refuse)."""
 
 from __future__ import annotations
 
@@ -13,29 +13,20 @@ from typing import Sequence, TextIO
 
 import yaml
 
-from infra import config as stack_config
-from infra import cost, job_plan, mocks, team_plan
-from infra.config_sections import DNS_LABEL, Reader, parse_jobs, role_arn_problem
+from infra import cost
+from infra.config.stack import REPO_ROOT, StackFileError, parse_document, read_stack_document
+from infra.config.types import ConfigError
+from infra.plan import teams as team_plan
 
 EXIT_OK, EXIT_REFUSED = 0, 2
 
+FLAGS = {"name": "team name", "memberRoleArn": "--member-role-arn"}
+"""Entry fields written exactly as given: the parse's problem with one is the argument's."""
 
-def _error(message: str, err: TextIO) -> int:
+
+def error(message: str, err: TextIO) -> int:
     print(f"error: {message}", file=err)
     return EXIT_REFUSED
-
-
-def _load(stack: str, root: Path) -> tuple[Path, str, dict]:
-    path = root / f"Pulumi.{stack}.yaml"
-    mocks.read_stack_config(stack, root)  # raises StackFileError with the stacks that exist
-    text = path.read_text()
-    return path, text, yaml.safe_load(text) or {}
-
-
-def _parse(document: dict, stack: str) -> stack_config.StackConfig:
-    raw = {k: v for k, v in (document.get("config") or {}).items()
-           if not (isinstance(v, dict) and set(v) == {"secure"})}
-    return stack_config.parse(raw, stack=stack)
 
 
 def gpu_models_for(families: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -93,16 +84,20 @@ def insert_team(text: str, entry_for_indent) -> str:
 
 
 def team_add(stack: str, name: str, gpus: int, budget_usd: float, gpu_families: Sequence[str],
-             member_role_arn: str, *, root: Path = mocks.REPO_ROOT, out: TextIO = sys.stdout,
+             member_role_arn: str, *, root: Path = REPO_ROOT, out: TextIO = sys.stdout,
              err: TextIO = sys.stderr) -> int:
-    """Add a team to `Pulumi.<stack>.yaml` after validating it with the whole stack config."""
+    """Add a team to `Pulumi.<stack>.yaml` after validating it with the whole stack config: the
+    stack's parse judges the stack as it is (which teams exist) and with the entry (name, role,
+    quota, budgets); only what the parse cannot see is checked here (the GPU families, and the
+    numbers' types before they are written into the file as text)."""
     try:
-        path, text, document = _load(stack, root)
-    except mocks.StackFileError as e:
-        return _error(str(e), err)
+        path, text, document = read_stack_document(stack, root)
+        current = parse_document(document, stack)
+    except StackFileError as e:
+        return error(str(e), err)
+    except ConfigError as e:
+        return error(f"{path.name} left unchanged: the stack config is invalid already:\n{e}", err)
     problems = []
-    if not DNS_LABEL.match(name or ""):
-        problems.append(f"team name must be a DNS label (lower case, digits, '-'), got {name!r}")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus <= 0:
         problems.append(f"--gpus must be a positive integer, got {gpus!r}")
     if isinstance(budget_usd, bool) or not isinstance(budget_usd, (int, float)) or budget_usd <= 0:
@@ -113,32 +108,28 @@ def team_add(stack: str, name: str, gpus: int, budget_usd: float, gpu_families: 
         problems.append(f"unknown GPU family {family!r}: use a GPU model or instance family ({', '.join(known)})")
     if not gpu_families:
         problems.append("give at least one GPU family (--gpu-family l4)")
-    if (reason := role_arn_problem(member_role_arn or "")):
-        problems.append(f"--member-role-arn {reason}")
-    existing = [t.get("name") for t in ((document.get("config") or {}).get("tensile:teams") or []) if isinstance(t, dict)]
-    if name in existing:
+    if name in {team.name for team in current.teams}:
         problems.append(f"team {name!r} already exists in {path.name}")
     if problems:
         for p in problems:
-            _error(p, err)
+            error(p, err)
         return EXIT_REFUSED
 
     if any(re.match(r"^\s*tensile:teams:\s*[^\s#]", line) for line in text.splitlines()):
-        return _error(f"{path.name} writes tensile:teams in flow style ([...]); write it as a block list "
+        return error(f"{path.name} writes tensile:teams in flow style ([...]); write it as a block list "
                       "(one `- name: ...` entry per team) so an entry can be added without rewriting the file", err)
     new_text = insert_team(text, lambda indent: team_entry_text(
         name=name, gpus=gpus, budget_usd=budget_usd, gpu_models=models, member_role_arn=member_role_arn, indent=indent))
     try:
-        cfg = _parse(yaml.safe_load(new_text), stack)
-    except stack_config.ConfigError as e:
-        print(f"error: {path.name} left unchanged; with team {name!r} the stack config would be refused:", file=err)
-        for p in e.problems:
-            print(f"  - {p}", file=err)
-        return EXIT_REFUSED
+        cfg = parse_document(yaml.safe_load(new_text), stack)
+    except ConfigError as e:
+        return _refused(e, path=path, name=name, index=len(current.teams), err=err)
     except yaml.YAMLError as e:  # the insertion must never produce broken YAML; refuse if it did
-        return _error(f"{path.name} left unchanged: could not add the entry cleanly ({e})", err)
+        return error(f"{path.name} left unchanged: could not add the entry cleanly ({e})", err)
+    team = next((t for t in cfg.teams if t.name == name), None)
+    if team is None:  # the text given did not come back as one entry of that name
+        return error(f"{path.name} left unchanged: could not add the entry cleanly (team {name!r} did not parse back)", err)
 
-    team = next(t for t in cfg.teams if t.name == name)
     quota = team_plan.team_quota(team, cfg.gpu_pools, cfg.prices)
     # Atomic replace: a crash leaves the old file or the new one, never half of each.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
@@ -153,43 +144,19 @@ def team_add(stack: str, name: str, gpus: int, budget_usd: float, gpu_families: 
     return EXIT_OK
 
 
-def job_render(stack: str, *, name: str, team: str, training_config: str, image: str, bucket: str | None,
-               gpu_model: str | None = None, gpus_per_worker: int = 1, emergency_checkpoint_seconds: int = 60,
-               root: Path = mocks.REPO_ROOT, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print the objects of one training run as YAML (for `kubectl apply -f -`)."""
-    try:
-        _path, _text, document = _load(stack, root)
-        cfg = _parse(document, stack)
-    except mocks.StackFileError as e:
-        return _error(str(e), err)
-    except stack_config.ConfigError as e:
-        return _error(f"the stack config is invalid:\n{e}", err)
-    if not bucket:
-        return _error("pass the checkpoint bucket (`pulumi stack output checkpointBucket`)", err)
-    reader = Reader()
-    entry = {"name": name, "team": team, "trainingConfig": training_config, "image": image,
-             "gpusPerWorker": gpus_per_worker, "emergencyCheckpointSeconds": emergency_checkpoint_seconds}
-    if gpu_model:
-        entry["gpuModel"] = gpu_model
-    jobs = parse_jobs(reader, [entry], cfg.teams, cfg.gpu_pools)
-    if reader.problems:
-        for p in reader.problems:
-            _error(str(p).replace("jobs[0].", ""), err)
-        return EXIT_REFUSED
-    config_path = Path(training_config)
-    config_path = config_path if config_path.is_absolute() else root / config_path
-    try:
-        raw = yaml.safe_load(config_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        return _error(f"cannot read training config {training_config}: {e}", err)
-    models = next(t.gpu_models for t in cfg.teams if t.name == team)
-    try:
-        objects = job_plan.job_objects(jobs[0], training_config=raw, team_models=models, pools=cfg.gpu_pools,
-                                       bucket=bucket)
-    except job_plan.JobPlanError as e:
-        return _error(str(e), err)
-    out.write(yaml.safe_dump_all(objects, sort_keys=False))
-    return EXIT_OK
+def _refused(e: ConfigError, *, path: Path, name: str, index: int, err: TextIO) -> int:
+    """The parse's problems: those of a field written as given are the argument's; the rest keep
+    their stack paths (they are about the stack: pools, budgets, other teams)."""
+    entry = f"teams[{index}]."
+    given = [p for p in e.problems if p.path.removeprefix(entry) in FLAGS and p.path.startswith(entry)]
+    for p in given:
+        error(f"{FLAGS[p.path.removeprefix(entry)]} {p.reason}", err)
+    rest = [p for p in e.problems if p not in given]
+    if rest:
+        print(f"error: {path.name} left unchanged; with team {name!r} the stack config would be refused:", file=err)
+        for p in rest:
+            print(f"  - {p}", file=err)
+    return EXIT_REFUSED
 
 
-__all__ = ["team_add", "job_render", "gpu_models_for", "insert_team"]
+__all__ = ["team_add", "gpu_models_for", "insert_team"]

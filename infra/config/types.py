@@ -1,30 +1,12 @@
-"""Typed stack configuration: read once from `Pulumi.<stack>.yaml`, validated before any resource
-is declared. Every problem is reported at once, each with its property path and the fix.
-"""
+"""Typed stack configuration: the frozen dataclasses the program, planners and tools read, and
+the error that lists every problem of a stack config with its property path (parsed in infra/config/)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Iterable, Mapping
 
 from infra import cost
-
-NAMESPACE = "tensile"
-
-# EKS standard support end per Kubernetes minor (AWS EKS version calendar, checked 2026-11-28;
-# 1.36's date is its EKS release + 14 months). Refresh with each EKS release.
-EKS_STANDARD_SUPPORT_ENDS: dict[str, dt.date] = {
-    "1.34": dt.date(2026, 12, 2),
-    "1.35": dt.date(2027, 3, 27),
-    "1.36": dt.date(2027, 8, 2),
-}
-MIN_SUPPORT_LEFT = dt.timedelta(days=60)
-"""A version leaving standard support sooner than this is refused: an upgrade is due first."""
-
-CLUSTER_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
-REQUIRED_ADDONS = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "eks-node-monitoring-agent")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,84 +178,7 @@ class ConfigError(ValueError):
         super().__init__(f"{len(self.problems)} problem(s) in the stack config:\n{lines}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Parsing (section parsers and cross-checks live in infra/config_sections.py)
-# ---------------------------------------------------------------------------------------------
+def nat_gateway_count(azs: Iterable[str], nat_gateways: str) -> int:
+    """How many NAT gateways a network config means: the subnet plan and the cost bound both count with it."""
+    return len(list(azs)) if nat_gateways == "per-az" else 1
 
-
-def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None) -> StackConfig:
-    """Turn fully qualified raw config (`{"tensile:network": {...}, "aws:region": "..."}`, values
-    already decoded from JSON) into a StackConfig, or raise ConfigError listing every problem."""
-    today = today or dt.date.today()
-    from infra import config_sections as sections  # the parsers need the types above
-
-    r = sections.Reader()
-    top: dict[str, Any] = {}
-    known_top = {"environment", "costCentre", "network", "cluster", "karpenter", "gpuPools", "storage",
-                 "budget", "teams", "prices", "spotDiscounts", "platform", "jobs"}
-    for key, value in raw.items():
-        namespace, _, name = key.partition(":")
-        if namespace != NAMESPACE:
-            continue
-        if name not in known_top:
-            r.problem(name, f"unknown setting: expected one of {', '.join(sorted(known_top))}")
-        top[name] = value
-
-    region = raw.get("aws:region")
-    if not isinstance(region, str) or not region:
-        r.problem("aws:region", "is required: pulumi config set aws:region us-east-1")
-        region = ""
-
-    environment = r.value(top, "environment", "", str, check=sections.one_of("dev", "staging", "prod"))
-    cost_centre = r.value(top, "costCentre", "", str,
-                          check=lambda v: None if v.strip() else "must not be empty: it tags every resource")
-
-    network = sections.parse_network(r, top.get("network"), region)
-    azs = network.availability_zones if network else ()
-    cluster = sections.parse_cluster(r, top.get("cluster"), environment, today)
-    karpenter = sections.parse_karpenter(r, top.get("karpenter"))
-    prices = sections.parse_prices(r, top.get("prices"), top.get("spotDiscounts"))
-    pools = sections.parse_pools(r, top.get("gpuPools"), azs, prices)
-    storage = sections.parse_storage(r, top.get("storage"))
-    budget = sections.parse_budget(r, top.get("budget"))
-    teams = sections.parse_teams(r, top.get("teams"), pools)
-    platform = sections.parse_platform(r, top.get("platform"))
-    jobs = sections.parse_jobs(r, top.get("jobs"), teams, pools)
-
-    warnings: list[str] = []
-    if not r.problems:
-        warnings = sections.check_costs(r, stack=stack, pools=pools, teams=teams, budget=budget,
-                                cluster=cluster, network=network, prices=prices)
-    if r.problems:
-        raise ConfigError(r.problems)
-    return StackConfig(
-        stack=stack, environment=environment, region=region, cost_centre=cost_centre, network=network,
-        cluster=cluster, karpenter=karpenter, gpu_pools=pools, storage=storage, budget=budget, teams=teams,
-        prices=prices, platform=platform, jobs=jobs, warnings=tuple(warnings),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources
-# ---------------------------------------------------------------------------------------------
-
-
-def decode_value(value: Any) -> Any:
-    """Pulumi passes structured config to the program as JSON text; plain strings stay strings."""
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def load_from_pulumi() -> StackConfig:
-    """Read the running stack's config (under `pulumi up` or the SDK's mocks) and validate it."""
-    import pulumi
-    from pulumi.runtime import config as runtime_config
-
-    raw = {key: decode_value(value) for key, value in runtime_config.get_config_env().items()}
-    # Values set through the runtime (mocks, automation) are kept in CONFIG, not the environment.
-    raw.update({key: decode_value(value) for key, value in runtime_config.CONFIG.get().items()})
-    return parse(raw, stack=pulumi.get_stack())

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from infra import cost
-from infra.config import GpuPoolConfig, TeamConfig
-from infra.planning import GPU_TAINT
+from infra.config.types import GpuPoolConfig, TeamConfig
+from infra.plan.pools import GPU_TAINT
 
 KUEUE_API = "kueue.x-k8s.io/v1beta2"
 GPU = "nvidia.com/gpu"

@@ -12,10 +12,9 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra import planning
-from infra.config import ClusterConfig
+from infra.config.types import ClusterConfig
+from infra.plan.pools import DISCOVERY_TAG, SYSTEM_NODE_LABEL
 
-SYSTEM_NODE_LABEL = {"tensile.io/node-role": "system"}
 # Add-ons that are DaemonSets can go on before any node; the rest need nodes to become healthy.
 ADDONS_BEFORE_NODES = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")
 ADDONS_AFTER_NODES = ("coredns", "eks-node-monitoring-agent")
@@ -103,7 +102,7 @@ class Cluster(pulumi.ComponentResource):
             opts=child)
         # Karpenter finds the node security group by this tag (EKS creates the group itself).
         aws.ec2.Tag(f"{name}-sg-discovery-tag", resource_id=cluster.vpc_config.cluster_security_group_id,
-                    key=planning.DISCOVERY_TAG, value=args.cluster_name, opts=child)
+                    key=DISCOVERY_TAG, value=args.cluster_name, opts=child)
 
         for i, admin in enumerate(cfg.admin_role_arns):
             entry = aws.eks.AccessEntry(f"{name}-admin-{i}", cluster_name=cluster.name, principal_arn=admin,

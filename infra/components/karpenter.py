@@ -13,9 +13,10 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import yaml
 
-from infra.cluster import SYSTEM_NODE_LABEL, assume_role_policy
+from infra.components.cluster import assume_role_policy
+from infra.plan.pools import SYSTEM_NODE_LABEL
 
-CRD_DIR = Path(__file__).resolve().parent / "crds" / "karpenter"
+CRD_DIR = Path(__file__).resolve().parents[1] / "crds" / "karpenter"
 CRD_FILES = ("karpenter.sh_nodepools.yaml", "karpenter.sh_nodeclaims.yaml", "karpenter.k8s.aws_ec2nodeclasses.yaml")
 CHART = "oci://public.ecr.aws/karpenter/karpenter"
 NAMESPACE = "kube-system"

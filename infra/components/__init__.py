@@ -1,0 +1,1 @@
+"""ComponentResources, one per concern: each turns a plan (infra/plan/) into resources."""
