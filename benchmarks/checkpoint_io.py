@@ -54,8 +54,10 @@ def _worker(rank: int, port: int, root: str, s3_url: str, results: Any) -> None:
             return {}
 
     state, identity = NoTrainerState(), CheckpointIdentity(config_hash="bench", model_hash="", data_version="")
+    from tensile.elastic.control import ControlPlane, default_store
 
     deepspeed.init_distributed(dist_backend="gloo")
+    control = ControlPlane(default_store(), rank=0, world_size=1, base_timeout_s=60, tier_bytes_per_s=1e7)
     engine = _engine(1)
     directory = Path(root)
     step_s = []
@@ -65,7 +67,7 @@ def _worker(rank: int, port: int, root: str, s3_url: str, results: Any) -> None:
         step_s.append(time.monotonic() - started)
     checkpointer = EngineCheckpointer(tier=DirectoryTier(directory / "shared"), local_dir=directory / "local",
                                       rank=0, world_size=1, zero_stage=2, identity=identity, keep_last=2,
-                                      lease=GroupLease(token="b" * 32, next_seq=1, parent_id=None))
+                                      control=control, lease=GroupLease(token="b" * 32, next_seq=1, parent_id=None))
     sync_stall, async_stall, durable, write_s = [], [], [], []
     for i in range(REPEATS):
         sync_stall.append(checkpointer.save(engine, state, step=10 + i, reason="bench").stall_s)
@@ -81,7 +83,7 @@ def _worker(rank: int, port: int, root: str, s3_url: str, results: Any) -> None:
         nbytes = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
         shutil.rmtree(target)
     s3 = EngineCheckpointer(tier=open_tier(s3_url), local_dir=directory / "local-s3", rank=0, world_size=1,
-                            zero_stage=2, identity=identity, keep_last=2,
+                            zero_stage=2, identity=identity, keep_last=2, control=control,
                             lease=GroupLease(token="c" * 32, next_seq=1, parent_id=None))
     s3_durable = []
     for i in range(2):

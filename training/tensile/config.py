@@ -209,6 +209,10 @@ class ElasticConfig:
     """Most workers the job uses; more nodes wait as spares."""
     collective_timeout_s: float = 15.0
     """A collective that waits this long fails: how fast a silently vanished peer is seen."""
+    min_tier_mb_per_s: float = 10.0
+    """The slowest rate (MB/s) at which a healthy node writes, reads or hashes checkpoint bytes
+    on the shared tier. A phase over B bytes (round start, load, save) waits up to
+    collective_timeout_s + B / this for a silent peer before taking it for lost."""
     step_watchdog_s: float = 60.0
     """A step (after the first) that takes this long ends the worker as hung."""
     startup_timeout_s: float = 600.0
@@ -231,6 +235,8 @@ class ElasticConfig:
                 f"must be >= min_workers ({self.min_workers}), got {self.max_workers}")
         p.check(self.collective_timeout_s > 0, "collective_timeout_s",
                 f"must be > 0, got {self.collective_timeout_s}")
+        p.check(self.min_tier_mb_per_s > 0, "min_tier_mb_per_s",
+                f"must be > 0, got {self.min_tier_mb_per_s}")
         p.check(self.step_watchdog_s > 0, "step_watchdog_s", f"must be > 0, got {self.step_watchdog_s}")
         p.check(self.startup_timeout_s > 0, "startup_timeout_s", f"must be > 0, got {self.startup_timeout_s}")
         p.check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")

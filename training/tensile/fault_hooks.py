@@ -8,9 +8,17 @@ test code.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class FaultHooks:
     """Called by the trainer and the checkpointer at the named points; every one does nothing."""
+
+    def wrap_tier(self, tier: T) -> T:
+        """The shared tier the trainer works through (a test may slow it)."""
+        return tier
 
     def before_step(self, *, step: int, rank: int) -> None:
         """At the start of every training step (a test may raise, or stretch the step)."""

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
 from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
 from tensile.elastic.api import NodeOutcome
+from tensile.elastic.control import ControlPlane
 from tensile.elastic.ledger import RunLedger
 from tensile.elastic.signals import CheckpointRequest, StepWatchdog, StopRequest
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
@@ -101,7 +103,7 @@ def deepspeed_config(config: TrainingConfig, plan: BatchPlan, *, load_universal:
 class Trainer:
     def __init__(self, config: TrainingConfig, *, rank: int, world_size: int, local_dir: Path,
                  stop: StopRequest, watchdog: StepWatchdog, checkpoint_request: CheckpointRequest | None = None,
-                 metrics: TrainerMetrics | None = None, faults: FaultHooks = NO_FAULTS):
+                 control: ControlPlane, metrics: TrainerMetrics | None = None, faults: FaultHooks = NO_FAULTS):
         self.config = config
         self.rank = rank
         self.world_size = world_size
@@ -110,8 +112,10 @@ class Trainer:
         self.watchdog = watchdog
         self.checkpoint_request = checkpoint_request or CheckpointRequest()
         self.metrics = metrics
+        self.control = control
+        """Where phases that follow the bytes (round start, load, save) agree, with deadlines of their own."""
         self.faults = faults
-        self.tier = open_tier(config.checkpoint.shared_dir)
+        self.tier = faults.wrap_tier(open_tier(config.checkpoint.shared_dir))
         self.ledger = RunLedger(config.checkpoint.ledger_path)
         self.dataset = TokenDataset(config.data.url)
         self.plan = plan_batch(config.batch.global_batch_size, config.batch.micro_batch_sizes, world_size)
@@ -133,11 +137,14 @@ class Trainer:
 
     # ---- round start -------------------------------------------------------------------
     def start_round(self) -> RoundStart:
-        box: list[Any] = [None]
-        if self.rank == 0:
-            box[0] = self._decide_round()
-        dist.broadcast_object_list(box, src=0)
-        self.round = box[0]
+        # Rank 0 may verify a large checkpoint first: a phase, not a collective, so the others
+        # wait as long as its bytes take (elastic.min_tier_mb_per_s), not collective_timeout_s.
+        # The phase's own deadline judges it, not the start-up watchdog.
+        self.watchdog.pause()
+        with self.control.begin("round-start") as phase:
+            decided = self._decide_round(phase.extend) if self.rank == 0 else None
+            self.round = phase.broadcast(decided)
+        self.watchdog.beat()
         if self.round.decision is None:
             self.checkpointer = EngineCheckpointer(
                 tier=self.tier, local_dir=self.local_dir, rank=self.rank, world_size=self.world_size,
@@ -147,7 +154,8 @@ class Trainer:
                                             data_version=self.dataset.data_version),
                 keep_last=self.config.checkpoint.keep_last,
                 lease=GroupLease.for_round(self.round.token, self.round.resume),
-                persist_timeout_s=self.config.checkpoint.persist_timeout_s, faults=self.faults)
+                persist_timeout_s=self.config.checkpoint.persist_timeout_s, control=self.control,
+                faults=self.faults)
         if self.round.decision is None and self.resharding:
             self._prepare_reshard()
         if self.metrics and self.round.decision is None:
@@ -175,7 +183,8 @@ class Trainer:
             log.info("resharding ZeRO-%d state of %s from %d to %d workers (%s layout)", manifest.zero_stage,
                      manifest.checkpoint_id, manifest.world_size, self.world_size, manifest.layout)
 
-    def _decide_round(self) -> RoundStart:
+    def _decide_round(self, expect: Callable[[float], None]) -> RoundStart:
+        """Rank 0's decision; `expect(seconds)` tells the waiting ranks of work ahead."""
         token = uuid.uuid4().hex
         status = self.ledger.status()
         if status and status.get("state") == "completed":
@@ -185,7 +194,8 @@ class Trainer:
             self.ledger.write_status("failed", reason=f"failure budget spent: {spent} failures, "
                                      f"elastic.max_failures is {self.config.elastic.max_failures}")
             return RoundStart(NodeOutcome.BUDGET_EXHAUSTED, 0, token, None)
-        point = Catalog(self.tier).find_resume_point()
+        point = Catalog(self.tier).find_resume_point(
+            before_verify=lambda m: expect(self.control.seconds_for(sum(f.size for f in m.files))))
         if point.manifest is not None:
             problem = incompatibility(point.manifest, zero_stage=self.config.zero.stage,
                                       world_size=self.world_size, model_hash=self.config.model_hash())
@@ -223,7 +233,9 @@ class Trainer:
         point = self.round.resume
         if point is None or point.manifest is None:
             return 0
+        self.watchdog.pause()  # a phase with a deadline of its own, like the round start
         self.state.load_state_dict(self.checkpointer.load(self.engine, point))
+        self.watchdog.beat()
         return self.state.step
 
     # ---- training ----------------------------------------------------------------------

@@ -62,8 +62,14 @@ def node_directory(config, environ: Mapping[str, str] = os.environ) -> NodeDirec
 
 
 def is_peer_loss(error: BaseException) -> bool:
-    """Errors raised by a collective whose peer vanished, not by this worker's own code."""
+    """Errors raised by a collective or a control-plane phase whose peer vanished, hung or failed,
+    not by this worker's own code."""
     import torch.distributed as dist
+
+    from tensile.elastic.control import PeerFailed, PhaseTimeout
+
+    if isinstance(error, (PhaseTimeout, PeerFailed)):
+        return True
 
     if isinstance(error, (dist.DistBackendError, dist.DistNetworkError, dist.DistStoreError)):
         return True
@@ -134,6 +140,7 @@ def train(config_path: str) -> int:
     from tensile.checkpoint import FencingError
     from tensile.config import ConfigError, load_config
     from tensile.data import DatasetError
+    from tensile.elastic.control import ControlPlane, default_store
     from tensile.elastic.ledger import RunLedger
     from tensile.elastic.signals import CheckpointRequest, StepWatchdog
     from tensile.metrics import TrainerMetrics
@@ -164,11 +171,14 @@ def train(config_path: str) -> int:
     deepspeed.init_distributed(dist_backend="gloo" if not _has_cuda() else "nccl",
                                timeout=timedelta(seconds=config.elastic.collective_timeout_s),
                                verbose=False)
+    control = ControlPlane(default_store(), rank=rank, world_size=me.world_size,
+                           base_timeout_s=config.elastic.collective_timeout_s,
+                           tier_bytes_per_s=config.elastic.min_tier_mb_per_s * 1e6)
     round_start = None
     try:
         trainer = Trainer(config, rank=rank, world_size=me.world_size, local_dir=node_dir.path, stop=stop,
                           watchdog=watchdog, checkpoint_request=checkpoint_request, metrics=metrics,
-                          faults=fault_hooks_from_environment())
+                          control=control, faults=fault_hooks_from_environment())
         round_start = trainer.start_round()
         node_dir.round_marker(rank).parent.mkdir(parents=True, exist_ok=True)
         node_dir.round_marker(rank).write_text(str(round_start.round_number))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tensile.checkpoint.api import CheckpointCorrupt, CommitRecord, Manifest, Tier
@@ -54,9 +55,10 @@ class Catalog:
                              "reason": reason, "pinned_at": time.time()})
         return manifest
 
-    def find_resume_point(self) -> ResumePoint:
+    def find_resume_point(self, before_verify: Callable[[Manifest], None] | None = None) -> ResumePoint:
         """The newest committed checkpoint whose manifest and checksums verify. With a pin,
-        only the pinned checkpoint and its branch's descendants qualify."""
+        only the pinned checkpoint and its branch's descendants qualify. `before_verify` hears
+        of each checkpoint about to be verified (verifying reads all of its bytes)."""
         log_ = self.tier.commit_log
         pin = self.pinned()
         point = ResumePoint(next_seq=log_.head() + 1, pinned=pin)
@@ -68,6 +70,8 @@ class Catalog:
                 manifest = self.tier.read_manifest(record.checkpoint_id)
                 if pin and record.checkpoint_id != pin and manifest.branch != pin:
                     continue  # off the pinned branch: kept, not resumed from
+                if before_verify is not None:
+                    before_verify(manifest)
                 self.tier.verify(manifest)
             except CheckpointCorrupt as e:
                 point.skipped.append((record.checkpoint_id, str(e)))

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 
 from tensile.checkpoint.api import (DEEPSPEED_TAG, LAYOUT_DEEPSPEED, LAYOUT_SHARDED, CheckpointCorrupt,
                                     CheckpointError, CommitRecord, FencingError, FileEntry, Manifest, SaveResult,
@@ -35,7 +34,7 @@ from tensile.checkpoint.catalog import Catalog, ResumePoint, checkpoint_id_for
 from tensile.checkpoint.legacy_v1 import UNIVERSAL_TAG, needs_reshard, refusal
 from tensile.checkpoint.sharded.layout import META
 from tensile.checkpoint.sharded.restore import load_sharded
-from tensile.checkpoint.sharded.snapshot import ShardSnapshot, save_sharded, snapshot_sharded
+from tensile.checkpoint.sharded.snapshot import ShardSnapshot, snapshot_sharded
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
 
 log = logging.getLogger(__name__)
@@ -142,6 +141,25 @@ class SavedState(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
 
+class PhaseWait(Protocol):
+    """One phase of the group's control plane (tensile.elastic.control.Phase)."""
+
+    def extend(self, seconds: float) -> None: ...
+    def gather(self, value: Any) -> list[Any]: ...
+    def broadcast(self, value: Any = None, *, src: int = 0) -> Any: ...
+    def barrier(self) -> None: ...
+    def __enter__(self) -> "PhaseWait": ...
+    def __exit__(self, kind, error, traceback) -> None: ...
+
+
+class Coordinator(Protocol):
+    """Where the group's ranks agree during a save or a load: waits with deadlines that follow
+    the bytes moved, not the per-step collective timeout (tensile.elastic.control.ControlPlane)."""
+
+    def seconds_for(self, nbytes: float) -> float: ...
+    def begin(self, name: str, *, expected_s: float = 0.0) -> PhaseWait: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SaveStarted:
     """A background save has its snapshot and is persisting."""
@@ -160,7 +178,7 @@ class EngineCheckpointer:
     every rank's files are durable — publishes. At most one save is in flight per rank."""
 
     def __init__(self, *, tier: Tier, local_dir: Path, rank: int, world_size: int, zero_stage: int,
-                 identity: CheckpointIdentity, keep_last: int, lease: GroupLease,
+                 identity: CheckpointIdentity, keep_last: int, lease: GroupLease, control: Coordinator,
                  persist_timeout_s: float = 600.0, faults: FaultHooks = NO_FAULTS):
         self.tier = tier
         self.catalog = Catalog(tier)
@@ -173,6 +191,7 @@ class EngineCheckpointer:
         self.lease = lease
         """Moves on when a save is published, on the training thread only."""
         self.persist_timeout_s = persist_timeout_s
+        self.control = control
         self.faults = faults
         self._in_flight: Future[SaveResult] | None = None
         self._host_buffers: dict[torch.dtype, torch.Tensor] = {}
@@ -277,8 +296,9 @@ class EngineCheckpointer:
 
     # ---- synchronous saves --------------------------------------------------------------
     def save(self, engine: Any, state: SavedState, *, step: int, reason: str) -> SaveResult:
-        """Collective: every rank calls it, with no background save in flight (`wait` first).
-        Raises FencingError on every rank if fenced."""
+        """Every rank calls it, with no background save in flight (`wait` first). Raises
+        FencingError on every rank if fenced. The ranks agree through the control plane, each
+        announcing the time its bytes may take, so a large save never reads as a lost peer."""
         if self._in_flight is not None:
             raise RuntimeError("a background save is still in flight: wait() for it before saving")
         started = time.monotonic()
@@ -287,26 +307,27 @@ class EngineCheckpointer:
         local_root = self._local_root(checkpoint_id)
         client_state = state.state_dict()
         if self.layout == LAYOUT_SHARDED:
-            def write(directory: Path) -> Any:
-                return save_sharded(engine, zero_stage=self.zero_stage, directory=directory, rank=self.rank,
-                                    world_size=self.world_size, client_state=client_state)
+            snapshot = snapshot_sharded(engine, zero_stage=self.zero_stage, rank=self.rank,
+                                        world_size=self.world_size, client_state=client_state, copy=False)
+            write, nbytes = snapshot.write, snapshot.nbytes
         else:
             def write(directory: Path) -> Any:
-                return engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state=client_state,
-                                              save_latest=False)
-        entries = self._write_and_upload(write, local_root, checkpoint_id, step)
-        written = time.monotonic()
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, entries)
-        fenced: list[str | None] = [None]
-        if self.rank == 0:
-            try:
-                self._publish(checkpoint_id, step, lease, gathered, reason)
-            except FencingError as e:
-                fenced[0] = str(e)
-        dist.broadcast_object_list(fenced, src=0)
-        if fenced[0] is not None:
-            raise FencingError(fenced[0])
+                return save_deepspeed_replicated(engine, directory, rank=self.rank, client_state=client_state)
+            nbytes = replicated_state_bytes(engine) if self.rank == 0 else 0
+        # Written locally, then uploaded (and hashed): twice the bytes.
+        with self.control.begin("save", expected_s=self.control.seconds_for(2 * nbytes)) as phase:
+            entries = self._write_and_upload(write, local_root, checkpoint_id, step)
+            written = time.monotonic()
+            gathered = phase.gather(entries)
+            fenced: str | None = None
+            if self.rank == 0:
+                try:
+                    self._publish(checkpoint_id, step, lease, gathered, reason)
+                except FencingError as e:
+                    fenced = str(e)
+            fenced = phase.broadcast(fenced)
+        if fenced is not None:
+            raise FencingError(fenced)
         self.lease = lease.after_publish(checkpoint_id)
         self._drop_older_local_copies(keep=local_root)
         return SaveResult(checkpoint_id=checkpoint_id, step=step, reason=reason, asynchronous=False,
@@ -321,6 +342,7 @@ class EngineCheckpointer:
 
     def _write_and_upload(self, write: Callable[[Path], Any], local_root: Path, checkpoint_id: str,
                           step: int) -> list[FileEntry]:
+        local_root.mkdir(parents=True, exist_ok=True)
         write(local_root)
         entries = []
         for path in sorted(p for p in local_root.rglob("*") if p.is_file()):
@@ -356,26 +378,57 @@ class EngineCheckpointer:
         manifest = point.manifest
         if manifest is None:
             raise CheckpointError("no checkpoint to load")
-        if manifest.layout == LAYOUT_SHARDED:
-            own = sorted((self.local_dir / "checkpoints").glob(f"{manifest.checkpoint_id}.rank*"))
-            source = self.tier.range_reader(manifest, own)
-            sizes = {entry.path: entry.size for entry in manifest.files}
-            try:
-                client_state, stats = load_sharded(
-                    engine, zero_stage=self.zero_stage, source=source, saved_world_size=manifest.world_size,
-                    meta_size=sizes[META], what=f"checkpoint {manifest.checkpoint_id}")
-            finally:
-                source.close()
-            log.info("loaded %s (saved by %d workers) in %.2f s, %d bytes read by this rank",
-                     manifest.checkpoint_id, manifest.world_size, stats.seconds, stats.bytes_read)
-            return client_state
-        # DeepSpeed's own files (ZeRO-0, version-1 checkpoints): its loader needs them on disk.
-        # ZeRO state saved at another worker count loads from its universal layout (legacy_v1
-        # converts it, on a directory tier, before the engine is built).
-        tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG
-        load_dir = self.tier.local_view(manifest, self.local_dir / "restore")
-        path, client_state = engine.load_checkpoint(
-            str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        total = sum(entry.size for entry in manifest.files)  # a rank reads at most all of it
+        with self.control.begin("load", expected_s=self.control.seconds_for(total)) as phase:
+            if manifest.layout == LAYOUT_SHARDED:
+                return self._load_sharded(engine, manifest, phase)
+            # DeepSpeed's own files (ZeRO-0, version-1 checkpoints): its loader needs them on disk.
+            # ZeRO state saved at another worker count loads from its universal layout (legacy_v1
+            # converts it, on a directory tier, before the engine is built).
+            tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG
+            load_dir = self.tier.local_view(manifest, self.local_dir / "restore")
+            phase.barrier()  # every rank has its files: DeepSpeed's loader then waits on no download
+            path, client_state = engine.load_checkpoint(
+                str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {load_dir}")
         return client_state or {}
+
+    def _load_sharded(self, engine: Any, manifest: Manifest, phase: PhaseWait) -> dict[str, Any]:
+        own = sorted((self.local_dir / "checkpoints").glob(f"{manifest.checkpoint_id}.rank*"))
+        source = self.tier.range_reader(manifest, own)
+        sizes = {entry.path: entry.size for entry in manifest.files}
+        try:
+            client_state, stats = load_sharded(
+                engine, zero_stage=self.zero_stage, source=source, saved_world_size=manifest.world_size,
+                meta_size=sizes[META], what=f"checkpoint {manifest.checkpoint_id}",
+                before_collective=phase.barrier)
+        finally:
+            source.close()
+        log.info("loaded %s (saved by %d workers) in %.2f s, %d bytes read by this rank",
+                 manifest.checkpoint_id, manifest.world_size, stats.seconds, stats.bytes_read)
+        return client_state
+
+
+# ---- ZeRO-0: DeepSpeed's own file, written by rank 0 alone --------------------------------
+
+def replicated_state_bytes(engine: Any) -> int:
+    """An upper bound of a ZeRO-0 checkpoint's size: weights, Adam's two moments, a master copy."""
+    return 4 * sum(p.numel() * p.element_size() for p in engine.module.parameters())
+
+
+def save_deepspeed_replicated(engine: Any, directory: Path, *, rank: int, client_state: dict[str, Any]) -> None:
+    """ZeRO-0 state in DeepSpeed's own layout (`<dir>/state/mp_rank_00_model_states.pt`, what
+    `engine.load_checkpoint` reads), written by rank 0 alone. DeepSpeed's `save_checkpoint` would
+    write the same file but hold every other rank in a `dist.barrier()` for as long as rank 0
+    writes; that wait is the control plane's (a phase), so only its non-collective part runs here:
+    `_create_checkpoint_file` and `_save_checkpoint` of DeepSpeed 0.19.8 (checked by name)."""
+    if rank != 0:
+        return  # the state is replicated: rank 0's copy is the checkpoint
+    missing = [n for n in ("_create_checkpoint_file", "_save_checkpoint", "save_non_zero_checkpoint")
+               if not hasattr(engine, n)]
+    if missing or engine.zero_optimization():
+        raise RuntimeError(f"DeepSpeed's engine lacks {', '.join(missing) or 'ZeRO-0'}: Tensile's ZeRO-0 "
+                           f"save was written against DeepSpeed 0.19.8")
+    engine._create_checkpoint_file(str(directory), DEEPSPEED_TAG, False)
+    engine._save_checkpoint(str(directory), DEEPSPEED_TAG, client_state=client_state)

@@ -2,7 +2,9 @@
 
 `TENSILE_FAULTS="crash-in-save@10,raise@7"`: kill the process between checkpoint files of the
 save at step 10; raise a training error once at step 7. `TENSILE_FAULT_STEP_DELAY_S` slows
-every step; `TENSILE_FAULT_PERSIST_DELAY_S` slows every background checkpoint before it writes.
+every step; `TENSILE_FAULT_PERSIST_DELAY_S` slows every background checkpoint before it writes;
+`TENSILE_FAULT_TIER_BYTES_PER_S` makes the shared tier move (write, read, hash) at most that
+many bytes a second, as a large checkpoint on a slow network would.
 Each fault fires once per run: a marker in TENSILE_FAULTS_DIR remembers it.
 """
 
@@ -13,6 +15,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from tensile.checkpoint.api import FileEntry, Manifest, Tier
 from tensile.fault_hooks import FaultHooks
 
 
@@ -23,6 +26,10 @@ class InjectedFailure(RuntimeError):
 class EnvironmentFaults(FaultHooks):
     def __init__(self, environ: Mapping[str, str]):
         self.environ = dict(environ)
+
+    def wrap_tier(self, tier: Tier) -> Tier:
+        rate = float(self.environ.get("TENSILE_FAULT_TIER_BYTES_PER_S", "0") or 0)
+        return ThrottledTier(tier, rate) if rate > 0 else tier
 
     def before_step(self, *, step: int, rank: int) -> None:
         if rank == 0 and step in self._armed("raise") and self._first_time(f"raise-{step}"):
@@ -61,3 +68,55 @@ class EnvironmentFaults(FaultHooks):
             return False
         os.close(fd)
         return True
+
+
+class ThrottledTier:
+    """A tier that takes len(bytes) / rate seconds for every byte it moves or hashes, and is
+    otherwise the tier it wraps."""
+
+    def __init__(self, tier: Tier, bytes_per_s: float):
+        self._tier = tier
+        self.bytes_per_s = bytes_per_s
+
+    def __getattr__(self, name: str):
+        return getattr(self._tier, name)
+
+    def _move(self, nbytes: int) -> None:
+        time.sleep(nbytes / self.bytes_per_s)
+
+    def put_file(self, checkpoint_id: str, rel_path: str, source: Path) -> FileEntry:
+        self._move(Path(source).stat().st_size)
+        return self._tier.put_file(checkpoint_id, rel_path, source)
+
+    def verify(self, manifest: Manifest) -> None:
+        self._move(sum(entry.size for entry in manifest.files))
+        self._tier.verify(manifest)
+
+    def read_range(self, checkpoint_id: str, rel_path: str, offset: int, length: int) -> bytes:
+        self._move(length)
+        return self._tier.read_range(checkpoint_id, rel_path, offset, length)
+
+    def fetch_file(self, checkpoint_id: str, rel_path: str, target: Path) -> None:
+        self._tier.fetch_file(checkpoint_id, rel_path, target)
+        self._move(Path(target).stat().st_size)
+
+    def range_reader(self, manifest: Manifest, local_copies: list[Path] | None = None):
+        throttled = self
+
+        class Throttled:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def ranges(self, rel_path: str):
+                read = self.inner.ranges(rel_path)
+
+                def read_range(offset: int, length: int) -> bytes:
+                    throttled._move(length)
+                    return read(offset, length)
+
+                return read_range
+
+            def close(self) -> None:
+                self.inner.close()
+
+        return Throttled(self._tier.range_reader(manifest, local_copies))

@@ -12,7 +12,7 @@ import bisect
 import io
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,7 @@ class LoadStats:
 
 
 def load_sharded(engine: Any, *, zero_stage: int, source: RangeReader, saved_world_size: int,
-                 meta_size: int, what: str) -> tuple[dict[str, Any], LoadStats]:
+                 meta_size: int, what: str, before_collective: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], LoadStats]:
     """Fill a freshly built engine from a sharded checkpoint saved at any worker count; every
     rank calls it (the last step gathers weights). Returns the trainer's state and stats."""
     started = time.monotonic()
@@ -126,6 +126,8 @@ def load_sharded(engine: Any, *, zero_stage: int, source: RangeReader, saved_wor
         for s in targets:
             for kind, dest in s.tensors.items():
                 index.fill(kind, s.name, s.start, dest)
+        # The reads above take as long as this rank's bytes; the gather below is a collective.
+        before_collective()
         partition.publish_master_to_model()
         for name, buffer in engine.module.named_buffers():
             if name in meta["buffers"]:
