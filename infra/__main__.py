@@ -26,6 +26,7 @@ from infra.components.storage import Storage, StorageArgs  # noqa: E402
 from infra.components.teams import Teams, TeamsArgs  # noqa: E402
 from infra.config import stack as stack_config  # noqa: E402
 from infra.config.checks import cost_estimate  # noqa: E402
+from infra.plan import teams as team_plan  # noqa: E402
 from infra.plan.budgets import team_gpu_hour_prices  # noqa: E402
 
 cfg = stack_config.load_from_pulumi()  # raises ConfigError, listing every problem, before any resource
@@ -68,7 +69,10 @@ team_models = {t.name: t.gpu_models for t in cfg.teams}
 for job in cfg.jobs:
     TrainingJob(f"job-{job.team}-{job.name}", TrainingJobArgs(
         job=job, team_models=team_models[job.team], pools=cfg.gpu_pools, bucket_name=storage.bucket_name,
-        provider=cluster.provider, depends_on=(teams.namespaces[job.team],)))
+        # After Kueue is ready and the job's queue exists: created before Kueue's webhook, the
+        # Job would run unsuspended (Karpenter buying GPU nodes) until Kueue suspends it.
+        provider=cluster.provider, depends_on=(teams.namespaces[job.team], addons.kueue,
+                                               teams.local_queues[job.team][team_plan.LOCAL_QUEUE])))
 
 estimate = cost_estimate(pools=cfg.gpu_pools, cluster=cfg.cluster, network=cfg.network, prices=cfg.prices)
 pulumi.export("clusterName", cluster.name)

@@ -4,6 +4,7 @@ with its StorageClass. Karpenter owns node interruptions: no second handler is i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +15,17 @@ import yaml
 
 from infra.components.cluster import assume_role_policy
 from infra.config.types import PlatformConfig
+from infra.plan import teams as team_plan
 from infra.plan.pools import GPU_TAINT, SYSTEM_NODE_LABEL
 
-KUEUE_CRD_DIR = Path(__file__).resolve().parents[1] / "crds" / "kueue"
-# Only the kinds the program declares; the chart installs the rest (Workload, AdmissionCheck...).
-KUEUE_CRD_FILES = ("kueue.x-k8s.io_resourceflavors.yaml", "kueue.x-k8s.io_clusterqueues.yaml",
-                   "kueue.x-k8s.io_localqueues.yaml", "kueue.x-k8s.io_cohorts.yaml")
+CRD_DIR = Path(__file__).resolve().parents[1] / "crds"
+KUEUE_CRD_DIR = CRD_DIR / "kueue"
+SERVICE_MONITOR_CRD = CRD_DIR / "prometheus-operator" / "monitoring.coreos.com_servicemonitors.yaml"
+CHART_DIR = Path(__file__).resolve().parents[1] / "charts"
+KUEUE_RELEASE = "kueue"
+# The CRDs whose conversion webhook Kueue serves and whose caBundle it injects (Kueue
+# pkg/util/cert/cert.go, v0.19.2); the chart's CRD templates carry the same stanza.
+KUEUE_CONVERTED_CRDS = ("localqueues", "clusterqueues", "workloads", "cohorts", "multikueueclusters")
 KUEUE_NAMESPACE = "kueue-system"
 EFS_CSI_SERVICE_ACCOUNT = "efs-csi-controller-sa"
 EFS_STORAGE_CLASS = "efs-ap"
@@ -32,13 +38,24 @@ class Chart:
     version: str
     namespace: str
     repository: str | None = None
-    """None for OCI charts (the chart field holds the oci:// address)."""
+    """None for OCI charts (the chart field holds the oci:// address) and vendored ones."""
+    vendored: bool = False
+    """Installed from infra/charts/<name>-<version>/ (a chart changed there; that folder's README)."""
+
+    def source(self) -> str:
+        """What the release's `chart` input names: the address, or for a vendored chart its folder
+        relative to the working directory, which is infra/ for the program and its provider
+        (Pulumi runs both in the `main` folder), so the input is the same on every machine."""
+        if self.vendored:
+            return os.path.relpath(CHART_DIR / f"{self.name}-{self.version}")
+        return self.chart
 
 
 # Versions match the CRD schemas vendored in infra/crds (Kueue 0.19.2) and shared/REFERENCE.md §4.
 CHARTS: dict[str, Chart] = {c.name: c for c in (
-    Chart(name="kueue", chart="oci://registry.k8s.io/kueue/charts/kueue", version="0.19.2",
-          namespace=KUEUE_NAMESPACE),
+    # Vendored without its templates/crd/: the program owns every Kueue CRD (docs/design/job.md).
+    Chart(name=KUEUE_RELEASE, chart="oci://registry.k8s.io/kueue/charts/kueue", version="0.19.2",
+          namespace=KUEUE_NAMESPACE, vendored=True),
     Chart(name="nvidia-device-plugin", chart="nvidia-device-plugin", version="0.20.0", namespace="kube-system",
           repository="https://nvidia.github.io/k8s-device-plugin"),
     Chart(name="dcgm-exporter", chart="dcgm-exporter", version="4.8.2", namespace="kube-system",
@@ -56,9 +73,29 @@ GPU_NODE_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExec
     "matchExpressions": [{"key": "karpenter.k8s.aws/instance-gpu-count", "operator": "Gt", "values": ["0"]}]}]}}}
 
 
-def load_kueue_crds(directory: Path = KUEUE_CRD_DIR) -> list[dict]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return [yaml.load((directory / f).read_text(), Loader=loader) for f in KUEUE_CRD_FILES]
+def _load(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def kueue_crds(directory: Path = KUEUE_CRD_DIR, namespace: str = KUEUE_NAMESPACE) -> list[dict]:
+    """Every Kueue CRD (kubernetes-sigs/kueue v0.19.2), as the chart's templates would render
+    them for the release `kueue`: the converted kinds get the conversion webhook of the
+    release's webhook Service (its caBundle is injected by Kueue's own cert rotator)."""
+    crds = []
+    for path in sorted(directory.glob("*.yaml")):
+        crd = _load(path)
+        if crd["spec"]["names"]["plural"] in KUEUE_CONVERTED_CRDS:
+            crd["spec"] = {**crd["spec"], "conversion": {"strategy": "Webhook", "webhook": {
+                "clientConfig": {"service": {"name": f"{KUEUE_RELEASE}-webhook-service", "namespace": namespace,
+                                             "path": "/convert"}},
+                "conversionReviewVersions": ["v1"]}}}
+        crds.append(crd)
+    return crds
+
+
+def service_monitor_crd() -> dict:
+    """prometheus-operator v0.93.0's ServiceMonitor CRD (infra/crds/prometheus-operator)."""
+    return _load(SERVICE_MONITOR_CRD)
 
 
 def kueue_manager_config(platform: PlatformConfig) -> dict:
@@ -69,7 +106,11 @@ def kueue_manager_config(platform: PlatformConfig) -> dict:
         "metrics": {"bindAddress": ":8443", "enableClusterQueueResources": True},
         "webhook": {"port": 9443},
         "leaderElection": {"leaderElect": True, "resourceName": "c1f6bfd2.kueue.x-k8s.io"},
-        "manageJobsWithoutQueueName": False,
+        # Every Job in a team namespace is Kueue's, labelled or not: an unlabelled one is given
+        # the namespace's LocalQueue `default` (which every team has) and waits for admission
+        # like any other. Nowhere else: the selector keeps system namespaces out.
+        "manageJobsWithoutQueueName": True,
+        "managedJobsNamespaceSelector": dict(team_plan.KUEUE_MANAGED_NAMESPACES),
         "waitForPodsReady": {
             # An admitted job whose pods are not all ready in time (no capacity came) is evicted
             # and requeued with backoff instead of holding quota while pending.
@@ -160,25 +201,29 @@ class Addons(pulumi.ComponentResource):
         k8s_child = pulumi.ResourceOptions(parent=self, provider=args.provider)
         platform = args.platform
 
-        # The Kueue kinds the program declares (flavors, queues, cohort) preview on a first
-        # `up` only if their CRDs are resources too. They carry Helm's ownership metadata so
-        # the chart, whose CRDs are templates, adopts them instead of failing on "exists".
+        # The program owns every Kueue CRD (the vendored chart renders none): custom resources
+        # of the program preview on a first `up` only if their CRDs are resources too, and a
+        # Helm uninstall or a rollback would delete CRDs that were chart templates, and every
+        # Kueue object with them. retainOnDelete: deleting a CRD deletes all its objects.
         crd_opts = pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(retain_on_delete=True))
-        self.kueue_crds = []
-        for crd in load_kueue_crds():
-            metadata = {**crd["metadata"],
-                        "labels": {**crd["metadata"].get("labels", {}), "app.kubernetes.io/managed-by": "Helm"},
-                        "annotations": {**(crd["metadata"].get("annotations") or {}),
-                                        "meta.helm.sh/release-name": "kueue",
-                                        "meta.helm.sh/release-namespace": KUEUE_NAMESPACE}}
-            self.kueue_crds.append(k8s.apiextensions.v1.CustomResourceDefinition(
-                f"{name}-crd-{crd['spec']['names']['plural']}", metadata=metadata, spec=crd["spec"], opts=crd_opts))
+        self.kueue_crds = [
+            k8s.apiextensions.v1.CustomResourceDefinition(
+                f"{name}-crd-{crd['spec']['names']['plural']}", metadata=crd["metadata"], spec=crd["spec"], opts=crd_opts)
+            for crd in kueue_crds()]
+        # ServiceMonitors (Kueue's and DCGM's) need their CRD before either release installs:
+        # Helm maps every object of a release before creating any.
+        monitoring_crds = []
+        if platform.prometheus_operator:
+            crd = service_monitor_crd()
+            monitoring_crds.append(k8s.apiextensions.v1.CustomResourceDefinition(
+                f"{name}-crd-{crd['spec']['names']['plural']}", metadata=crd["metadata"], spec=crd["spec"], opts=crd_opts))
 
         after = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on))
-        self.kueue = self._release(name, CHARTS["kueue"], kueue_values(platform),
-                                   pulumi.ResourceOptions.merge(after, pulumi.ResourceOptions(depends_on=self.kueue_crds)))
+        self.kueue = self._release(name, CHARTS["kueue"], kueue_values(platform), pulumi.ResourceOptions.merge(
+            after, pulumi.ResourceOptions(depends_on=[*self.kueue_crds, *monitoring_crds])))
         self._release(name, CHARTS["nvidia-device-plugin"], device_plugin_values(), after)
-        self._release(name, CHARTS["dcgm-exporter"], dcgm_values(platform), after)
+        self._release(name, CHARTS["dcgm-exporter"], dcgm_values(platform),
+                      pulumi.ResourceOptions.merge(after, pulumi.ResourceOptions(depends_on=monitoring_crds)))
         self._release(name, CHARTS["metrics-server"], metrics_server_values(), after)
 
         # EFS CSI controller identity through Pod Identity (AWS managed policy for the driver).
@@ -199,6 +244,6 @@ class Addons(pulumi.ComponentResource):
     def _release(self, name: str, chart: Chart, values, opts: pulumi.ResourceOptions) -> k8s.helm.v3.Release:
         repo = k8s.helm.v3.RepositoryOptsArgs(repo=chart.repository) if chart.repository else None
         return k8s.helm.v3.Release(
-            f"{name}-{chart.name}", name=chart.name, chart=chart.chart, version=chart.version,
+            f"{name}-{chart.name}", name=chart.name, chart=chart.source(), version=chart.version,
             namespace=chart.namespace, create_namespace=chart.namespace != "kube-system",
             repository_opts=repo, atomic=True, timeout=600, values=values, opts=opts)

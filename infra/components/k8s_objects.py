@@ -24,6 +24,10 @@ _TYPED = {
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): k8s.rbac.v1.ClusterRole,
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): k8s.rbac.v1.ClusterRoleBinding,
     ("storage.k8s.io/v1", "StorageClass"): k8s.storage.v1.StorageClass,
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"):
+        k8s.admissionregistration.v1.ValidatingAdmissionPolicy,
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"):
+        k8s.admissionregistration.v1.ValidatingAdmissionPolicyBinding,
 }
 # Top-level manifest fields other than apiVersion/kind/metadata, as resource arguments.
 _FIELDS = {"spec": "spec", "data": "data", "rules": "rules", "subjects": "subjects", "roleRef": "role_ref",

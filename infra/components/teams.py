@@ -16,6 +16,7 @@ from infra.components import tagging
 from infra.components.cluster import assume_role_policy
 from infra.components.k8s_objects import declare
 from infra.config.types import GpuPoolConfig, PlatformConfig, TeamConfig
+from infra.plan import admission as admission_plan
 from infra.plan import teams as team_plan
 
 
@@ -37,6 +38,8 @@ class TeamsArgs:
 
 class Teams(pulumi.ComponentResource):
     namespaces: dict[str, pulumi.Resource]
+    local_queues: dict[str, dict[str, pulumi.Resource]]
+    """team -> LocalQueue name -> the LocalQueue."""
 
     def __init__(self, name: str, args: TeamsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tensile:infra:Teams", name, None, opts)
@@ -44,12 +47,18 @@ class Teams(pulumi.ComponentResource):
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
         kueue_opts = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.kueue))
 
+        # Only Kueue-managed workloads may use GPUs in team namespaces (plan/admission.py).
+        policy = declare(f"{name}-gpu-admission-policy", admission_plan.gpu_admission_policy(), k8s_opts)
+        declare(f"{name}-gpu-admission-binding", admission_plan.gpu_admission_binding(),
+                pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[policy])))
+
         models = sorted({m for t in args.teams for m in t.gpu_models})
         for model in models:
             declare(f"{name}-flavor-{model}", team_plan.resource_flavor(model), kueue_opts)
         cohort = declare(f"{name}-cohort", team_plan.cohort(), kueue_opts)
 
         self.namespaces = {}
+        self.local_queues: dict[str, dict[str, pulumi.Resource]] = {}
         quotas = {}
         for team in args.teams:
             quota = team_plan.team_quota(team, args.pools, args.prices)
@@ -65,8 +74,11 @@ class Teams(pulumi.ComponentResource):
                     declare(f"{prefix}-clusterqueue", manifest, pulumi.ResourceOptions.merge(
                         kueue_opts, pulumi.ResourceOptions(depends_on=[cohort])))
                 elif kind == "LocalQueue":
-                    declare(f"{prefix}-localqueue", manifest, pulumi.ResourceOptions.merge(
-                        kueue_opts, pulumi.ResourceOptions(depends_on=[namespace])))
+                    queue = manifest["metadata"]["name"]
+                    suffix = "" if queue == team_plan.LOCAL_QUEUE else f"-{queue}"
+                    self.local_queues.setdefault(team.name, {})[queue] = declare(
+                        f"{prefix}-localqueue{suffix}", manifest, pulumi.ResourceOptions.merge(
+                            kueue_opts, pulumi.ResourceOptions(depends_on=[namespace])))
                 else:
                     declare(f"{prefix}-{kind.lower()}-{manifest['metadata']['name']}", manifest, in_namespace)
 

@@ -104,7 +104,8 @@ class PlatformConfig:
     """In-cluster add-ons and admission settings (Kubernetes issue)."""
 
     prometheus_operator: bool
-    """A Prometheus operator (its CRDs) is installed: DCGM's ServiceMonitor is turned on."""
+    """Kueue's and DCGM's ServiceMonitors are rendered (for a Prometheus operator run beside the
+    stack); the program then installs the ServiceMonitor CRD first, so a first `up` works."""
     monitoring_namespace: str
     """Namespace of the Prometheus that scrapes trainers; team network policies admit it."""
     pods_ready_timeout: str

@@ -20,6 +20,10 @@ GPU_NAME_LABEL = "karpenter.k8s.aws/instance-gpu-name"
 type: a capacity-type flavor would pin pods and turn off Karpenter's spot→on-demand fallback)."""
 COHORT = "tensile"
 LOCAL_QUEUE = "training"
+"""The LocalQueue Tensile's jobs name (plan/job.py)."""
+DEFAULT_LOCAL_QUEUE = "default"
+"""Kueue gives an unlabelled Job this LocalQueue of its namespace (Kueue's DefaultLocalQueueName):
+with manageJobsWithoutQueueName every Job in a team namespace lands in the team's ClusterQueue."""
 TRAINER_SERVICE_ACCOUNT = "trainer"
 MEMBER_ROLE = "tensile-team-member"
 RDZV_PORT = 29400
@@ -27,6 +31,8 @@ METRICS_PORT = 9400
 POD_IDENTITY_AGENT = "169.254.170.23/32"
 TEAM_LABEL = "tensile.io/team"
 SHARED_PVC = "team-shared"
+KUEUE_MANAGED_NAMESPACES = {"matchExpressions": [{"key": TEAM_LABEL, "operator": "Exists"}]}
+"""Kueue's managedJobsNamespaceSelector, and where the GPU admission policy applies: team namespaces."""
 # Room in the namespace's ResourceQuota for each job's rendezvous store and small helpers.
 SUPPORT_CPU = 4
 SUPPORT_MEMORY_GIB = 8
@@ -166,9 +172,10 @@ def cluster_queue(quota: TeamQuota) -> dict:
     }
 
 
-def local_queue(team: str) -> dict:
+def local_queue(team: str, name: str = LOCAL_QUEUE) -> dict:
+    """Both of a team's LocalQueues feed its one ClusterQueue: one quota, one budget, one hold."""
     return {"apiVersion": KUEUE_API, "kind": "LocalQueue",
-            "metadata": {"name": LOCAL_QUEUE, "namespace": team, "labels": {TEAM_LABEL: team}},
+            "metadata": {"name": name, "namespace": team, "labels": {TEAM_LABEL: team}},
             "spec": {"clusterQueue": team}}
 
 
@@ -319,4 +326,4 @@ def team_objects(team: TeamConfig, quota: TeamQuota, *, monitoring_namespace: st
     return [namespace(team.name), resource_quota(quota), limit_range(team.name), trainer_service_account(team.name),
             member_role(team.name), member_role_binding(team.name),
             *network_policies(team.name, monitoring_namespace=monitoring_namespace),
-            cluster_queue(quota), local_queue(team.name)]
+            cluster_queue(quota), local_queue(team.name), local_queue(team.name, DEFAULT_LOCAL_QUEUE)]

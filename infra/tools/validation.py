@@ -19,9 +19,10 @@ import yaml
 from infra import mocks
 from infra.config.stack import REPO_ROOT
 
-CRD_DIRS = (REPO_ROOT / "infra" / "crds" / "karpenter", REPO_ROOT / "infra" / "crds" / "kueue")
+CRD_DIRS = tuple(REPO_ROOT / "infra" / "crds" / d for d in ("karpenter", "kueue", "prometheus-operator"))
 NOT_OBJECTS = ("kubernetes:helm.sh/",)
-"""Helm releases are not objects in the cluster's API (their charts are not rendered here)."""
+"""Helm releases are not objects in the cluster's API; their charts' objects are rendered by
+tools/charts.py, validated with `validate` and ordered by tools/graph.py (tests/infra/test_release_order.py)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -29,14 +30,14 @@ NOT_OBJECTS = ("kubernetes:helm.sh/",)
 # ---------------------------------------------------------------------------------------------
 
 
-def _normalise(value: Any) -> Any:
+def normalise(value: Any) -> Any:
     """Mocks hand every number back as a float; Kubernetes integers must be integers again."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items() if v is not None}
+        return {k: normalise(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_normalise(v) for v in value]
+        return [normalise(v) for v in value]
     return value
 
 
@@ -56,7 +57,7 @@ def manifests_from_run(resources: Iterable[dict]) -> list[dict]:
         if r["type"] == "pulumi:providers:kubernetes":
             continue
         api_version, kind = api_version_of(r["type"])
-        body = _normalise(dict(r["inputs"]))
+        body = normalise(dict(r["inputs"]))
         body.pop("apiVersion", None)
         body.pop("kind", None)
         out.append({"apiVersion": api_version, "kind": kind, **body})
@@ -199,6 +200,48 @@ def _cel_rules(kind: str, schema: dict, value: Any, path: str, outcome: CelOutco
     elif isinstance(value, list) and "items" in schema:
         for item in value:
             _cel_rules(kind, schema["items"], item, f"{path}[]", outcome)
+
+
+class AdmissionPolicyError(RuntimeError):
+    """A ValidatingAdmissionPolicy expression cel-python cannot evaluate: the API server would
+    apply the policy's failurePolicy; a test must not read it as "allowed"."""
+
+
+def evaluate_admission_policy(policy: dict, obj: dict, *, namespace_object: dict | None = None,
+                              operation: str = "CREATE") -> list[str]:
+    """What the API server's CEL evaluation of a ValidatingAdmissionPolicy says about `obj`: the
+    message of every failed validation (empty: admitted). Variables are evaluated in order and
+    seen as `variables.<name>`, as the API server composes them; matchConstraints are the
+    caller's business (the policy is evaluated as if it matched)."""
+    import celpy
+
+    env = celpy.Environment()
+    functions = _kubernetes_cel_functions()
+
+    def run(expression: str, activation: dict):
+        try:
+            result = env.program(env.compile(expression), functions=functions).evaluate(activation)
+        except Exception as e:  # noqa: BLE001 - any library gap is an error here, never a pass
+            raise AdmissionPolicyError(f"{expression!r}: {type(e).__name__}: {e}") from e
+        if isinstance(result, celpy.CELEvalError):
+            raise AdmissionPolicyError(f"{expression!r}: {result}")
+        return result
+
+    activation = {"object": celpy.json_to_cel(obj), "oldObject": None,
+                  "namespaceObject": celpy.json_to_cel(namespace_object) if namespace_object else None,
+                  "request": celpy.json_to_cel({"operation": operation})}
+    variables = celpy.celtypes.MapType({})
+    activation["variables"] = variables
+    for variable in policy["spec"].get("variables", []):
+        variables[celpy.celtypes.StringType(variable["name"])] = run(variable["expression"], activation)
+    refused = []
+    for validation in policy["spec"]["validations"]:
+        if not bool(run(validation["expression"], activation)):
+            message = validation.get("message")
+            if "messageExpression" in validation:
+                message = str(run(validation["messageExpression"], activation))
+            refused.append(message or validation["expression"])
+    return refused
 
 
 # ---------------------------------------------------------------------------------------------

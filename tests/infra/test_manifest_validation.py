@@ -11,17 +11,26 @@ import pytest
 
 from infra.tools import validation
 
-# Vendored Kueue CRDs (kubernetes-sigs/kueue v0.19.2, byte for byte; see infra/crds/kueue/README.md).
-KUEUE_PINNED = {"kueue.x-k8s.io_resourceflavors.yaml": "19e339c47e9c", "kueue.x-k8s.io_clusterqueues.yaml": "e0a5fc9b370c",
-                "kueue.x-k8s.io_localqueues.yaml": "dd10ef8d3578", "kueue.x-k8s.io_cohorts.yaml": "61fbe5ec55d4"}
+# Vendored CRDs (Kueue v0.19.2 and prometheus-operator v0.93.0, byte for byte; see their README.md).
+KUEUE_PINNED = {"kueue/kueue.x-k8s.io_resourceflavors.yaml": "19e339c47e9c",
+                "kueue/kueue.x-k8s.io_clusterqueues.yaml": "e0a5fc9b370c",
+                "kueue/kueue.x-k8s.io_localqueues.yaml": "dd10ef8d3578", "kueue/kueue.x-k8s.io_cohorts.yaml": "61fbe5ec55d4",
+                "kueue/kueue.x-k8s.io_workloads.yaml": "1970ff6fcc5d",
+                "kueue/kueue.x-k8s.io_admissionchecks.yaml": "2bf4003c0a3e",
+                "kueue/kueue.x-k8s.io_multikueueclusters.yaml": "842e579d281f",
+                "kueue/kueue.x-k8s.io_multikueueconfigs.yaml": "4aa94664f85d",
+                "kueue/kueue.x-k8s.io_provisioningrequestconfigs.yaml": "0399b2689d74",
+                "kueue/kueue.x-k8s.io_topologies.yaml": "f703575d3bb6",
+                "kueue/kueue.x-k8s.io_workloadpriorityclasses.yaml": "0b755726aab0",
+                "prometheus-operator/monitoring.coreos.com_servicemonitors.yaml": "a99047972c9d"}
 EXPECTED_KINDS = {
-    "dev": {"CustomResourceDefinition": 7, "NodePool": 1, "EC2NodeClass": 1, "Namespace": 2, "ConfigMap": 3,
-            "ResourceFlavor": 1, "Cohort": 1, "ClusterQueue": 1, "LocalQueue": 1, "ResourceQuota": 1, "LimitRange": 1,
+    "dev": {"CustomResourceDefinition": 14, "ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1, "NodePool": 1, "EC2NodeClass": 1, "Namespace": 2, "ConfigMap": 3,
+            "ResourceFlavor": 1, "Cohort": 1, "ClusterQueue": 1, "LocalQueue": 2, "ResourceQuota": 1, "LimitRange": 1,
             "ServiceAccount": 2, "Role": 2, "RoleBinding": 2, "NetworkPolicy": 6, "PersistentVolume": 1,
             "PersistentVolumeClaim": 1, "Deployment": 2, "Service": 2, "Job": 1, "ClusterRole": 1,
             "ClusterRoleBinding": 1},
-    "prod": {"CustomResourceDefinition": 7, "NodePool": 4, "EC2NodeClass": 4, "Namespace": 3, "ConfigMap": 3,
-             "ResourceFlavor": 3, "Cohort": 1, "ClusterQueue": 2, "LocalQueue": 2, "ResourceQuota": 2, "LimitRange": 2,
+    "prod": {"CustomResourceDefinition": 15, "ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1, "NodePool": 4, "EC2NodeClass": 4, "Namespace": 3, "ConfigMap": 3,
+             "ResourceFlavor": 3, "Cohort": 1, "ClusterQueue": 2, "LocalQueue": 4, "ResourceQuota": 2, "LimitRange": 2,
              "ServiceAccount": 3, "Role": 3, "RoleBinding": 3, "NetworkPolicy": 12, "PersistentVolume": 2,
              "PersistentVolumeClaim": 2, "Deployment": 2, "Service": 2, "Job": 1, "ClusterRole": 1,
              "ClusterRoleBinding": 1},
@@ -99,6 +108,6 @@ def test_a_rule_the_library_cannot_evaluate_is_listed_not_passed():
 
 
 @pytest.mark.parametrize("name, digest", sorted(KUEUE_PINNED.items()))
-def test_vendored_kueue_crd_is_byte_for_byte_the_pinned_file(name, digest):
-    path = validation.REPO_ROOT / "infra" / "crds" / "kueue" / name
+def test_vendored_crd_is_byte_for_byte_the_pinned_file(name, digest):
+    path = validation.REPO_ROOT / "infra" / "crds" / name
     assert hashlib.sha256(path.read_bytes()).hexdigest()[:12] == digest

@@ -67,8 +67,11 @@ def test_cluster_queue_quota_is_what_the_cost_model_derives_from_the_budget(run,
             [t for p in cfg.gpu_pools if p.gpu_model == f["name"] for t in p.instance_types], cfg.prices)
             * cost.HOURS_PER_MONTH for r, f in zip(gpu, flavors))
         assert worst <= team.monthly_budget_usd
-        (local,) = _k8s(run, "LocalQueue", team.name)
-        assert local["spec"]["clusterQueue"] == team.name and local["metadata"]["name"] == team_plan.LOCAL_QUEUE
+        # Tensile's jobs name `training`; Kueue gives every unlabelled Job `default`: both feed
+        # the team's one ClusterQueue.
+        local = {q["metadata"]["name"]: q["spec"] for q in _k8s(run, "LocalQueue", team.name)}
+        assert local == {team_plan.LOCAL_QUEUE: {"clusterQueue": team.name},
+                          team_plan.DEFAULT_LOCAL_QUEUE: {"clusterQueue": team.name}}
     (cohort,) = _k8s(run, "Cohort")
     assert cohort["metadata"]["name"] == team_plan.COHORT
 
@@ -270,6 +273,10 @@ def test_addon_charts_are_pinned_with_explicit_values(run, raw_configs):
     assert not any("termination-handler" in r["chart"] for r in releases.values())
     kueue = yaml.safe_load(releases["kueue"]["values"]["managerConfig"]["controllerManagerConfigYaml"])
     assert kueue["integrations"]["frameworks"] == ["batch/job"]
+    # Every Job in a team namespace is Kueue's, labelled or not; no other namespace's.
+    assert kueue["manageJobsWithoutQueueName"] is True
+    assert kueue["managedJobsNamespaceSelector"] == {
+        "matchExpressions": [{"key": team_plan.TEAM_LABEL, "operator": "Exists"}]}
     ready = kueue["waitForPodsReady"]
     assert ready["timeout"] == raw_configs[run.stack]["tensile:platform"]["podsReadyTimeout"]
     assert ready["recoveryTimeout"] == "0s"
@@ -284,14 +291,19 @@ def test_addon_charts_are_pinned_with_explicit_values(run, raw_configs):
     assert efs["storageClasses"][0]["parameters"]["fileSystemId"] == "storage-efs-id"
 
 
-def test_kueue_objects_wait_for_their_crds_which_helm_adopts(run):
+def test_the_program_alone_owns_every_kueue_crd_and_kueue_objects_wait_for_them(run):
     crds = {r["inputs"]["metadata"]["name"]: r for r in run.resources if r["type"].endswith("CustomResourceDefinition")
             and r["inputs"]["spec"]["group"] == "kueue.x-k8s.io"}
-    assert set(crds) == {"resourceflavors.kueue.x-k8s.io", "clusterqueues.kueue.x-k8s.io",
-                         "localqueues.kueue.x-k8s.io", "cohorts.kueue.x-k8s.io"}
+    vendored = sorted(p.name for p in (REPO_ROOT / "infra" / "crds" / "kueue").glob("*.yaml"))
+    assert len(crds) == len(vendored) == 11
     for crd in crds.values():
         assert crd["retain_on_delete"]
-        assert crd["inputs"]["metadata"]["annotations"]["meta.helm.sh/release-name"] == "kueue"
+        # No Helm ownership metadata: the chart (vendored without templates/crd/) never adopts them.
+        assert not any(k.startswith("meta.helm.sh/") for k in crd["inputs"]["metadata"].get("annotations") or {})
+    # The kinds Kueue converts (and injects a caBundle for) convert through the release's webhook.
+    converted = {n for n, c in crds.items() if c["inputs"]["spec"].get("conversion", {}).get("strategy") == "Webhook"}
+    assert converted == {f"{p}.kueue.x-k8s.io" for p in addons.KUEUE_CONVERTED_CRDS}
+    assert not (REPO_ROOT / "infra" / "charts" / "kueue-0.19.2" / "templates" / "crd").exists()
     urns = {c["urn"] for c in crds.values()}
     for r in run.resources:
         if r["type"].startswith("kubernetes:kueue.x-k8s.io/"):
