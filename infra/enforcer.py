@@ -7,7 +7,10 @@ tag-filtered AWS Budget cannot see a team's GPU spend. HoldAndDrain evicts admit
 (their pods get SIGTERM and checkpoint) and admits nothing new until the budget is raised (the
 stack's `teams[].monthlyBudgetUsd`, delivered in the `team-budgets` ConfigMap) or the month
 turns. Only queues this enforcer held are released by it. Plain Python: no Pulumi, no client
-library; it talks to the API server over HTTPS with the pod's service-account token.
+library; it talks to the API server over HTTPS with the pod's service-account token, read from
+its projected file on every request (the kubelet rotates it; the old one expires), and its
+liveness endpoint fails once the loop has not completed a pass for a while, so a stuck or
+failing enforcer is restarted instead of serving its last numbers forever.
 """
 
 from __future__ import annotations
@@ -51,19 +54,29 @@ class NotFound(ApiError):
 class KubernetesApi:
     """The few Kubernetes API calls the enforcer makes, over plain HTTP(S)."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, ca_file: str | None = None,
-                 timeout: float = 10.0):
+    def __init__(self, base_url: str, *, token: str | None = None, token_file: str | None = None,
+                 ca_file: str | None = None, timeout: float = 10.0):
+        if token is not None and token_file is not None:
+            raise ValueError("give a token or a token file, not both")
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.token_file = token_file
+        """Read on every request: a projected service-account token is rotated by the kubelet
+        well before it expires, and a token read once at start is refused after its hour."""
         self.timeout = timeout
         self._context = ssl.create_default_context(cafile=ca_file) if base_url.startswith("https") else None
 
     @classmethod
-    def in_cluster(cls) -> "KubernetesApi":
+    def in_cluster(cls, service_account_dir: str = SERVICE_ACCOUNT_DIR) -> "KubernetesApi":
         host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-        with open(f"{SERVICE_ACCOUNT_DIR}/token") as f:
-            token = f.read().strip()
-        return cls(f"https://{host}:{port}", token=token, ca_file=f"{SERVICE_ACCOUNT_DIR}/ca.crt")
+        return cls(f"https://{host}:{port}", token_file=f"{service_account_dir}/token",
+                   ca_file=f"{service_account_dir}/ca.crt")
+
+    def bearer_token(self) -> str | None:
+        if self.token_file is None:
+            return self.token
+        with open(self.token_file) as f:
+            return f.read().strip()
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> dict:
         data = None if body is None else json.dumps(body, sort_keys=True).encode()
@@ -71,8 +84,9 @@ class KubernetesApi:
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", content_type)
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
+        token = self.bearer_token()
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self._context) as resp:
                 text = resp.read().decode()
@@ -208,11 +222,22 @@ def release_patch() -> dict:
 
 class Enforcer:
     def __init__(self, api: KubernetesApi, *, namespace: str = NAMESPACE,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 monotonic: Callable[[], float] = time.monotonic, stale_after_s: float = 300.0):
         self.api = api
         self.namespace = namespace
         self.clock = clock
+        self.monotonic = monotonic
+        self.stale_after_s = stale_after_s
+        """Liveness fails when no pass has completed for this long (the start counts as one)."""
         self.last_decisions: list[Decision] = []
+        self.last_pass = monotonic()
+
+    def seconds_since_last_pass(self) -> float:
+        return self.monotonic() - self.last_pass
+
+    def alive(self) -> bool:
+        return self.seconds_since_last_pass() <= self.stale_after_s
 
     def _configmap_path(self, name: str = "") -> str:
         base = f"/api/v1/namespaces/{self.namespace}/configmaps"
@@ -254,6 +279,7 @@ class Enforcer:
                 "apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": SPEND_CONFIGMAP, "namespace": self.namespace}, "data": new_state})
         self.last_decisions = decisions
+        self.last_pass = self.monotonic()
         return decisions
 
     def metrics(self) -> str:
@@ -263,11 +289,15 @@ class Enforcer:
         lines += [f'tensile_team_spend_usd{{team="{d.team}"}} {d.spend_usd:.6f}' for d in self.last_decisions]
         lines += ["# HELP tensile_team_budget_usd Monthly budget per team.", "# TYPE tensile_team_budget_usd gauge"]
         lines += [f'tensile_team_budget_usd{{team="{d.team}"}} {d.budget_usd:.2f}' for d in self.last_decisions]
+        lines += ["# HELP tensile_enforcer_seconds_since_last_pass Age of the numbers above.",
+                  "# TYPE tensile_enforcer_seconds_since_last_pass gauge",
+                  f"tensile_enforcer_seconds_since_last_pass {self.seconds_since_last_pass():.1f}"]
         return "\n".join(lines) + "\n"
 
 
 def metrics_server(enforcer: Enforcer, host: str, port: int):
-    """An HTTP server answering GET /metrics with the last tick's gauges (start it in a thread)."""
+    """An HTTP server answering GET /metrics with the last tick's gauges and GET /healthz with 200
+    while the loop completes passes, 503 once it has not for `stale_after_s` (start it in a thread)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
@@ -275,6 +305,16 @@ def metrics_server(enforcer: Enforcer, host: str, port: int):
             pass
 
         def do_GET(self):
+            if self.path == "/healthz":
+                alive = enforcer.alive()
+                body = (f"{'ok' if alive else 'stale'}: last pass {enforcer.seconds_since_last_pass():.0f}s ago, "
+                        f"limit {enforcer.stale_after_s:.0f}s\n").encode()
+                self.send_response(200 if alive else 503)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if self.path != "/metrics":
                 self.send_error(404)
                 return
@@ -301,10 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Meter team GPU spend and hold-and-drain queues over budget.")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks")
     parser.add_argument("--once", action="store_true", help="one tick, print decisions, exit")
-    parser.add_argument("--metrics-port", type=int, default=9102, help="port for GET /metrics")
+    parser.add_argument("--metrics-port", type=int, default=9102, help="port for GET /metrics and /healthz")
+    parser.add_argument("--stale-after", type=float, default=None,
+                        help="seconds without a completed pass before /healthz fails (default: 5 intervals)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    enforcer = Enforcer(KubernetesApi.in_cluster())
+    stale_after = args.stale_after if args.stale_after is not None else 5 * args.interval
+    enforcer = Enforcer(KubernetesApi.in_cluster(), stale_after_s=stale_after)
     if args.once:
         for decision in enforcer.tick():
             print(json.dumps(asdict(decision)))

@@ -58,8 +58,10 @@ def enforcer_objects(source: str) -> list[dict]:
                           "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
                                         "limits": {"cpu": "250m", "memory": "128Mi"}},
                           "readinessProbe": {"httpGet": {"path": "/metrics", "port": METRICS_PORT}, "periodSeconds": 30},
-                          "livenessProbe": {"httpGet": {"path": "/metrics", "port": METRICS_PORT}, "periodSeconds": 60,
-                                            "failureThreshold": 5},
+                          # /healthz fails once no pass has completed for 5 intervals (a 401 loop,
+                          # a hung call): /metrics would keep answering with the last numbers.
+                          "livenessProbe": {"httpGet": {"path": "/healthz", "port": METRICS_PORT}, "periodSeconds": 60,
+                                            "failureThreshold": 3},
                           "volumeMounts": [{"name": "code", "mountPath": "/opt/tensile", "readOnly": True},
                                            {"name": "api-token", "mountPath": enforcer.SERVICE_ACCOUNT_DIR,
                                             "readOnly": True}],

@@ -60,6 +60,15 @@ class GpuNodePools(pulumi.ComponentResource):
                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
                 opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.controller]))
 
+        spot_role: list[pulumi.Resource] = []
+        if args.karpenter.create_spot_service_linked_role:
+            # One per account, shared by every stack in it: kept when this stack goes, so the
+            # others' spot pools do not fall back to on-demand.
+            spot_role.append(aws.iam.ServiceLinkedRole(
+                f"{name}-spot-service-linked-role", aws_service_name="spot.amazonaws.com",
+                description="EC2 Spot (created by Tensile; tensile:karpenter.createSpotServiceLinkedRole)",
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True)))
+
         crd_opts = pulumi.ResourceOptions(parent=self, provider=args.provider,
                                           depends_on=[*args.crds, args.controller])
         node_classes: dict[str, k8s.apiextensions.CustomResource] = {}
@@ -78,6 +87,7 @@ class GpuNodePools(pulumi.ComponentResource):
                 f"{name}-{plan.name}", api_version="karpenter.sh/v1", kind="NodePool",
                 metadata={"name": plan.name, "labels": {pool_plan.POOL_LABEL: plan.pool}}, spec=plan.spec,
                 opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
-                                            depends_on=[*args.crds, args.controller, node_classes[plan.node_class]]))
+                                            depends_on=[*args.crds, args.controller, node_classes[plan.node_class],
+                                                        *spot_role]))
             self.node_pool_names.append(plan.name)
         self.register_outputs({"nodePools": self.node_pool_names, "nodeClasses": [c.name for c in classes]})

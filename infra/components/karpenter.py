@@ -29,50 +29,88 @@ def load_crds(directory: Path = CRD_DIR) -> list[dict]:
     return [yaml.load((directory / f).read_text(), Loader=loader) for f in CRD_FILES]
 
 
-def controller_policy(*, cluster_name: str, region: str, queue_arn: str, node_role_arn: str) -> str:
-    """Karpenter's controller permissions (its getting-started CloudFormation, condensed): launch
-    and terminate only instances tagged for this cluster, pass only the node role, read the queue."""
-    owned = {"StringEquals": {f"aws:RequestTag/kubernetes.io/cluster/{cluster_name}": "owned"}}
-    tagged = {"StringEquals": {f"aws:ResourceTag/kubernetes.io/cluster/{cluster_name}": "owned"}}
+def controller_policy(*, cluster_name: str, region: str, account_id: str, queue_arn: str, node_role_arn: str) -> str:
+    """Karpenter's controller permissions: upstream's six getting-started policies at the pinned
+    version (statement ids kept, so tests/infra/test_karpenter_iam.py diffs them one by one), in one
+    document. Launch and delete only what is tagged for this cluster, pass only the node role, read
+    only this queue. Where it is narrower than upstream, that test lists why."""
+    ec2 = f"arn:aws:ec2:{region}"
+    created = [f"{ec2}:*:{kind}/*" for kind in
+               ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")]
+    cluster_tag = f"kubernetes.io/cluster/{cluster_name}"
+    launch_request_tags = {"StringEquals": {f"aws:RequestTag/{cluster_tag}": "owned",
+                                            "aws:RequestTag/eks:eks-cluster-name": cluster_name},
+                           "StringLike": {"aws:RequestTag/karpenter.sh/nodepool": "*"}}
+    owned_by_a_nodepool = {"StringEquals": {f"aws:ResourceTag/{cluster_tag}": "owned"},
+                           "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}}
+    profile = f"arn:aws:iam::{account_id}:instance-profile/*"
+    profile_request_tags = {f"aws:RequestTag/{cluster_tag}": "owned", "aws:RequestTag/eks:eks-cluster-name": cluster_name,
+                            "aws:RequestTag/topology.kubernetes.io/region": region}
+    profile_resource_tags = {f"aws:ResourceTag/{cluster_tag}": "owned", "aws:ResourceTag/topology.kubernetes.io/region": region}
+    cluster_arn = f"arn:aws:eks:{region}:{account_id}:cluster/{cluster_name}"
     return json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Sid": "LaunchFromExisting", "Effect": "Allow",
+        # NodeLifecyclePolicy
+        {"Sid": "AllowScopedEC2InstanceAccessActions", "Effect": "Allow",
          "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
-         "Resource": [f"arn:aws:ec2:{region}::image/*", f"arn:aws:ec2:{region}::snapshot/*",
-                      f"arn:aws:ec2:{region}:*:security-group/*", f"arn:aws:ec2:{region}:*:subnet/*",
-                      f"arn:aws:ec2:{region}:*:capacity-reservation/*", f"arn:aws:ec2:{region}:*:placement-group/*"]},
-        {"Sid": "LaunchOwned", "Effect": "Allow",
-         "Action": ["ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateLaunchTemplate"],
-         "Resource": [f"arn:aws:ec2:{region}:*:{kind}/*" for kind in
-                      ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")],
-         "Condition": owned},
-        {"Sid": "TagOnLaunch", "Effect": "Allow", "Action": "ec2:CreateTags",
-         "Resource": [f"arn:aws:ec2:{region}:*:{kind}/*" for kind in
-                      ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")],
-         "Condition": {**owned, "StringEquals": {**owned["StringEquals"],
-                                                 "ec2:CreateAction": ["RunInstances", "CreateFleet", "CreateLaunchTemplate"]}}},
-        {"Sid": "TagOwnedInstances", "Effect": "Allow", "Action": "ec2:CreateTags",
-         "Resource": f"arn:aws:ec2:{region}:*:instance/*", "Condition": tagged},
-        {"Sid": "DeleteOwned", "Effect": "Allow", "Action": ["ec2:TerminateInstances", "ec2:DeleteLaunchTemplate"],
-         "Resource": [f"arn:aws:ec2:{region}:*:instance/*", f"arn:aws:ec2:{region}:*:launch-template/*"],
-         "Condition": tagged},
-        {"Sid": "Discovery", "Effect": "Allow",
-         "Action": ["ec2:DescribeAvailabilityZones", "ec2:DescribeImages", "ec2:DescribeInstances",
-                    "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes", "ec2:DescribeLaunchTemplates",
-                    "ec2:DescribeSecurityGroups", "ec2:DescribeSpotPriceHistory", "ec2:DescribeSubnets",
-                    "ec2:DescribeCapacityReservations", "ec2:DescribePlacementGroups",
-                    "pricing:GetProducts", "ssm:GetParameter"],
-         "Resource": "*"},
-        {"Sid": "Interruption", "Effect": "Allow",
-         "Action": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"], "Resource": queue_arn},
-        {"Sid": "PassNodeRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": node_role_arn,
+         "Resource": [f"{ec2}::image/*", f"{ec2}::snapshot/*", f"{ec2}:*:security-group/*", f"{ec2}:*:subnet/*",
+                      f"{ec2}:*:capacity-reservation/*", f"{ec2}:*:placement-group/*"]},
+        # A fleet that uses an existing launch template sends no request tag for it: the template
+        # is authorized by its own tags (karpenter-provider-aws #5550).
+        {"Sid": "AllowScopedEC2LaunchTemplateAccessActions", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateFleet"], "Resource": f"{ec2}:*:launch-template/*",
+         "Condition": owned_by_a_nodepool},
+        {"Sid": "AllowScopedEC2InstanceActionsWithTags", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateLaunchTemplate"], "Resource": created,
+         "Condition": launch_request_tags},
+        {"Sid": "AllowScopedResourceCreationTagging", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": created,
+         "Condition": {"StringEquals": {**launch_request_tags["StringEquals"],
+                                        "ec2:CreateAction": ["RunInstances", "CreateFleet", "CreateLaunchTemplate"]},
+                       "StringLike": launch_request_tags["StringLike"]}},
+        {"Sid": "AllowScopedResourceTagging", "Effect": "Allow", "Action": "ec2:CreateTags",
+         "Resource": f"{ec2}:*:instance/*",
+         "Condition": {**owned_by_a_nodepool,
+                       "StringEqualsIfExists": {"aws:RequestTag/eks:eks-cluster-name": cluster_name},
+                       "ForAllValues:StringEquals": {"aws:TagKeys": ["eks:eks-cluster-name", "karpenter.sh/nodeclaim", "Name"]}}},
+        {"Sid": "AllowScopedDeletion", "Effect": "Allow", "Action": ["ec2:TerminateInstances", "ec2:DeleteLaunchTemplate"],
+         "Resource": [f"{ec2}:*:instance/*", f"{ec2}:*:launch-template/*"], "Condition": owned_by_a_nodepool},
+        # IAMIntegrationPolicy (the commercial partition only: no ec2.amazonaws.com.cn)
+        {"Sid": "AllowPassingInstanceRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": node_role_arn,
          "Condition": {"StringEquals": {"iam:PassedToService": ["ec2.amazonaws.com"]}}},
-        {"Sid": "InstanceProfiles", "Effect": "Allow",
-         "Action": ["iam:CreateInstanceProfile", "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile",
-                    "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile", "iam:GetInstanceProfile",
-                    "iam:ListInstanceProfiles"],
-         "Resource": "arn:aws:iam::*:instance-profile/*"},
-        {"Sid": "Cluster", "Effect": "Allow", "Action": "eks:DescribeCluster",
-         "Resource": f"arn:aws:eks:{region}:*:cluster/{cluster_name}"},
+        {"Sid": "AllowScopedInstanceProfileCreationActions", "Effect": "Allow", "Action": ["iam:CreateInstanceProfile"],
+         "Resource": profile,
+         "Condition": {"StringEquals": profile_request_tags,
+                       "StringLike": {"aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"}}},
+        {"Sid": "AllowScopedInstanceProfileTagActions", "Effect": "Allow", "Action": ["iam:TagInstanceProfile"],
+         "Resource": profile,
+         "Condition": {"StringEquals": {**profile_resource_tags, **profile_request_tags},
+                       "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*",
+                                      "aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"}}},
+        {"Sid": "AllowScopedInstanceProfileActions", "Effect": "Allow",
+         "Action": ["iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile"],
+         "Resource": profile,
+         "Condition": {"StringEquals": profile_resource_tags,
+                       "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*"}}},
+        # EKSIntegrationPolicy, InterruptionPolicy, ZonalShiftPolicy
+        {"Sid": "AllowAPIServerEndpointDiscovery", "Effect": "Allow", "Action": "eks:DescribeCluster",
+         "Resource": cluster_arn},
+        {"Sid": "AllowInterruptionQueueActions", "Effect": "Allow",
+         "Action": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"], "Resource": queue_arn},
+        {"Sid": "AllowZonalShiftStatusReadOnly", "Effect": "Allow", "Action": ["arc-zonal-shift:GetManagedResource"],
+         "Resource": "*", "Condition": {"StringEquals": {"arc-zonal-shift:ResourceIdentifier": cluster_arn}}},
+        # ResourceDiscoveryPolicy
+        {"Sid": "AllowRegionalReadActions", "Effect": "Allow",
+         "Action": ["ec2:DescribeCapacityReservations", "ec2:DescribeImages", "ec2:DescribeInstances",
+                    "ec2:DescribeInstanceStatus", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes",
+                    "ec2:DescribeLaunchTemplates", "ec2:DescribePlacementGroups", "ec2:DescribeSecurityGroups",
+                    "ec2:DescribeSpotPriceHistory", "ec2:DescribeSubnets"],
+         "Resource": "*", "Condition": {"StringEquals": {"aws:RequestedRegion": region}}},
+        {"Sid": "AllowSSMReadActions", "Effect": "Allow", "Action": "ssm:GetParameter",
+         "Resource": f"arn:aws:ssm:{region}::parameter/aws/service/*"},
+        {"Sid": "AllowPricingReadActions", "Effect": "Allow", "Action": "pricing:GetProducts", "Resource": "*"},
+        {"Sid": "AllowUnscopedInstanceProfileListAction", "Effect": "Allow", "Action": "iam:ListInstanceProfiles",
+         "Resource": "*"},
+        {"Sid": "AllowInstanceProfileReadActions", "Effect": "Allow", "Action": "iam:GetInstanceProfile",
+         "Resource": profile},
     ]})
 
 
@@ -120,8 +158,10 @@ class Karpenter(pulumi.ComponentResource):
 
         role = aws.iam.Role(f"{name}-controller-role", assume_role_policy=assume_role_policy(
             "pods.eks.amazonaws.com", tag_session=True), opts=child)
-        policy_doc = pulumi.Output.all(args.cluster_name, args.queue_arn, args.node_role_arn).apply(
-            lambda v: controller_policy(cluster_name=v[0], region=args.region, queue_arn=v[1], node_role_arn=v[2]))
+        account_id = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
+        policy_doc = pulumi.Output.all(args.cluster_name, account_id, args.queue_arn, args.node_role_arn).apply(
+            lambda v: controller_policy(cluster_name=v[0], region=args.region, account_id=v[1], queue_arn=v[2],
+                                        node_role_arn=v[3]))
         aws.iam.RolePolicy(f"{name}-controller-policy", role=role.id, policy=policy_doc, opts=child)
         association = aws.eks.PodIdentityAssociation(
             f"{name}-pod-identity", cluster_name=args.cluster_name, namespace=NAMESPACE,

@@ -107,7 +107,8 @@ def parse_system_nodes(r: Reader, raw: Any, path: str) -> SystemNodesConfig | No
 
 def parse_karpenter(r: Reader, raw: Any) -> KarpenterConfig | None:
     path = "karpenter"
-    obj = r.section(raw, path, {"chartVersion", "amiAlias", "imdsHopLimit", "terminationGracePeriod", "expireAfter"})
+    obj = r.section(raw, path, {"chartVersion", "amiAlias", "imdsHopLimit", "terminationGracePeriod", "expireAfter",
+                                "createSpotServiceLinkedRole"})
     chart = r.value(obj, "chartVersion", path, str,
                     check=lambda v: None if re.fullmatch(r"\d+\.\d+\.\d+", v) else f"must be an exact version such as 1.14.1 (got {v!r})")
     alias = r.value(obj, "amiAlias", path, str,
@@ -120,10 +121,12 @@ def parse_karpenter(r: Reader, raw: Any) -> KarpenterConfig | None:
                   check=lambda v: None if duration.match(v) else f"must be a duration such as 2h (got {v!r})")
     expire = r.value(obj, "expireAfter", path, str, "720h",
                      check=lambda v: None if duration.match(v) else f"must be a duration such as 720h (got {v!r})")
+    spot_role = r.value(obj, "createSpotServiceLinkedRole", path, bool, False)
     if chart is None or alias is None:
         return None
     return KarpenterConfig(chart_version=chart, ami_alias=alias, imds_hop_limit=hop,
-                           termination_grace_period=tgp, expire_after=expire)
+                           termination_grace_period=tgp, expire_after=expire,
+                           create_spot_service_linked_role=spot_role)
 
 
 def parse_prices(r: Reader, raw_prices: Any, raw_spot: Any) -> cost.PriceBook:

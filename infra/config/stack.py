@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,16 +13,23 @@ import yaml
 
 from infra.config import checks, sections
 from infra.config.reader import Reader, one_of
-from infra.config.types import ConfigError, JobConfig, Problem, StackConfig
+from infra.config.types import (CallerIdentity, ClusterConfig, ConfigError, GpuPoolConfig, JobConfig, KarpenterConfig,
+                                Problem, StackConfig, TeamConfig)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout this infra belongs to: its stack files are at the root."""
 NAMESPACE = "tensile"
+PLACEHOLDER_ACCOUNTS = ("111122223333", "123456789012", "444455556666", "777788889999", "000000000000")
+"""Account ids from AWS's documentation and the stack files' examples: never a real account."""
+SPOT_ROLE_COMMAND = "aws iam create-service-linked-role --aws-service-name spot.amazonaws.com"
 
 
-def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None) -> StackConfig:
+def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
+          caller: CallerIdentity | None = None) -> StackConfig:
     """Turn fully qualified raw config (`{"tensile:network": {...}, "aws:region": "..."}`, values
-    already decoded from JSON) into a StackConfig, or raise ConfigError listing every problem."""
+    already decoded from JSON) into a StackConfig, or raise ConfigError listing every problem.
+    `caller` (who runs `up`) enables the checks against the identity; the program always passes
+    it, readers of stack files that never deploy may not."""
     today = today or dt.date.today()
     r = Reader()
     top: dict[str, Any] = {}
@@ -56,9 +64,11 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None) -
     platform = sections.parse_platform(r, top.get("platform"))
     jobs = sections.parse_jobs(r, top.get("jobs"), teams, pools)
 
-    warnings: list[str] = []
+    if caller is not None:
+        check_identities(r, cluster=cluster, teams=teams, caller=caller)
+    warnings = spot_role_warnings(pools, karpenter)
     if not r.problems:
-        warnings = checks.check_costs(r, stack=stack, pools=pools, teams=teams, budget=budget,
+        warnings += checks.check_costs(r, stack=stack, pools=pools, teams=teams, budget=budget,
                                 cluster=cluster, network=network, prices=prices)
     if r.problems:
         raise ConfigError(r.problems)
@@ -67,6 +77,53 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None) -
         cluster=cluster, karpenter=karpenter, gpu_pools=pools, storage=storage, budget=budget, teams=teams,
         prices=prices, platform=platform, jobs=jobs, warnings=tuple(warnings),
     )
+
+
+def _role_of(arn: str) -> tuple[str, str] | None:
+    """(account, role name) of a role ARN or of an assumed-role session ARN (STS drops the path)."""
+    match = re.fullmatch(r"arn:aws[a-z-]*:(?:iam::(\d{12}):role/(?:.*/)?|sts::(\d{12}):assumed-role/)([^/]+)(?:/.*)?", arn)
+    return (match.group(1) or match.group(2), match.group(3)) if match else None
+
+
+def check_identities(r: Reader, *, cluster: ClusterConfig | None, teams: tuple[TeamConfig, ...],
+                     caller: CallerIdentity) -> None:
+    """What a real account refuses at `up` and the mocks never would: an admin entry for the
+    creator, and example account ids left in role ARNs."""
+    caller_role = _role_of(caller.arn)
+    for i, arn in enumerate(cluster.admin_role_arns if cluster else ()):
+        path = f"cluster.adminRoleArns[{i}]"
+        if arn == caller.arn or (caller_role is not None and _role_of(arn) == caller_role):
+            r.problem(path, f"is the identity running pulumi ({caller.arn}): EKS already gives the cluster's creator an "
+                            "admin access entry, and a second one fails with ResourceInUseException. Remove it "
+                            f"(pulumi config rm --path 'tensile:{path}'), or run `up` as another role; turning the "
+                            "creator's bootstrap access off instead would replace the cluster")
+        elif _placeholder(arn, caller):
+            r.problem(path, f"{arn} names the example account {_role_of(arn)[0]}: set your admin role with "
+                            f"pulumi config set --path 'tensile:{path}' arn:aws:iam::{caller.account_id}:role/YOUR-ADMIN-ROLE")
+    for i, team in enumerate(teams):
+        if team.member_role_arn and _placeholder(team.member_role_arn, caller):
+            path = f"teams[{i}].memberRoleArn"
+            r.problem(path, f"{team.member_role_arn} names the example account {_role_of(team.member_role_arn)[0]}: "
+                            f"set the role team {team.name} assumes with pulumi config set --path 'tensile:{path}' "
+                            f"arn:aws:iam::{caller.account_id}:role/YOUR-{team.name.upper()}-ROLE")
+
+
+def _placeholder(arn: str, caller: CallerIdentity) -> bool:
+    # The offline mocks run as the documentation account, so there an example id is the account.
+    role = _role_of(arn)
+    return role is not None and role[0] in PLACEHOLDER_ACCOUNTS and role[0] != caller.account_id
+
+
+def spot_role_warnings(pools: tuple[GpuPoolConfig, ...], karpenter: KarpenterConfig | None) -> list[str]:
+    """Without the spot service-linked role EC2 refuses every spot launch and Karpenter quietly
+    runs everything on-demand; say so at every preview of a stack with spot pools."""
+    spot = [p.name for p in pools if p.spot]
+    if not spot or karpenter is None or karpenter.create_spot_service_linked_role:
+        return []
+    return [f"gpuPools {', '.join(spot)} allow spot, which needs the account's spot service-linked role "
+            f"(spot.amazonaws.com); this stack does not create it. Once per account: `{SPOT_ROLE_COMMAND}` "
+            "(an error saying it has been taken means it exists), or set tensile:karpenter.createSpotServiceLinkedRole "
+            "true to create it with the stack. Without it every spot pool runs on-demand."]
 
 
 def parse_job_entry(entry: Mapping[str, Any], cfg: StackConfig) -> JobConfig:
@@ -97,12 +154,16 @@ def decode_value(value: Any) -> Any:
 def load_from_pulumi() -> StackConfig:
     """Read the running stack's config (under `pulumi up` or the SDK's mocks) and validate it."""
     import pulumi
+    import pulumi_aws as aws
     from pulumi.runtime import config as runtime_config
 
     raw = {key: decode_value(value) for key, value in runtime_config.get_config_env().items()}
     # Values set through the runtime (mocks, automation) are kept in CONFIG, not the environment.
     raw.update({key: decode_value(value) for key, value in runtime_config.CONFIG.get().items()})
-    return parse(raw, stack=pulumi.get_stack())
+    # A plain invoke: it resolves at preview as at up (from the credentials, no resource needed),
+    # and the mocks answer it offline.
+    identity = aws.get_caller_identity()
+    return parse(raw, stack=pulumi.get_stack(), caller=CallerIdentity(account_id=identity.account_id, arn=identity.arn))
 
 
 class StackFileError(Exception):

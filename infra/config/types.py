@@ -53,6 +53,9 @@ class KarpenterConfig:
     """2 lets the trainer's pod read spot notices from IMDS; 1 keeps pods off IMDS."""
     termination_grace_period: str
     expire_after: str
+    create_spot_service_linked_role: bool = False
+    """Create the account's spot service-linked role (spot.amazonaws.com) with the stack. Off by
+    default: creating it fails where it exists, and it exists in most accounts that used spot."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -126,6 +129,15 @@ class JobConfig:
     gpus_per_worker: int
     emergency_checkpoint_seconds: int
     """Measured notice-to-durable time of an emergency checkpoint; the grace period covers it."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CallerIdentity:
+    """Who runs `pulumi up` (`aws.get_caller_identity`; mocked offline)."""
+
+    account_id: str
+    arn: str
+    """As STS reports it: `arn:aws:sts::A:assumed-role/NAME/SESSION` for a role, or an IAM user ARN."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -1,5 +1,7 @@
 """The team budget enforcer against a loopback stand-in for the Kubernetes API that records
-every request, so each test checks the exact calls: paths, verbs, content types, bodies."""
+every request, so each test checks the exact calls: paths, verbs, content types, bodies. The
+stand-in accepts only its current tokens: `rotate()` writes a new one to the projected token
+file, as the kubelet does, and expires the old one, which then gets 401."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class FakeKubernetes:
     """Objects by path; GET/POST/PATCH (JSON merge patch) like the API server, every request kept."""
 
     def __init__(self):
+        self.valid_tokens = {TOKEN}
         self.objects: dict[str, dict] = {}
         self.requests: list[tuple[str, str, str | None, object]] = []
         fake = self
@@ -43,7 +46,7 @@ class FakeKubernetes:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 fake.requests.append((self.command, self.path, self.headers.get("Content-Type"), body))
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                if self.headers.get("Authorization") not in {f"Bearer {t}" for t in fake.valid_tokens}:
                     return self._reply(401, {"kind": "Status", "code": 401})
                 if self.command == "GET":
                     obj = fake.objects.get(self.path)
@@ -70,6 +73,13 @@ class FakeKubernetes:
 
     def calls(self):
         return [(m, p) for m, p, _, _ in self.requests]
+
+    def rotate(self, token_file) -> str:
+        """The kubelet's rotation followed by the old token's expiry."""
+        new = f"token-{len(self.requests)}"
+        token_file.write_text(new + "\n")
+        self.valid_tokens = {new}
+        return new
 
 
 def merge(target, patch):
@@ -243,3 +253,82 @@ def test_enforcer_serves_its_metrics_over_http(kube):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_enforcer_keeps_working_across_token_rotations(kube, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    _setup(kube, gpus={"l40s": 1})
+    e = enforcer.Enforcer(enforcer.KubernetesApi(kube.url, token_file=str(token_file)), clock=lambda: NOW)
+    e.tick()
+    for _ in range(3):
+        token = kube.rotate(token_file)
+        e.tick()
+        assert kube.requests[-1][:2] == ("PATCH", f"{CM}/team-spend")  # the pass completed
+        assert {r[1] for r in kube.requests[-4:]} >= {f"{CM}/team-budgets", f"{CQ}/vision"}
+    assert kube.valid_tokens == {token}
+
+
+def test_enforcer_in_cluster_reads_the_projected_token_on_each_request(tmp_path, monkeypatch):
+    (tmp_path / "token").write_text("first\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.100.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setattr(enforcer.ssl, "create_default_context", lambda cafile: ("context for", cafile))
+    api = enforcer.KubernetesApi.in_cluster(str(tmp_path))
+    assert api.base_url == "https://10.100.0.1:443" and api.bearer_token() == "first"
+    (tmp_path / "token").write_text("rotated\n")
+    assert api.bearer_token() == "rotated"
+
+
+def test_enforcer_with_an_expired_token_fails_liveness_once_stale(kube, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    _setup(kube, gpus={})
+    now = [1000.0]
+    e = enforcer.Enforcer(enforcer.KubernetesApi(kube.url, token_file=str(token_file)), clock=lambda: NOW,
+                          monotonic=lambda: now[0], stale_after_s=300)
+    e.tick()
+    kube.valid_tokens = {"only-the-kubelet-knows"}  # the file's token expired and was never rotated
+    ticks = iter(range(3))
+    enforcer.run_forever(e, interval_s=0, stop=lambda: next(ticks, None) is None)
+    assert kube.calls()[-3:] == [("GET", f"{CM}/team-budgets")] * 3  # each pass stopped at its first 401
+    now[0] += 299
+    assert e.alive()
+    now[0] += 2
+    assert not e.alive()
+    assert "tensile_enforcer_seconds_since_last_pass 301.0" in e.metrics()
+
+
+def test_enforcer_healthz_answers_503_once_no_pass_completed_recently(kube):
+    import urllib.error
+    import urllib.request
+
+    _setup(kube, gpus={})
+    now = [0.0]
+    e = enforcer.Enforcer(enforcer.KubernetesApi(kube.url, token=TOKEN), clock=lambda: NOW,
+                          monotonic=lambda: now[0], stale_after_s=120)
+    server = enforcer.metrics_server(e, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # just started: within the grace
+            assert resp.status == 200
+        now[0] = 121.0
+        with pytest.raises(urllib.error.HTTPError) as stale:
+            urllib.request.urlopen(url, timeout=5)
+        assert stale.value.code == 503 and b"stale" in stale.value.read()
+        e.tick()
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.status == 200 and resp.read().startswith(b"ok")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_enforcer_deployment_probes_liveness_on_healthz():
+    from infra.components import enforcer_deploy
+
+    [deployment] = [o for o in enforcer_deploy.enforcer_objects("source") if o["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
