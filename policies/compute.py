@@ -169,13 +169,16 @@ def check_system_node_group(resource: Resource, config: Mapping, report: Report)
     if is_unknown(labels) or is_unknown(dig(labels, key)):
         report.unknown(f"{label(resource)}: labels")
         return
-    if dig(labels, key) != value:
-        return
+    role = dig(labels, key)
+    if role is not MISSING and role != value:
+        return  # declared another role; a group without the label is a system group (fail closed)
     capacity = dig(resource.props, "capacityType")
     if is_unknown(capacity):
         report.unknown(f"{label(resource)}: capacityType")
     elif capacity not in (MISSING, "ON_DEMAND"):
-        report.violation(f"{label(resource)}: the system node group ({key}={value}) runs Karpenter, CoreDNS, Kueue "
+        labelled = f"labelled {key}={value}" if role is not MISSING else (
+            f"no {key} label: a managed node group is a system group unless it declares another role")
+        report.violation(f"{label(resource)}: the system node group ({labelled}) runs Karpenter, CoreDNS, Kueue "
                          f"and the rendezvous store and must be capacityType ON_DEMAND, got {capacity!r}")
 
 
@@ -272,7 +275,8 @@ RULES = [
          {"minHopLimit": {"type": "number", "default": 1}, "maxHopLimit": {"type": "number", "default": 2}}),
     Rule("ec2nodeclass-encrypted-volumes", "EC2NodeClasses encrypt every EBS volume.",
          "resource", check_encrypted_volumes, (objects.EC2_NODE_CLASS,)),
-    Rule("system-nodegroup-on-demand", "The system node group runs on on-demand capacity.",
+    Rule("system-nodegroup-on-demand", "System node groups (every managed node group not labelled with another "
+         "role) run on on-demand capacity.",
          "resource", check_system_node_group, (NODE_GROUP,), _PLACEMENT_CONFIG),
     Rule("system-pods-off-spot", "System pods (Karpenter, Kueue, CoreDNS, system namespaces) are pinned off spot.",
          "resource", check_system_pods, (),
@@ -281,6 +285,5 @@ RULES = [
                              "default": {"karpenter": "nodeSelector", "kueue": "controllerManager.nodeSelector"},
                              "description": "Helm release name -> values path of its node selector"},
           "systemAddons": {"type": "array", "items": {"type": "string"}, "default": ["coredns"]},
-          "systemNamespaces": {"type": "array", "items": {"type": "string"},
-                               "default": ["kube-system", "karpenter", "kueue-system", "tensile-system"]}}),
+          **objects.SYSTEM_NAMESPACES_CONFIG}),
 ]

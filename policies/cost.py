@@ -14,9 +14,6 @@ BUDGET = "aws:budgets/budget:Budget"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 NAT_GATEWAY = "aws:ec2/natGateway:NatGateway"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
-TEAM_BUDGETS_CONFIG = {"teamBudgetsConfigMap": {
-    "type": "string", "default": "tensile-system/team-budgets",
-    "description": "namespace/name of the ConfigMap holding team budgets (infra/components/budgets.py)"}}
 
 
 def check_stack_budget(stack: Stack, config: Mapping, report: Report) -> None:
@@ -71,7 +68,9 @@ def _teams(stack: Stack, config: Mapping, report: Report) -> tuple[dict[str, str
     _, document = objects.team_budgets(stack, config["teamBudgetsConfigMap"])
     if is_unknown(document):
         report.unknown(f"ConfigMap {config['teamBudgetsConfigMap']}: data")
-    return objects.known_teams(stack, config["teamBudgetsConfigMap"]), document
+    for what in objects.undecided_teams(stack, config["systemNamespaces"]):
+        report.unknown(what)
+    return objects.known_teams(stack, config["teamBudgetsConfigMap"], config["systemNamespaces"]), document
 
 
 def check_team_budget(stack: Stack, config: Mapping, report: Report) -> None:
@@ -216,9 +215,9 @@ RULES = [
          {"requireForecast": {"type": "boolean", "default": True,
                               "description": "also require a FORECASTED notification"}}),
     Rule("team-has-budget", "Every team has a monthly budget the spend meter enforces.",
-         "stack", check_team_budget, (), TEAM_BUDGETS_CONFIG),
+         "stack", check_team_budget, (), objects.TEAM_CONFIG),
     Rule("team-has-queue-quota", "Every team's GPUs go through a Kueue ClusterQueue with a GPU quota and capped "
-         "borrowing.", "stack", check_team_queue_quota, (), TEAM_BUDGETS_CONFIG),
+         "borrowing.", "stack", check_team_queue_quota, (), objects.TEAM_CONFIG),
     Rule("worst-case-cost-within-budget", "The all-on-demand cost at every GPU NodePool's limit fits the stack "
          "budget times a factor.", "stack", check_worst_case, (),
          {"budgetFactor": {"type": "number", "default": 1.0, "description": "ceiling = stack budget × this"},

@@ -155,8 +155,7 @@ def check_images(resource: Resource, config: Mapping, report: Report) -> None:
 
 
 def _team_namespace_objects(stack: Stack, config: Mapping, report: Report, type_: str, judge, what: str) -> None:
-    teams = objects.known_teams(stack, config["teamBudgetsConfigMap"])
-    for namespace, name in objects.team_namespaces(stack, teams):
+    for namespace, name in objects.team_namespaces(stack, config["systemNamespaces"]):
         placed = objects.in_namespace(stack, namespace, name, type_)
         verdicts = [judge(o) for o in placed]
         if any(v is True for v in verdicts):
@@ -164,7 +163,9 @@ def _team_namespace_objects(stack: Stack, config: Mapping, report: Report, type_
         if any(v is None for v in verdicts) or (is_unknown(name) and not placed):
             report.unknown(f"{label(namespace)}: its {what}")
         else:
-            report.violation(f"{label(namespace)}: a team namespace needs {what}", namespace.urn)
+            report.violation(f"{label(namespace)}: a team namespace (every namespace outside systemNamespaces "
+                             f"{sorted(config['systemNamespaces'])} is one, labelled or not) needs {what}",
+                             namespace.urn)
 
 
 def check_namespace_quota(stack: Stack, config: Mapping, report: Report) -> None:
@@ -218,9 +219,6 @@ def check_vpc_cni(stack: Stack, config: Mapping, report: Report) -> None:
                                  f"NetworkPolicies are not enforced; got {text!r}", addon.urn)
 
 
-TEAM_BUDGETS_CONFIG = {"teamBudgetsConfigMap": {"type": "string", "default": "tensile-system/team-budgets"}}
-
-
 def _workloads_only(check):
     """Workload types vary (JobSet has several API versions), so the rule filters, not the type list."""
     def run(resource: Resource, config: Mapping, report: Report) -> None:
@@ -245,8 +243,8 @@ RULES = [
     Rule("no-latest-images", "Every image is pinned to a tag other than latest, or a digest.", "resource",
          _workloads_only(check_images)),
     Rule("team-namespace-resource-quota", "Every team namespace has a ResourceQuota.", "stack",
-         check_namespace_quota, (), TEAM_BUDGETS_CONFIG),
+         check_namespace_quota, (), objects.SYSTEM_NAMESPACES_CONFIG),
     Rule("team-namespace-default-deny", "Every team namespace has a default-deny NetworkPolicy.", "stack",
-         check_namespace_default_deny, (), TEAM_BUDGETS_CONFIG),
+         check_namespace_default_deny, (), objects.SYSTEM_NAMESPACES_CONFIG),
     Rule("vpc-cni-network-policy", "The cluster's VPC CNI add-on enforces NetworkPolicies.", "stack", check_vpc_cni),
 ]

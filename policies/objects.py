@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from infra import cost as cost_model
-from policies.framework import MISSING, Resource, Stack, dig, is_unknown
+from policies.framework import MISSING, Resource, Stack, dig, is_unknown, number
 
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 EC2_NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
@@ -31,6 +31,18 @@ TEAM_TAG = "tensile.io/team"
 DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 CAPACITY_TYPES = ("reserved", "spot", "on-demand")
 GPU_FAMILIES = frozenset(t.family for t in cost_model.CATALOGUE.values())
+SYSTEM_NAMESPACES = ("kube-system", "karpenter", "kueue-system", "tensile-system")
+GPU_QUOTA_KEYS = (f"requests.{GPU_RESOURCE}", f"limits.{GPU_RESOURCE}")
+
+SYSTEM_NAMESPACES_CONFIG = {"systemNamespaces": {
+    "type": "array", "items": {"type": "string"}, "default": list(SYSTEM_NAMESPACES),
+    "description": "the platform's own namespaces; every other declared Namespace is a team's, labelled or not"}}
+TEAM_CONFIG = {
+    "teamBudgetsConfigMap": {
+        "type": "string", "default": "tensile-system/team-budgets",
+        "description": "namespace/name of the ConfigMap holding team budgets (infra/components/budgets.py)"},
+    **SYSTEM_NAMESPACES_CONFIG,
+}
 
 
 # -- Karpenter NodePools -------------------------------------------------------------------------
@@ -190,9 +202,10 @@ def team_budgets(stack: Stack, configmap: str) -> tuple[Resource | None, Any]:
     return None, MISSING
 
 
-def known_teams(stack: Stack, configmap: str) -> dict[str, str]:
+def known_teams(stack: Stack, configmap: str, system_namespaces: tuple[str, ...] | list[str]) -> dict[str, str]:
     """Every team the stack mentions -> where it was seen: the team-budgets ConfigMap, a namespace
-    labelled `tensile.io/team`, or an AWS resource tagged `tensile.io/team`."""
+    labelled `tensile.io/team`, an AWS resource tagged `tensile.io/team`, and (fail closed) every
+    other namespace outside `system_namespaces` that can run GPU pods, named after itself."""
     teams: dict[str, str] = {}
     _, document = team_budgets(stack, configmap)
     entries = dig(document, "teams")
@@ -207,18 +220,56 @@ def known_teams(stack: Stack, configmap: str) -> dict[str, str]:
         team = dig(r.props, "tags", TEAM_TAG) if r.type.startswith("aws:") else MISSING
         if isinstance(team, str) and not is_unknown(team):
             teams.setdefault(team, f"{r.type.rsplit(':', 1)[-1]} {r.name}")
+    for namespace, name in unlabelled_team_namespaces(stack, system_namespaces):
+        if isinstance(name, str) and not is_unknown(name) and can_run_gpus(stack, namespace, name):
+            teams.setdefault(name, f"Namespace {namespace.name} (outside the system namespaces, GPUs not capped at 0)")
     return teams
 
 
-def team_namespaces(stack: Stack, teams: Mapping[str, str]) -> list[tuple[Resource, Any]]:
-    """Namespaces that belong to a team (labelled, or named after a known team), with their name."""
+def unlabelled_team_namespaces(stack: Stack, system_namespaces: tuple[str, ...] | list[str]
+                               ) -> list[tuple[Resource, Any]]:
+    """The team namespaces with no `tensile.io/team` label: each is its own team, by its name."""
+    return [(r, name) for r, name in team_namespaces(stack, system_namespaces)
+            if not isinstance(dig(r.props, "metadata", "labels", TEAM_LABEL), str)]
+
+
+def undecided_teams(stack: Stack, system_namespaces: tuple[str, ...] | list[str]) -> list[str]:
+    """Unlabelled team namespaces whose team or GPU cap is unknown at preview, for messages."""
+    undecided = []
+    for namespace, name in unlabelled_team_namespaces(stack, system_namespaces):
+        if is_unknown(name) or is_unknown(dig(namespace.props, "metadata", "labels")):
+            undecided.append(f"Namespace {namespace.name}: its name or team label")
+        elif isinstance(name, str) and can_run_gpus(stack, namespace, name) is None:
+            undecided.append(f"Namespace {namespace.name}: its ResourceQuota's GPU limits")
+    return undecided
+
+
+def team_namespaces(stack: Stack, system_namespaces: tuple[str, ...] | list[str]) -> list[tuple[Resource, Any]]:
+    """Every declared namespace that belongs to a team, with its name: all of them but the
+    configured system namespaces (an unlabelled or unnamed one included: fail closed), and any
+    namespace labelled with a team wherever it is."""
     found = []
     for r in stack.of_type(NAMESPACE):
         name = dig(r.props, "metadata", "name")
         labelled = dig(r.props, "metadata", "labels", TEAM_LABEL)
-        if (isinstance(labelled, str) and not is_unknown(labelled)) or (isinstance(name, str) and name in teams):
+        if name not in system_namespaces or (isinstance(labelled, str) and not is_unknown(labelled)):
             found.append((r, name))
     return found
+
+
+def can_run_gpus(stack: Stack, namespace: Resource, name: Any) -> bool | None:
+    """False when a ResourceQuota in the namespace caps GPU requests or limits at 0; None when a
+    quota's limits are unknown at preview; else True (nothing stops a GPU pod there)."""
+    unknown = False
+    for quota in in_namespace(stack, namespace, name, RESOURCE_QUOTA):
+        hard = dig(quota.props, "spec", "hard")
+        for key in GPU_QUOTA_KEYS:
+            value = dig(hard, key)
+            if is_unknown(value):
+                unknown = True
+            elif number(value) == 0:
+                return False
+    return None if unknown else True
 
 
 def in_namespace(stack: Stack, namespace: Resource, name: Any, type_: str) -> list[Resource]:

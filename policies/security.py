@@ -128,8 +128,9 @@ def check_api_access(resource: Resource, config: Mapping, report: Report) -> Non
     if is_unknown(environment) or is_unknown(dig(resource.props, "tags")):
         report.unknown(f"{label(resource)}: tags.{ENVIRONMENT_TAG}")
         return
-    if environment not in config["environments"]:
-        return
+    if environment is not MISSING and environment not in config["environments"]:
+        return  # untagged: no environment exempts it (fail closed)
+    environment = f"an untagged cluster (no {ENVIRONMENT_TAG})" if environment is MISSING else environment
     vpc = dig(resource.props, "vpcConfig")
     public, cidrs = dig(vpc, "endpointPublicAccess"), dig(vpc, "publicAccessCidrs")
     if is_unknown(vpc) or is_unknown(public) or is_unknown(cidrs) or contains_unknown(cidrs):
@@ -152,7 +153,7 @@ RULES = [
          "namespace and one service account.", "resource", check_pod_identity, (POD_IDENTITY, ROLE)),
     Rule("eks-secrets-encrypted", "EKS clusters encrypt Kubernetes secrets with a KMS key.", "resource",
          check_secrets_encryption, (EKS_CLUSTER,)),
-    Rule("eks-api-not-open", "The EKS API endpoint is not open to 0.0.0.0/0 in the listed environments.",
+    Rule("eks-api-not-open", "The EKS API endpoint is not open to 0.0.0.0/0 in the listed environments (or untagged).",
          "resource", check_api_access, (EKS_CLUSTER,),
          {"environments": {"type": "array", "items": {"type": "string"}, "default": ["prod"],
                            "description": f"values of the {ENVIRONMENT_TAG} tag where the rule applies"}}),

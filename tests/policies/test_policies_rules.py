@@ -156,6 +156,14 @@ ACCESS_POINT = res("aws:efs/accessPoint:AccessPoint", "shared-vision", {
     "fileSystemId": "shared-id", "rootDirectory": {"path": "/teams/vision"},
     "tags": {**TAGS, "tensile.io/team": "vision"}})
 
+# A namespace the stack forgot to label: outside the system namespaces, so still a team's (its own name).
+UNLABELLED_NAMESPACE = res("kubernetes:core/v1:Namespace", "research-ns", {"metadata": {"name": "research"}})
+UNLABELLED_QUOTA = edit(edit({**QUOTA, "urn": urn(QUOTA["type"], "research-quota"), "name": "research-quota"},
+                             "metadata.namespace", "research"), "spec.hard", {"requests.nvidia.com/gpu": "8"})
+UNLABELLED_DENY = edit({**DEFAULT_DENY, "urn": urn(DEFAULT_DENY["type"], "research-deny"), "name": "research-deny"},
+                       "metadata.namespace", "research")
+UNLABELLED_TEAM = [TEAM_BUDGETS, CLUSTER_QUEUE, UNLABELLED_NAMESPACE, UNLABELLED_QUOTA, UNLABELLED_DENY]
+
 STORAGE = [BUCKET, VERSIONING, SSE, PUBLIC_BLOCK, TLS_POLICY]
 EFS_STACK = [EFS, SUBNET_A, SUBNET_B, mount_target(SUBNET_A), mount_target(SUBNET_B)]
 TEAM_NAMESPACE = [TEAM_BUDGETS, NAMESPACE, QUOTA, DEFAULT_DENY]
@@ -214,6 +222,13 @@ CASES = [
     Case("system-nodegroup-on-demand", "pass", NODE_GROUP),
     Case("system-nodegroup-on-demand", "mandatory", edit(NODE_GROUP, "capacityType", "SPOT")),
     Case("system-nodegroup-on-demand", "advisory", edit(NODE_GROUP, "capacityType", U)),
+    # Fail closed: a node group without the role label is a system group; only another role exempts it.
+    Case("system-nodegroup-on-demand", "mandatory", edit(edit(NODE_GROUP, "labels", DELETE), "capacityType", "SPOT"),
+         note="forgot-label"),
+    Case("system-nodegroup-on-demand", "pass", edit(edit(NODE_GROUP, "labels.tensile.io/node-role", "batch"),
+                                                    "capacityType", "SPOT"), note="other-role"),
+    Case("system-nodegroup-on-demand", "advisory", edit(edit(NODE_GROUP, "labels", U), "capacityType", "SPOT"),
+         note="labels-unknown"),
     Case("system-pods-off-spot", "pass", KARPENTER),
     Case("system-pods-off-spot", "mandatory", edit(KARPENTER, "values.nodeSelector", {})),
     Case("system-pods-off-spot", "mandatory", res("kubernetes:apps/v1:Deployment", "rdzv", {
@@ -232,6 +247,13 @@ CASES = [
     Case("team-has-budget", "pass", [TEAM_BUDGETS, NAMESPACE]),
     Case("team-has-budget", "mandatory", [TEAM_BUDGETS, edit(NAMESPACE, "metadata.labels.tensile.io/team", "llm")]),
     Case("team-has-budget", "advisory", [edit(TEAM_BUDGETS, "data", U), NAMESPACE]),
+    # Fail closed: an unlabelled namespace that can run GPU pods is a team with no budget entry.
+    Case("team-has-budget", "mandatory", UNLABELLED_TEAM, note="forgot-label"),
+    Case("team-has-budget", "pass", replace(UNLABELLED_TEAM, UNLABELLED_QUOTA, edit(
+        UNLABELLED_QUOTA, "spec.hard", {"requests.nvidia.com/gpu": "0", "pods": "10"})), note="gpus-capped-at-0"),
+    Case("team-has-budget", "pass", UNLABELLED_TEAM, {"systemNamespaces": ["research"]}, "config"),
+    Case("team-has-budget", "advisory", replace(UNLABELLED_TEAM, UNLABELLED_QUOTA, edit(
+        UNLABELLED_QUOTA, "spec.hard", {"requests.nvidia.com/gpu": U})), note="gpu-cap-unknown"),
     Case("team-has-queue-quota", "pass", [TEAM_BUDGETS, CLUSTER_QUEUE]),
     Case("team-has-queue-quota", "mandatory", [TEAM_BUDGETS, edit(CLUSTER_QUEUE, "spec.resourceGroups[0].flavors[0]"
                                                                   ".resources[0].borrowingLimit", DELETE)]),
@@ -239,6 +261,7 @@ CASES = [
          note="no-queue"),
     Case("team-has-queue-quota", "advisory", [TEAM_BUDGETS, edit(CLUSTER_QUEUE, "spec.resourceGroups", U)]),
     Case("team-has-queue-quota", "advisory", [TEAM_BUDGETS], note="no-kueue"),
+    Case("team-has-queue-quota", "mandatory", UNLABELLED_TEAM, note="forgot-label"),
     # 4 L4 GPUs at g6.4xlarge's $1.3232/GPU-h = $3,864/month.
     Case("worst-case-cost-within-budget", "pass", [NODE_POOL, BUDGET]),
     Case("worst-case-cost-within-budget", "mandatory", [NODE_POOL, edit(BUDGET, "limitAmount", "3000.00")]),
@@ -322,11 +345,22 @@ CASES = [
          note="joined-by-urn"),
     Case("team-namespace-resource-quota", "mandatory", replace(TEAM_NAMESPACE, QUOTA, None)),
     Case("team-namespace-resource-quota", "advisory", replace(TEAM_NAMESPACE, QUOTA, edit(QUOTA, "spec.hard", U))),
+    # Fail closed: every namespace outside systemNamespaces is a team's, labelled or not.
+    Case("team-namespace-resource-quota", "mandatory", replace(UNLABELLED_TEAM, UNLABELLED_QUOTA, None),
+         note="forgot-label"),
+    Case("team-namespace-resource-quota", "pass", [edit(UNLABELLED_NAMESPACE, "metadata.name", "karpenter")],
+         note="system-namespace"),
+    Case("team-namespace-resource-quota", "pass", replace(UNLABELLED_TEAM, UNLABELLED_QUOTA, None),
+         {"systemNamespaces": ["research"]}, "config"),
     Case("team-namespace-default-deny", "pass", TEAM_NAMESPACE),
     Case("team-namespace-default-deny", "mandatory", replace(TEAM_NAMESPACE, DEFAULT_DENY, edit(
         DEFAULT_DENY, "spec.ingress", [{"from": [{"podSelector": {}}]}]))),
     Case("team-namespace-default-deny", "advisory", replace(TEAM_NAMESPACE, DEFAULT_DENY,
                                                             edit(DEFAULT_DENY, "spec", U))),
+    Case("team-namespace-default-deny", "mandatory", replace(UNLABELLED_TEAM, UNLABELLED_DENY, None),
+         note="forgot-label"),
+    Case("team-namespace-default-deny", "mandatory", [edit(UNLABELLED_NAMESPACE, "metadata", {})],
+         note="unnamed"),
     Case("vpc-cni-network-policy", "pass", [CLUSTER, VPC_CNI]),
     Case("vpc-cni-network-policy", "mandatory", [CLUSTER, edit(VPC_CNI, "configurationValues", "{}")]),
     Case("vpc-cni-network-policy", "mandatory", [CLUSTER], note="no-addon"),
@@ -356,6 +390,9 @@ CASES = [
                                                "tags.tensile.io/environment", "dev"), {"environments": ["dev", "prod"]},
          "config"),
     Case("eks-api-not-open", "advisory", edit(CLUSTER, "vpcConfig.publicAccessCidrs", U)),
+    # Fail closed: a cluster without the environment tag is in every listed environment's scope.
+    Case("eks-api-not-open", "mandatory", edit(edit(CLUSTER, "vpcConfig.publicAccessCidrs", ["0.0.0.0/0"]),
+                                               "tags.tensile.io/environment", DELETE), note="forgot-tag"),
     # tagging
     Case("aws-stack-tags", "pass", BUCKET),
     Case("aws-stack-tags", "mandatory", edit(BUCKET, "tags.tensile.io/cost-centre", DELETE)),

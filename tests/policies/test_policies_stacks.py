@@ -134,16 +134,78 @@ BROKEN_RESOURCES = {
 }
 
 
-@pytest.mark.parametrize("name", BROKEN_RESOURCES)
-def test_pack_refuses_each_broken_prod_resource_with_its_rule(analyzer, stack_runs, name):
-    change, rule = BROKEN_RESOURCES[name]
+def _run_broken_prod(analyzer, stack_runs, change) -> runner.PackResult:
     before = {r["urn"]: r for r in stack_runs["prod"].resources}
     broken = change(stack_runs["prod"].resources)
     # Every resource policy already passed on the unchanged resources (test above): re-analyze only
-    # the changed ones, and the whole stack.
+    # the changed (or added) ones, and the whole stack.
     changed = [r["urn"] for r in broken if before.get(r["urn"]) != r]
-    result = analyzer.run(broken, runner.stack_config("prod"), analyze_only=changed)
+    return analyzer.run(broken, runner.stack_config("prod"), analyze_only=changed)
+
+
+@pytest.mark.parametrize("name", BROKEN_RESOURCES)
+def test_pack_refuses_each_broken_prod_resource_with_its_rule(analyzer, stack_runs, name):
+    change, rule = BROKEN_RESOURCES[name]
+    result = _run_broken_prod(analyzer, stack_runs, change)
     assert failing(result) == {rule}, [d.message for d in result.mandatory]
+
+
+def _research_namespace(with_quota_and_deny: bool):
+    """Adds to prod a namespace `research` made like vision's but without its `tensile.io/team` label
+    (and, when asked, with vision's quota and default-deny): a team namespace the stack forgot to label."""
+    def add(resources):
+        out = copy.deepcopy(resources)
+        found = {}
+        for r in resources:
+            if r["name"].startswith("teams-vision-") and r["type"] in (
+                    "kubernetes:core/v1:Namespace", "kubernetes:core/v1:ResourceQuota",
+                    "kubernetes:networking.k8s.io/v1:NetworkPolicy"):
+                found.setdefault(r["type"], r)
+        namespace = found["kubernetes:core/v1:Namespace"]
+        copies = [namespace] + ([found["kubernetes:core/v1:ResourceQuota"],
+                                 found["kubernetes:networking.k8s.io/v1:NetworkPolicy"]] if with_quota_and_deny else [])
+        for r in copy.deepcopy(copies):
+            r["urn"] = r["urn"].replace("teams-vision-", "research-")
+            r["name"] = r["name"].replace("teams-vision-", "research-")
+            metadata = r["inputs"]["metadata"]
+            if r["type"] == "kubernetes:core/v1:Namespace":
+                metadata["name"] = "research"
+                metadata["labels"].pop("tensile.io/team")
+            else:
+                metadata["namespace"] = "research"
+            r["dependencies"] = [d for d in r["dependencies"] if "teams-vision-" not in d]
+            r["property_dependencies"] = {k: [d for d in v if "teams-vision-" not in d]
+                                          for k, v in r["property_dependencies"].items()}
+            out.append(r)
+        return out
+    return add
+
+
+def _unlabelled_node_group_on_spot(r):
+    r["inputs"].pop("labels")
+    r["inputs"].update(capacityType="SPOT")
+
+
+# What a stack that forgot a label gets: the rules find their targets fail-closed (the pack before
+# issue 15 item 8 reported nothing on each).
+FORGOTTEN_LABELS = {
+    "node-group-without-its-role-label-on-spot": (
+        _edit("aws:eks/nodeGroup:NodeGroup", None, _unlabelled_node_group_on_spot), {"system-nodegroup-on-demand"}),
+    "namespace-without-a-team-label": (_research_namespace(False), {
+        "team-namespace-resource-quota", "team-namespace-default-deny", "team-has-budget", "team-has-queue-quota"}),
+    "unlabelled-namespace-with-quota-and-deny-but-no-budget": (
+        _research_namespace(True), {"team-has-budget", "team-has-queue-quota"}),
+    "cluster-without-its-environment-tag-open-to-the-internet": (_edit(
+        "aws:eks/cluster:Cluster", None, lambda r: (r["inputs"]["tags"].pop("tensile.io/environment"), r["inputs"][
+            "vpcConfig"].update(publicAccessCidrs=["0.0.0.0/0"]))), {"eks-api-not-open", "aws-stack-tags"}),
+}
+
+
+@pytest.mark.parametrize("name", FORGOTTEN_LABELS)
+def test_pack_refuses_each_forgotten_label_on_prod(analyzer, stack_runs, name):
+    change, rules = FORGOTTEN_LABELS[name]
+    result = _run_broken_prod(analyzer, stack_runs, change)
+    assert failing(result) == rules, [d.message for d in result.mandatory]
 
 
 def preview_view(resources: list[dict]) -> list[dict]:
