@@ -66,7 +66,7 @@ teams = Teams("teams", TeamsArgs(
 BudgetEnforcer("enforcer", BudgetEnforcerArgs(
     provider=cluster.provider, depends_on=(budgets.namespace, budgets.team_budgets, *addons.kueue_crds)))
 team_models = {t.name: t.gpu_models for t in cfg.teams}
-for job in cfg.jobs:
+for job in (j for j in cfg.jobs if j.enabled):  # a disabled entry is an example: validated, not deployed
     TrainingJob(f"job-{job.team}-{job.name}", TrainingJobArgs(
         job=job, team_models=team_models[job.team], pools=cfg.gpu_pools, bucket_name=storage.bucket_name,
         # After Kueue is ready and the job's queue exists: created before Kueue's webhook, the

@@ -30,6 +30,31 @@ def stack_runs():
     return runs
 
 
+def _with_examples_enabled(stack: str):
+    """The stack file's config with every `enabled: false` job entry switched on."""
+    import yaml
+
+    from infra import mocks
+
+    config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    jobs = [dict(job, enabled=True) for job in config.get("tensile:jobs") or []]
+    return mocks.run_isolated(stack, config={**config, "tensile:jobs": jobs})
+
+
+@pytest.fixture(scope="session")
+def example_runs():
+    """Each stack with its example jobs enabled: what a team that turns one on deploys. The tests of
+    the job's objects read these; `stack_runs` is the stack exactly as its file ships."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    with ThreadPoolExecutor(max_workers=len(STACKS)) as pool:
+        runs = dict(zip(STACKS, pool.map(_with_examples_enabled, STACKS)))
+    for name, run in runs.items():
+        if run.error:
+            pytest.fail(f"stack {name} with its example jobs enabled failed under mocks: {run.error}")
+    return runs
+
+
 @pytest.fixture(scope="session")
 def moto_url() -> str:
     from moto.server import ThreadedMotoServer

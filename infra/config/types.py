@@ -129,6 +129,8 @@ class JobConfig:
     gpus_per_worker: int
     emergency_checkpoint_seconds: int
     """Measured notice-to-durable time of an emergency checkpoint; the grace period covers it."""
+    enabled: bool = True
+    """False: an example, validated like any entry but not deployed (the stack files ship theirs so)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -17,19 +17,22 @@ from infra import mocks  # noqa: E402
 STACKS = ("dev", "prod")
 
 
+# `dev`, `prod` and `run` are each stack with its example jobs enabled (tests/conftest.py): the
+# shipped stack plus the job's objects, so the job's tests test a rendered job. The identity and
+# inventory tests read `stack_runs`, the stack as shipped.
 @pytest.fixture(scope="session")
-def dev(stack_runs) -> mocks.ProgramRun:
-    return stack_runs["dev"]
+def dev(example_runs) -> mocks.ProgramRun:
+    return example_runs["dev"]
 
 
 @pytest.fixture(scope="session")
-def prod(stack_runs) -> mocks.ProgramRun:
-    return stack_runs["prod"]
+def prod(example_runs) -> mocks.ProgramRun:
+    return example_runs["prod"]
 
 
 @pytest.fixture(params=STACKS)
-def run(request, stack_runs) -> mocks.ProgramRun:
-    return stack_runs[request.param]
+def run(request, example_runs) -> mocks.ProgramRun:
+    return example_runs[request.param]
 
 
 @pytest.fixture(scope="session")

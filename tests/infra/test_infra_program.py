@@ -39,11 +39,10 @@ EXPECTED_COUNTS = {
         "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2,
     },
 }
-EXPECTED_TOTALS = {"dev": 149, "prod": 202}
+EXPECTED_TOTALS = {"dev": 143, "prod": 196}
 COMPONENTS = {"tensile:infra:Network", "tensile:infra:Cluster", "tensile:infra:InterruptionQueue",
               "tensile:infra:Karpenter", "tensile:infra:GpuNodePools", "tensile:infra:Storage", "tensile:infra:Budgets",
-              "tensile:infra:Addons", "tensile:infra:Teams", "tensile:infra:TrainingJob",
-              "tensile:infra:BudgetEnforcer"}
+              "tensile:infra:Addons", "tensile:infra:Teams", "tensile:infra:BudgetEnforcer"}
 
 
 def _one(run, typ):
@@ -69,6 +68,36 @@ def test_program_inventory_matches_the_stack_file(stack, stack_runs):
     assert not wrong, f"{stack}: (got, expected) per type: {wrong}"
     assert len(run.resources) == EXPECTED_TOTALS[stack]
     assert {r["type"] for r in run.resources if r["type"].startswith("tensile:")} == COMPONENTS
+
+
+def _requests_gpus(value) -> bool:
+    if isinstance(value, dict):
+        return any(k.endswith("nvidia.com/gpu") or _requests_gpus(v) for k, v in value.items())
+    return isinstance(value, list) and any(_requests_gpus(v) for v in value)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_stack_files_ship_no_training_job_and_no_gpu_capacity_that_starts_by_default(stack, stack_runs,
+                                                                                     example_runs):
+    shipped, example = stack_runs[stack], example_runs[stack]
+    # No workload asks for GPUs (the teams' quotas and the admission policy name them, run nothing).
+    workloads = [r for r in shipped.resources if r["type"].split(":")[1] in ("batch/v1", "apps/v1", "core/v1")
+                 and r["type"].rsplit(":", 1)[-1] in ("Job", "CronJob", "Deployment", "StatefulSet", "DaemonSet",
+                                                      "ReplicaSet", "Pod")]
+    assert [r["name"] for r in workloads if _requests_gpus(r["inputs"].get("spec"))] == []
+    # GPU pools hold no static capacity (Karpenter buys a node only for a pending pod), and the only
+    # node group, always on, is the system group of CPU instances.
+    pools = shipped.of_type(NODE_POOL)
+    assert pools and all("replicas" not in p["inputs"]["spec"] for p in pools)
+    groups = shipped.of_type("aws:eks/nodeGroup:NodeGroup")
+    assert [t for g in groups for t in g["inputs"]["instanceTypes"] if t in cost.CATALOGUE] == []
+    # The example entry, enabled, adds its TrainingJob (Job, config, services) and removes nothing.
+    before = {r["urn"] for r in shipped.resources}
+    added = [r for r in example.resources if r["urn"] not in before]
+    assert {r["type"] for r in added if r["type"].startswith("tensile:")} == {"tensile:infra:TrainingJob"}
+    assert all("tensile:infra:TrainingJob" in r["urn"] for r in added)
+    assert "kubernetes:batch/v1:Job" in {r["type"] for r in added}
+    assert before <= {r["urn"] for r in example.resources}
 
 
 def test_program_children_are_named_after_and_parented_by_their_component(run):
@@ -356,12 +385,14 @@ def test_every_component_registers_resolved_outputs(run, raw_configs):
     assert len(run.component_outputs[network]["privateSubnetIds"]) == len(azs)
 
 
-def test_program_runs_from_its_own_directory_as_the_language_host_runs_it(run):
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_program_runs_from_its_own_directory_as_the_language_host_runs_it(stack, stack_runs):
     """`main: infra/`: the language host runs the directory with runpy, so only infra/ is on
     sys.path; the program itself must make `infra.*` importable (every mocked run is laid out so)."""
     from pathlib import Path
 
     infra_dir = str(Path(__file__).resolve().parents[2] / "infra")
+    run = stack_runs[stack]
     assert run.layout == {"sys_path0": infra_dir, "cwd": infra_dir, "infra_imported_before_program": False}
     assert len(run.resources) == EXPECTED_TOTALS[run.stack]
 

@@ -43,8 +43,8 @@ def schemas():
 
 
 @pytest.fixture(scope="module")
-def rendered(stack_runs):
-    return {stack: validation.manifests_from_run(run.resources) for stack, run in stack_runs.items()}
+def rendered(example_runs):
+    return {stack: validation.manifests_from_run(run.resources) for stack, run in example_runs.items()}
 
 
 def _version(run) -> str:
@@ -52,7 +52,7 @@ def _version(run) -> str:
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_every_rendered_object_is_valid_for_the_stacks_kubernetes_version(stack, stack_runs, rendered, schemas,
+def test_every_rendered_object_is_valid_for_the_stacks_kubernetes_version(stack, example_runs, rendered, schemas,
                                                                            tmp_path):
     manifests = rendered[stack]
     kinds: dict[str, int] = {}
@@ -60,7 +60,7 @@ def test_every_rendered_object_is_valid_for_the_stacks_kubernetes_version(stack,
         kinds[m["kind"]] = kinds.get(m["kind"], 0) + 1
     assert kinds == EXPECTED_KINDS[stack]
     assert len(validation.write_manifests(manifests, tmp_path)) == len(manifests)
-    report = validation.validate(manifests, _version(stack_runs[stack]), schemas)
+    report = validation.validate(manifests, _version(example_runs[stack]), schemas)
     assert report.errors == []
     assert report.cel.failed == []
     # Every CEL rule on create was evaluated; none passed unevaluated.

@@ -25,6 +25,8 @@ def test_platform_and_jobs_parse_from_both_stack_files(raw_configs):
     prod = config.parse(raw_configs["prod"], stack="prod", today=TODAY)
     assert (dev.platform.prometheus_operator, prod.platform.prometheus_operator) == (False, True)
     assert [j.name for j in dev.jobs] == ["demo"] and prod.jobs[0].gpus_per_worker == 8
+    # Shipped as examples: validated like any entry, deployed by neither stack.
+    assert [j.enabled for j in dev.jobs + prod.jobs] == [False, False]
     assert all(t.member_role_arn.startswith("arn:aws:iam::") for t in dev.teams + prod.teams)
 
 
@@ -46,6 +48,10 @@ def test_platform_section_is_optional_with_defaults(raw_configs):
     ("job", {"emergencyCheckpointSeconds": 150},
      "jobs[0].emergencyCheckpointSeconds: must be 1..90: the save must fit inside the two-minute spot notice"),
     ("job", {"name": "Demo_Run"}, "jobs[0].name: must be a DNS label of at most 40 characters"),
+    ("job", {"enabled": "false"}, "jobs[0].enabled: must be true or false, got 'false'"),
+    ("job", {"enabled": 0}, "jobs[0].enabled: must be true or false, got 0"),
+    # A disabled example is still checked: it must work the day someone turns it on.
+    ("job", {"enabled": False, "gpuModel": "h100"}, "jobs[0].gpuModel: team sandbox may use l4, not 'h100'"),
     ("platform", {"podsReadyTimeout": "soon"}, "platform.podsReadyTimeout: must be a duration such as 15m"),
     ("platform", {"prometheusOperator": "yes"}, "platform.prometheusOperator: must be true or false"),
     ("platform", {"scrapeEverything": True}, "platform.scrapeEverything: unknown setting"),

@@ -17,8 +17,8 @@ STACKS = ("dev", "prod")
 
 
 @pytest.fixture(scope="module")
-def releases(stack_runs):
-    return {stack: charts.render_releases(run.resources) for stack, run in stack_runs.items()}
+def releases(example_runs):
+    return {stack: charts.render_releases(run.resources) for stack, run in example_runs.items()}
 
 
 def _version(run) -> str:
@@ -30,9 +30,9 @@ def _named(run, name: str) -> dict:
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_every_release_installs_a_vendored_chart_at_its_pinned_version(stack, stack_runs, releases):
+def test_every_release_installs_a_vendored_chart_at_its_pinned_version(stack, example_runs, releases):
     rendered = {r.name: r for r in releases[stack]}
-    for record in stack_runs[stack].of_type(charts.RELEASE_TYPE):
+    for record in example_runs[stack].of_type(charts.RELEASE_TYPE):
         inputs = record["inputs"]
         release = rendered[inputs["name"]]
         chart = yaml.safe_load((release.chart_dir / "Chart.yaml").read_text())
@@ -41,15 +41,15 @@ def test_every_release_installs_a_vendored_chart_at_its_pinned_version(stack, st
         assert chart["version"] == inputs["version"] or chart["name"] == "karpenter"
         assert (release.chart_dir / "LICENSE").read_text().strip().startswith("Apache License\n")
         assert not (release.chart_dir / "crds").exists()  # Helm would install those first; none is vendored
-    kueue = next(r for r in stack_runs[stack].of_type(charts.RELEASE_TYPE) if r["inputs"]["name"] == "kueue")
+    kueue = next(r for r in example_runs[stack].of_type(charts.RELEASE_TYPE) if r["inputs"]["name"] == "kueue")
     assert kueue["inputs"]["chart"] == "charts/kueue-0.19.2"  # relative to infra/, the program's directory
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_every_chart_object_is_valid_for_the_stacks_kubernetes_version(stack, stack_runs, releases):
+def test_every_chart_object_is_valid_for_the_stacks_kubernetes_version(stack, example_runs, releases):
     schemas = validation.load_crd_schemas()
     objects = [o for r in releases[stack] for o in r.objects]
-    report = validation.validate(objects, _version(stack_runs[stack]), schemas)
+    report = validation.validate(objects, _version(example_runs[stack]), schemas)
     assert report.errors == [] and report.cel.failed == [] and report.cel.unevaluated == {}
     kinds = {o["kind"] for o in objects}
     assert "CustomResourceDefinition" not in kinds  # the program owns every CRD
@@ -58,8 +58,8 @@ def test_every_chart_object_is_valid_for_the_stacks_kubernetes_version(stack, st
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_the_stack_installs_in_order_with_one_owner_per_object(stack, stack_runs, releases):
-    assert graph.check(stack_runs[stack].resources, releases[stack]) == []
+def test_the_stack_installs_in_order_with_one_owner_per_object(stack, example_runs, releases):
+    assert graph.check(example_runs[stack].resources, releases[stack]) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,10 +67,10 @@ def test_the_stack_installs_in_order_with_one_owner_per_object(stack, stack_runs
 # ---------------------------------------------------------------------------------------------
 
 
-def test_a_training_job_created_before_kueue_and_its_queue_is_reported(stack_runs, releases):
-    resources = copy.deepcopy(stack_runs["prod"].resources)
+def test_a_training_job_created_before_kueue_and_its_queue_is_reported(example_runs, releases):
+    resources = copy.deepcopy(example_runs["prod"].resources)
     job = next(r for r in resources if r["type"] == "kubernetes:batch/v1:Job")
-    namespace = _named(stack_runs["prod"], "teams-llm-namespace")["urn"]
+    namespace = _named(example_runs["prod"], "teams-llm-namespace")["urn"]
     job["dependencies"] = [namespace]  # what the Job depended on before issue 15
     problems = graph.check(resources, releases["prod"])
     assert problems == [
@@ -80,9 +80,9 @@ def test_a_training_job_created_before_kueue_and_its_queue_is_reported(stack_run
         "(teams-llm-localqueue)"]
 
 
-def test_a_service_monitor_without_its_crd_is_reported(stack_runs, releases):
-    crd = _named(stack_runs["prod"], "addons-crd-servicemonitors")["urn"]
-    resources = [r for r in copy.deepcopy(stack_runs["prod"].resources) if r["urn"] != crd]
+def test_a_service_monitor_without_its_crd_is_reported(example_runs, releases):
+    crd = _named(example_runs["prod"], "addons-crd-servicemonitors")["urn"]
+    resources = [r for r in copy.deepcopy(example_runs["prod"].resources) if r["urn"] != crd]
     for r in resources:
         r["dependencies"] = [d for d in r["dependencies"] if d != crd]
     problems = graph.check(resources, releases["prod"])
@@ -92,8 +92,8 @@ def test_a_service_monitor_without_its_crd_is_reported(stack_runs, releases):
     assert all("no CRD serving monitoring.coreos.com/v1 ServiceMonitor" in p for p in problems)
 
 
-def test_a_release_that_depends_on_nothing_installing_its_crd_is_reported(stack_runs, releases):
-    resources = copy.deepcopy(stack_runs["prod"].resources)
+def test_a_release_that_depends_on_nothing_installing_its_crd_is_reported(example_runs, releases):
+    resources = copy.deepcopy(example_runs["prod"].resources)
     dcgm = next(r for r in resources if r["name"] == "addons-dcgm-exporter")
     dcgm["dependencies"] = []
     assert graph.check(resources, releases["prod"]) == [
@@ -101,19 +101,19 @@ def test_a_release_that_depends_on_nothing_installing_its_crd_is_reported(stack_
         "addons-crd-servicemonitors, which installs its CRD"]
 
 
-def test_a_crd_the_chart_renders_too_has_two_owners(stack_runs, releases):
+def test_a_crd_the_chart_renders_too_has_two_owners(example_runs, releases):
     """The upstream Kueue chart renders all eleven Kueue CRDs as templates."""
     kueue = copy.deepcopy(next(r for r in releases["dev"] if r.name == "kueue"))
     kueue.objects += [copy.deepcopy(c) for c in addons.kueue_crds()]
     others = [r for r in releases["dev"] if r.name != "kueue"]
-    problems = graph.check(stack_runs["dev"].resources, [*others, kueue])
+    problems = graph.check(example_runs["dev"].resources, [*others, kueue])
     assert len(problems) == 11
     assert ("CustomResourceDefinition.apiextensions.k8s.io workloads.kueue.x-k8s.io: 2 owners "
             "(addons-crd-workloads, release kueue)") in problems
 
 
-def test_a_custom_resource_whose_crd_is_a_template_of_its_own_release_is_reported(stack_runs, releases):
-    resources = [r for r in stack_runs["prod"].resources if r["name"] != "addons-crd-servicemonitors"]
+def test_a_custom_resource_whose_crd_is_a_template_of_its_own_release_is_reported(example_runs, releases):
+    resources = [r for r in example_runs["prod"].resources if r["name"] != "addons-crd-servicemonitors"]
     dcgm = copy.deepcopy(next(r for r in releases["prod"] if r.name == "dcgm-exporter"))
     dcgm.objects.append(addons.service_monitor_crd())
     others = [r for r in releases["prod"] if r.name not in ("dcgm-exporter", "kueue")]
@@ -122,13 +122,13 @@ def test_a_custom_resource_whose_crd_is_a_template_of_its_own_release_is_reporte
                for p in problems)
 
 
-def test_a_conversion_webhook_without_its_service_is_reported(stack_runs, releases):
+def test_a_conversion_webhook_without_its_service_is_reported(example_runs, releases):
     kueue = copy.deepcopy(next(r for r in releases["dev"] if r.name == "kueue"))
     for o in kueue.objects:
         if o["kind"] == "Service" and o["metadata"]["name"] == "kueue-webhook-service":
             o["metadata"]["name"] = "renamed-webhook-service"
     others = [r for r in releases["dev"] if r.name != "kueue"]
-    problems = graph.check(stack_runs["dev"].resources, [*others, kueue])
+    problems = graph.check(example_runs["dev"].resources, [*others, kueue])
     assert len(problems) == len(addons.KUEUE_CONVERTED_CRDS)
     assert all("names Service kueue-system/kueue-webhook-service, which nothing in the stack creates" in p
                for p in problems)
@@ -143,8 +143,8 @@ def _unlabelled_job(run) -> dict:
     return job
 
 
-def test_an_unlabelled_job_in_a_team_namespace_waits_in_the_default_local_queue(stack_runs, releases):
-    run = stack_runs["dev"]
+def test_an_unlabelled_job_in_a_team_namespace_waits_in_the_default_local_queue(example_runs, releases):
+    run = example_runs["dev"]
     job = _unlabelled_job(run)
     default_queue = _named(run, "teams-sandbox-localqueue-default")["urn"]
     assert graph.check([*run.resources, job], releases["dev"]) == [
@@ -155,17 +155,17 @@ def test_an_unlabelled_job_in_a_team_namespace_waits_in_the_default_local_queue(
         f"Job sandbox/unlabelled ({job['name']}): waits in LocalQueue sandbox/default, which nothing declares"]
 
 
-def test_the_check_reads_which_jobs_kueue_manages_from_its_configuration(stack_runs, releases):
+def test_the_check_reads_which_jobs_kueue_manages_from_its_configuration(example_runs, releases):
     """With Kueue's configuration before issue 15 (manageJobsWithoutQueueName false), an
     unlabelled Job is not Kueue's: the check then has nothing to order it after."""
-    resources = copy.deepcopy(stack_runs["dev"].resources)
+    resources = copy.deepcopy(example_runs["dev"].resources)
     release = next(r for r in resources if r["name"] == "addons-kueue")
     config = yaml.safe_load(release["inputs"]["values"]["managerConfig"]["controllerManagerConfigYaml"])
     config["manageJobsWithoutQueueName"] = False
     release["inputs"]["values"]["managerConfig"]["controllerManagerConfigYaml"] = yaml.safe_dump(config)
-    default_queue = _named(stack_runs["dev"], "teams-sandbox-localqueue-default")["urn"]
+    default_queue = _named(example_runs["dev"], "teams-sandbox-localqueue-default")["urn"]
     resources = [r for r in resources if r["urn"] != default_queue]
-    assert graph.check([*resources, _unlabelled_job(stack_runs["dev"])], releases["dev"]) == []
+    assert graph.check([*resources, _unlabelled_job(example_runs["dev"])], releases["dev"]) == []
 
 
 def test_a_selector_outside_team_namespaces_leaves_their_jobs_unmanaged():

@@ -16,8 +16,9 @@ from .conftest import REPO_ROOT, STACKS
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_pack_passes_every_mandatory_rule_on_each_stack(analyzer, stack_runs, stack):
-    result = analyzer.run(stack_runs[stack].resources, runner.stack_config(stack))
+@pytest.mark.parametrize("shipped", [True, False], ids=["as-shipped", "example-jobs-enabled"])
+def test_pack_passes_every_mandatory_rule_on_each_stack(analyzer, stack_runs, example_runs, stack, shipped):
+    result = analyzer.run((stack_runs if shipped else example_runs)[stack].resources, runner.stack_config(stack))
     assert result.mandatory == []
     assert result.advisory == []
 
