@@ -171,6 +171,10 @@ class SaveStarted:
     """The save that was still in flight and had to end first (to be reported, once)."""
 
 
+class SaveAbandoned(CheckpointError):
+    """A background save given up because another rank's part of it failed."""
+
+
 class EngineCheckpointer:
     """Saves and loads one worker's share of the engine. Saves are collective (`save`) or, for
     the sharded layout, asynchronous (`save_async`): the loop waits only for a copy of this
@@ -194,6 +198,9 @@ class EngineCheckpointer:
         self.control = control
         self.faults = faults
         self._in_flight: Future[SaveResult] | None = None
+        self._abandon = threading.Event()
+        self._abandon_reason = ""
+        """Set by the training thread when another rank's part of the save in flight failed."""
         self._host_buffers: dict[torch.dtype, torch.Tensor] = {}
         """Host memory for background saves, reused: only one is in flight at a time."""
 
@@ -231,10 +238,11 @@ class EngineCheckpointer:
         stall_s = time.monotonic() - started
         future: Future[SaveResult] = Future()
         lease = self.lease
+        self._abandon = abandon = threading.Event()
 
         def persist() -> None:
             try:
-                future.set_result(self._persist(snapshot, checkpoint_id, step, lease, reason, stall_s))
+                future.set_result(self._persist(snapshot, checkpoint_id, step, lease, reason, stall_s, abandon))
             except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
                 future.set_exception(e)
 
@@ -242,14 +250,20 @@ class EngineCheckpointer:
         threading.Thread(target=persist, name=f"persist-{checkpoint_id}", daemon=True).start()
         return SaveStarted(checkpoint_id=checkpoint_id, stall_s=stall_s, previous=previous)
 
+    def abandon(self, why: str) -> None:
+        """Another rank's part of the background save in flight failed: stop waiting for it (the
+        save is not published; its result says why). The next save tries again."""
+        self._abandon_reason = why
+        self._abandon.set()
+
     def _persist(self, snapshot: ShardSnapshot, checkpoint_id: str, step: int, lease: GroupLease,
-                 reason: str, stall_s: float) -> SaveResult:
+                 reason: str, stall_s: float, abandon: threading.Event) -> SaveResult:
         """The background thread: everything it learns goes into the result it returns."""
         began = time.monotonic()
         result = SaveResult(checkpoint_id=checkpoint_id, step=step, reason=reason, asynchronous=True,
                             bytes=float(snapshot.nbytes), stall_s=stall_s)
         try:
-            self.faults.before_persist()
+            self.faults.before_persist(step=step, rank=self.rank)
             local_root = self._local_root(checkpoint_id)
             entries = self._write_and_upload(snapshot.write, local_root, checkpoint_id, step)
             record = local_root / "rank.json"
@@ -257,7 +271,7 @@ class EngineCheckpointer:
             self.tier.put_file(checkpoint_id, f"{RANK_RECORDS}/rank-{self.rank:05d}.json", record)
             result = replace(result, persist_s=time.monotonic() - began)
             if self.rank == 0:
-                gathered = self._await_rank_records(checkpoint_id)
+                gathered = self._await_rank_records(checkpoint_id, abandon)
                 try:
                     self._publish(checkpoint_id, step, lease, gathered, reason)
                 except FencingError as e:
@@ -271,7 +285,7 @@ class EngineCheckpointer:
             result = replace(result, error=f"{type(e).__name__}: {e}")
         return result
 
-    def _await_rank_records(self, checkpoint_id: str) -> list[list[FileEntry]]:
+    def _await_rank_records(self, checkpoint_id: str, abandon: threading.Event) -> list[list[FileEntry]]:
         """Every rank's list of durable files, fetched from the tier as each appears."""
         deadline = time.monotonic() + self.persist_timeout_s
         scratch = self._local_root(checkpoint_id) / RANK_RECORDS
@@ -288,6 +302,8 @@ class EngineCheckpointer:
                     continue
                 records[rank] = [FileEntry(**e) for e in json.loads(target.read_text())]
             if len(records) < self.world_size:
+                if abandon.is_set():
+                    raise SaveAbandoned(f"abandoned: {self._abandon_reason}")
                 if time.monotonic() > deadline:
                     missing = sorted(set(range(self.world_size)) - set(records))
                     raise TimeoutError(f"ranks {missing} never made their files durable")
