@@ -137,7 +137,7 @@ def train(config_path: str) -> int:
     import deepspeed
     import torch.distributed as dist
 
-    from tensile.checkpoint import FencingError
+    from tensile.checkpoint import CheckpointIncompatible, FencingError
     from tensile.config import ConfigError, load_config
     from tensile.data import DatasetError
     from tensile.elastic.control import ControlPlane, default_store
@@ -210,6 +210,16 @@ def train(config_path: str) -> int:
             node_dir.write_outcome(NodeOutcome.PREEMPTED if stop.reason == SPOT_INTERRUPTION else NodeOutcome.STOPPED,
                                    str(e), left_rendezvous=left)
         exit_now(WorkerExit.REGROUP)
+    except CheckpointIncompatible as e:
+        # Found while loading (the saved parameters are not this model's): as final as the same
+        # finding at round start, so the run ends with the reason and spends nothing.
+        log.error("cannot resume: %s", e)
+        if rank == 0:
+            ledger.write_status(NodeOutcome.FAILED.value, reason=str(e))
+            ledger.record("incompatible", reason=str(e))
+        if me.speaks_for_node:
+            node_dir.write_outcome(NodeOutcome.INCOMPATIBLE, str(e))
+        exit_now(WorkerExit.COMPLETED)
     except (DatasetError, ConfigError) as e:
         # No retry can fix these: end the run and say why, instead of spending the budget.
         log.error("cannot train: %s", e)
