@@ -52,6 +52,9 @@ class RoundStart:
     resume: ResumePoint | None
     history: dict[str, int] = field(default_factory=dict)
     """Restarts, preemptions and steps lost so far (for metrics)."""
+    epoch: int = 0
+    """The epoch this group claimed: commits of older epochs published after it began are a
+    stale group's, ignored by every reader."""
 
 
 @dataclass(slots=True)
@@ -166,7 +169,7 @@ class Trainer:
                                             model_hash=self.config.model_hash(),
                                             data_version=self.dataset.data_version),
                 keep_last=self.config.checkpoint.keep_last,
-                lease=GroupLease.for_round(self.round.token, self.round.resume),
+                lease=GroupLease.for_round(self.round.token, self.round.resume, self.round.epoch),
                 persist_timeout_s=self.config.checkpoint.persist_timeout_s, control=self.control,
                 faults=self.faults)
         if self.round.decision is None and self.resharding:
@@ -207,7 +210,11 @@ class Trainer:
             self.ledger.write_status("failed", reason=f"failure budget spent: {spent} failures, "
                                      f"elastic.max_failures is {self.config.elastic.max_failures}")
             return RoundStart(NodeOutcome.BUDGET_EXHAUSTED, 0, token, None)
-        point = Catalog(self.tier).find_resume_point(
+        catalog = Catalog(self.tier)
+        # Claimed before the resume point is read: a stale group's commit that lands after this
+        # is past the claim's head, so no reader (this group included) takes it.
+        claim = catalog.claim_epoch(token)
+        point = catalog.find_resume_point(
             before_verify=lambda m: expect(self.control.seconds_for(sum(f.size for f in m.files))))
         if point.manifest is not None:
             problem = incompatibility(point.manifest, zero_stage=self.config.zero.stage,
@@ -225,7 +232,8 @@ class Trainer:
             failures_spent=spent)
         for what, why in point.skipped:
             log.warning("not resuming from %s: %s", what, why)
-        return RoundStart(None, number, token, point, history=run_history(self.ledger.events()))
+        return RoundStart(None, number, token, point, history=run_history(self.ledger.events()),
+                          epoch=claim.epoch)
 
     # ---- the model ---------------------------------------------------------------------
     def build(self) -> None:

@@ -196,10 +196,19 @@ def train(config_path: str) -> int:
         # Everything is durable; interpreter teardown of DeepSpeed and gloo only costs seconds.
         exit_now(WorkerExit.COMPLETED)
     except FencingError as e:
+        # A newer group began (epochs): this one is stale. Never exit 0 — torchrun would take it
+        # for success and close the rendezvous for the live group too. Re-form instead (a stale
+        # node that rejoins becomes part of the current group); a node fenced again and again
+        # shares the run's tier with a group of another rendezvous, and leaves.
         log.error("fenced: %s", e)
-        node_dir.write_outcome(NodeOutcome.FENCED, str(e))
-        # Exit 0 so torchrun does not restart this stale group into another race.
-        exit_now(WorkerExit.COMPLETED)
+        if not me.speaks_for_node:
+            exit_now(WorkerExit.REGROUP)
+        ledger.record("fenced", node=me.node_id, rank=rank, reason=str(e)[:300])
+        times = sum(1 for event in ledger.events() if event["event"] == "fenced" and event.get("node") == me.node_id)
+        if times >= MAX_FENCES_PER_NODE:
+            left = leave_rendezvous_now(config, ledger, me)
+            node_dir.write_outcome(NodeOutcome.FENCED, str(e), left_rendezvous=left, times=times)
+        exit_now(WorkerExit.REGROUP)
     except StopForMembership as e:
         log.info("%s", e)
         # This node is going (reclaimed, or its launcher was signalled), not just re-forming.
@@ -240,6 +249,8 @@ def train(config_path: str) -> int:
 
 
 SPOT_INTERRUPTION = "spot-interruption"
+MAX_FENCES_PER_NODE = 3
+"""Fences before a node stops re-forming and leaves the run with outcome `fenced` (exit 4)."""
 
 
 def leave_rendezvous_now(config, ledger, me: WorkerIdentity) -> bool:
