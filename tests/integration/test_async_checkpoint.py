@@ -48,3 +48,23 @@ def test_sigterm_during_a_background_save_lets_it_finish_then_saves_the_stop(tmp
     assert run_nodes(tmp_path, config, ["c"]) == {"c": 0}
     done_before = max(e["step"] for e in events if e["event"] == "step")
     assert rounds(shared)[-1]["resumed_step"] == stop_step == done_before
+
+
+def test_a_failed_part_of_a_background_save_reaches_rank_0_within_a_step_and_the_next_save_succeeds(
+        tmp_path, dataset):
+    # Rank 1's part of the step-3 save fails. Rank 0 waits for every rank's files before it
+    # publishes: before the failure was shared it waited persist_timeout_s (here 120 s) and
+    # blocked the step-6 save behind it.
+    config = write_job(tmp_path, dataset, zero={"stage": 2}, checkpoint={"persist_timeout_s": 120})
+    codes = run_nodes(tmp_path, config, ["a", "b"], timeout_s=240,
+                      env={**SLOW_STEPS, "TENSILE_FAULTS": "fail-persist@3"})
+    assert codes == {"a": 0, "b": 0}
+    shared = tmp_path / "shared"
+    events = RunLedger(shared).events()
+    failed = [e for e in events if e["event"] == "checkpoint-failed"]
+    assert [(e["step"], e["error"].startswith("SaveAbandoned: abandoned")) for e in failed] == [(3, True)], failed
+    steps = {e["step"]: e["t"] for e in events if e["event"] == "step"}
+    assert failed[0]["t"] - steps[3] < 15, "rank 0 heard of it within a few steps, not persist_timeout_s"
+    committed = [r.step for r in Catalog(DirectoryTier(shared)).committed()]
+    assert committed == [6, 9, 12], "the next interval's save succeeded; nothing else was lost"
+    assert RunLedger(shared).failures_spent() == 0 and len(rounds(shared)) == 1

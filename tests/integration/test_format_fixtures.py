@@ -71,3 +71,25 @@ def test_a_job_resumes_an_old_checkpoint_and_follows_the_old_trajectory(tmp_path
     for step, loss in expected["losses"].items():
         # A resize (2 → 1 workers) sums in another order: rounding, not drift.
         assert math.isclose(losses[int(step)], loss, rel_tol=1e-6), (step, losses[int(step)], loss)
+
+
+def test_parameters_that_differ_found_only_while_loading_end_the_run_with_the_reason(tmp_path, fixture_dataset):
+    # A manifest without a model hash (as one from a factory model whose internals the hash
+    # cannot see) lets the round start through; the loader then finds other parameters. That is
+    # as final as a refusal at round start: before, it spent the budget round after round and
+    # ended on "failure budget spent" instead of the reason.
+    name = "zero2-sharded-2workers"
+    expected = _expected(name)
+    shared = _copy_shared(name, tmp_path)
+    manifest_path = next((shared / "checkpoints").glob("*/manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model_hash"] = ""
+    manifest_path.write_text(json.dumps(manifest))
+    job = {**expected["job"], "model": {"d_model": 48}}
+    config = write_job(tmp_path, fixture_dataset, **job)
+    assert run_nodes(tmp_path, config, ["node-a"], timeout_s=240) == {"node-a": 3}
+    ledger = RunLedger(shared)
+    status = ledger.status()
+    assert status["state"] == "failed" and "other parameters than this model" in status["reason"], status
+    assert ledger.failures_spent() == 0
+    assert [e["event"] for e in ledger.events() if e["event"] in ("incompatible", "failure")] == ["incompatible"]

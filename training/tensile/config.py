@@ -214,7 +214,8 @@ class ElasticConfig:
     on the shared tier. A phase over B bytes (round start, load, save) waits up to
     collective_timeout_s + B / this for a silent peer before taking it for lost."""
     step_watchdog_s: float = 60.0
-    """A step (after the first) that takes this long ends the worker as hung."""
+    """A step (after the first) that takes this long, and three times the slowest step of its
+    round, ends the worker as hung (steps grow when fewer workers share the global batch)."""
     startup_timeout_s: float = 600.0
     """A worker that has not finished its round's first step this long after starting (imports,
     process group, checkpoint load) ends as hung: a peer vanished while the group formed."""

@@ -23,7 +23,7 @@ class FaultHooks:
     def before_step(self, *, step: int, rank: int) -> None:
         """At the start of every training step (a test may raise, or stretch the step)."""
 
-    def before_persist(self) -> None:
+    def before_persist(self, *, step: int, rank: int) -> None:
         """On the background thread, before a background save writes anything."""
 
     def after_checkpoint_file(self, *, step: int, rank: int) -> None:

@@ -52,6 +52,9 @@ class RoundStart:
     resume: ResumePoint | None
     history: dict[str, int] = field(default_factory=dict)
     """Restarts, preemptions and steps lost so far (for metrics)."""
+    epoch: int = 0
+    """The epoch this group claimed: commits of older epochs published after it began are a
+    stale group's, ignored by every reader."""
 
 
 @dataclass(slots=True)
@@ -69,6 +72,17 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
+
+
+STEP_TIMEOUT_FACTOR = 3.0
+"""A step is taken for hung only past this many times the slowest step of its round."""
+
+
+def step_timeout(configured_s: float, slowest_step_s: float) -> float:
+    """The step watchdog's timeout: the configured floor, or a multiple of the slowest step this
+    round has taken, whichever is longer. A round at fewer workers carries more of the global batch
+    per rank (8 → 1 workers: eight times the micro-steps), so its steps are longer by as much."""
+    return max(configured_s, STEP_TIMEOUT_FACTOR * slowest_step_s)
 
 
 def lr_schedule(config: TrainingConfig):
@@ -129,6 +143,8 @@ class Trainer:
         """Made at round start, holding the group's lease on the commit log."""
         self.engine: Any = None
         self._fenced: str | None = None
+        self._voted_generation = 0
+        """How many checkpoint requests the last step's vote saw."""
         """Set on rank 0 when a background publish found another group's commit."""
 
     @property
@@ -153,7 +169,7 @@ class Trainer:
                                             model_hash=self.config.model_hash(),
                                             data_version=self.dataset.data_version),
                 keep_last=self.config.checkpoint.keep_last,
-                lease=GroupLease.for_round(self.round.token, self.round.resume),
+                lease=GroupLease.for_round(self.round.token, self.round.resume, self.round.epoch),
                 persist_timeout_s=self.config.checkpoint.persist_timeout_s, control=self.control,
                 faults=self.faults)
         if self.round.decision is None and self.resharding:
@@ -194,7 +210,11 @@ class Trainer:
             self.ledger.write_status("failed", reason=f"failure budget spent: {spent} failures, "
                                      f"elastic.max_failures is {self.config.elastic.max_failures}")
             return RoundStart(NodeOutcome.BUDGET_EXHAUSTED, 0, token, None)
-        point = Catalog(self.tier).find_resume_point(
+        catalog = Catalog(self.tier)
+        # Claimed before the resume point is read: a stale group's commit that lands after this
+        # is past the claim's head, so no reader (this group included) takes it.
+        claim = catalog.claim_epoch(token)
+        point = catalog.find_resume_point(
             before_verify=lambda m: expect(self.control.seconds_for(sum(f.size for f in m.files))))
         if point.manifest is not None:
             problem = incompatibility(point.manifest, zero_stage=self.config.zero.stage,
@@ -212,7 +232,8 @@ class Trainer:
             failures_spent=spent)
         for what, why in point.skipped:
             log.warning("not resuming from %s: %s", what, why)
-        return RoundStart(None, number, token, point, history=run_history(self.ledger.events()))
+        return RoundStart(None, number, token, point, history=run_history(self.ledger.events()),
+                          epoch=claim.epoch)
 
     # ---- the model ---------------------------------------------------------------------
     def build(self) -> None:
@@ -244,15 +265,17 @@ class Trainer:
         start_step = self.resume()
         watchdog = self.watchdog
         step = start_step
+        slowest_step_s = 0.0
         try:
             while step < self.config.run.steps:
                 began = time.monotonic()
                 loss, stop_votes, checkpoint_votes = self._train_step(step)
                 step += 1
-                watchdog.timeout_s = self.config.elastic.step_watchdog_s
+                step_s = time.monotonic() - began
+                slowest_step_s = max(slowest_step_s, step_s)
+                watchdog.timeout_s = step_timeout(self.config.elastic.step_watchdog_s, slowest_step_s)
                 watchdog.beat()
                 self.sampler.advance(step - 1)
-                step_s = time.monotonic() - began
                 if self.metrics:
                     self.metrics.step_done(step=step, seconds=step_s, samples=self.plan.global_batch_size)
                 if self.rank == 0:
@@ -267,7 +290,8 @@ class Trainer:
                 if reason is not None:
                     watchdog.pause()
                     self._save(step, reason)
-                    self.checkpoint_request.clear()
+                    # Only what this step's vote saw: a notice that came during the save stays.
+                    self.checkpoint_request.served(self._voted_generation)
                     watchdog.beat()
                 if stopping and not final:
                     raise StopForMembership(f"stop agreed at step {step} ({self.stop.reason or 'a peer asked'})")
@@ -278,17 +302,18 @@ class Trainer:
             self.ledger.record("completed", step=step)
         return "completed"
 
-    def _background_save_ended(self, result: SaveResult | None) -> None:
-        """Report a background save's result (on the training thread, once)."""
+    def _background_save_ended(self, result: SaveResult | None) -> bool:
+        """Report a background save's result (on the training thread, once); True if this
+        rank's part of it failed."""
         if result is None:
-            return
+            return False
         if result.fenced is not None:
             self._fenced = result.fenced
         if self.metrics and (result.published or self.rank != 0) and result.persist_s is not None:
             self.metrics.checkpoint_done(step=result.step, reason=result.reason, persist_s=result.persist_s,
                                          size=result.bytes)
         if self.rank != 0:
-            return
+            return result.error is not None
         fields: dict[str, Any] = {"checkpoint": result.checkpoint_id, "step": result.step, "reason": result.reason,
                                   "stall_s": result.stall_s, "bytes": result.bytes}
         for name in ("persist_s", "fenced", "durable_s", "error"):
@@ -296,6 +321,7 @@ class Trainer:
                 fields[name] = getattr(result, name)
         fields = {k: round(v, 4) if isinstance(v, float) else v for k, v in fields.items()}
         self.ledger.record("checkpoint" if result.published else "checkpoint-failed", asynchronous=True, **fields)
+        return result.error is not None
 
     def _train_step(self, step: int) -> tuple[float, int, int]:
         self.faults.before_step(step=step, rank=self.rank)
@@ -320,15 +346,21 @@ class Trainer:
             self.engine.backward(micro_sum * scale, scale_wrt_gas=False)
             self.engine.step()
             loss_sum += micro_sum.detach().double()
-        self._background_save_ended(self.checkpointer.poll())
+        part_failed = self._background_save_ended(self.checkpointer.poll())
+        self._voted_generation = self.checkpoint_request.generation
         # One all-reduce per step carries the loss and every rank's votes (and rank 0's news of a
-        # fenced background publish), so all ranks agree at this same step boundary.
+        # fenced background publish, and any rank's failed part of a background save), so all
+        # ranks agree at this same step boundary.
         report = torch.tensor([loss_sum.item(), float(self.stop.requested),
                                float(self.checkpoint_request.requested),
-                               float(self._fenced is not None)], dtype=torch.float64)
+                               float(self._fenced is not None), float(part_failed)], dtype=torch.float64)
         dist.all_reduce(report)
         if report[3].item() > 0:  # rank 0's background publish found another group's commit
             raise FencingError(self._fenced or "another worker group published first (rank 0 saw it)")
+        if report[4].item() > 0:
+            # Rank 0 would otherwise wait persist_timeout_s for the failed rank's files; the save is
+            # abandoned (reported once it ends), and the next interval's save tries again.
+            self.checkpointer.abandon(f"{int(report[4].item())} rank(s) failed their part")
         return report[0].item() / global_tokens, int(report[1].item()), int(report[2].item())
 
     def _read(self, ids: list[int], padding: int) -> torch.Tensor:

@@ -137,7 +137,7 @@ def train(config_path: str) -> int:
     import deepspeed
     import torch.distributed as dist
 
-    from tensile.checkpoint import FencingError
+    from tensile.checkpoint import CheckpointIncompatible, FencingError
     from tensile.config import ConfigError, load_config
     from tensile.data import DatasetError
     from tensile.elastic.control import ControlPlane, default_store
@@ -196,10 +196,19 @@ def train(config_path: str) -> int:
         # Everything is durable; interpreter teardown of DeepSpeed and gloo only costs seconds.
         exit_now(WorkerExit.COMPLETED)
     except FencingError as e:
+        # A newer group began (epochs): this one is stale. Never exit 0 — torchrun would take it
+        # for success and close the rendezvous for the live group too. Re-form instead (a stale
+        # node that rejoins becomes part of the current group); a node fenced again and again
+        # shares the run's tier with a group of another rendezvous, and leaves.
         log.error("fenced: %s", e)
-        node_dir.write_outcome(NodeOutcome.FENCED, str(e))
-        # Exit 0 so torchrun does not restart this stale group into another race.
-        exit_now(WorkerExit.COMPLETED)
+        if not me.speaks_for_node:
+            exit_now(WorkerExit.REGROUP)
+        ledger.record("fenced", node=me.node_id, rank=rank, reason=str(e)[:300])
+        times = sum(1 for event in ledger.events() if event["event"] == "fenced" and event.get("node") == me.node_id)
+        if times >= MAX_FENCES_PER_NODE:
+            left = leave_rendezvous_now(config, ledger, me)
+            node_dir.write_outcome(NodeOutcome.FENCED, str(e), left_rendezvous=left, times=times)
+        exit_now(WorkerExit.REGROUP)
     except StopForMembership as e:
         log.info("%s", e)
         # This node is going (reclaimed, or its launcher was signalled), not just re-forming.
@@ -210,6 +219,16 @@ def train(config_path: str) -> int:
             node_dir.write_outcome(NodeOutcome.PREEMPTED if stop.reason == SPOT_INTERRUPTION else NodeOutcome.STOPPED,
                                    str(e), left_rendezvous=left)
         exit_now(WorkerExit.REGROUP)
+    except CheckpointIncompatible as e:
+        # Found while loading (the saved parameters are not this model's): as final as the same
+        # finding at round start, so the run ends with the reason and spends nothing.
+        log.error("cannot resume: %s", e)
+        if rank == 0:
+            ledger.write_status(NodeOutcome.FAILED.value, reason=str(e))
+            ledger.record("incompatible", reason=str(e))
+        if me.speaks_for_node:
+            node_dir.write_outcome(NodeOutcome.INCOMPATIBLE, str(e))
+        exit_now(WorkerExit.COMPLETED)
     except (DatasetError, ConfigError) as e:
         # No retry can fix these: end the run and say why, instead of spending the budget.
         log.error("cannot train: %s", e)
@@ -230,6 +249,8 @@ def train(config_path: str) -> int:
 
 
 SPOT_INTERRUPTION = "spot-interruption"
+MAX_FENCES_PER_NODE = 3
+"""Fences before a node stops re-forming and leaves the run with outcome `fenced` (exit 4)."""
 
 
 def leave_rendezvous_now(config, ledger, me: WorkerIdentity) -> bool:

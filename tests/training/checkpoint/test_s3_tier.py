@@ -24,7 +24,7 @@ from fault_proxy import (HTTP_ERROR, RESET_AFTER_UPSTREAM, RESET_BEFORE_RESPONSE
                          RESET_MID_REQUEST, STALL, Fault, internal_error, slow_down)
 from tensile.checkpoint import (Catalog, CheckpointCorrupt, CommitRecord, DirectoryTier, FencingError, Manifest,
                                 open_tier)
-from tensile.checkpoint.api import Tier, TierCommitLog
+from tensile.checkpoint.api import EpochClaim, Tier, TierCommitLog
 from tensile.checkpoint.catalog import checkpoint_id_for
 from tensile.checkpoint.commit_log import CommitLog
 from tensile.checkpoint.retry import RetryPolicy, call_with_retries
@@ -584,3 +584,76 @@ def test_retry_policy_delays_are_full_jitter_under_a_doubling_cap():
         assert max(delays) > cap / 2  # spread over the range, not pinned at 0
     with pytest.raises(ValueError, match="attempts must be at least 1, got 0"):
         RetryPolicy(attempts=0)
+
+
+# --- Epoch fencing, on both tiers: the newest group wins, and a stale group's late commit is the
+# one refused, never the live group (issue 13, part 2) -----------------------------------------
+
+
+def _record(manifest, seq: int, token: str, epoch: int) -> CommitRecord:
+    return CommitRecord(seq=seq, checkpoint_id=manifest.checkpoint_id, step=manifest.step, group_token=token,
+                        epoch=epoch)
+
+
+def test_epochs_are_claimed_in_order_and_each_exactly_once(tier):
+    catalog = Catalog(tier)
+    first, second = catalog.claim_epoch("a" * 32), catalog.claim_epoch("b" * 32)
+    assert (first.epoch, second.epoch) == (1, 2)
+    assert not tier.commit_log.claim_epoch(EpochClaim(epoch=2, head_seen=0, group_token="c" * 32))
+    assert tier.commit_log.claim_epoch(second), "a retried claim that meets our own is ours"
+    assert [c.epoch for c in tier.commit_log.epoch_claims()] == [1, 2]
+
+
+def test_a_stale_groups_late_commit_is_ignored_and_the_live_group_publishes_past_it(tier, tmp_path):
+    catalog = Catalog(tier)
+    stale = catalog.claim_epoch("s" * 32)
+    first = _save(tier, tmp_path, 3, "s" * 32)
+    assert catalog.publish(_record(first, 1, "s" * 32, stale.epoch)) == 1
+    live = catalog.claim_epoch("l" * 32)  # the group re-formed without the stale one
+    assert live.head_seen == 1
+    # The stale group's background publish lands late, at the seq the live group expects next.
+    late = _save(tier, tmp_path, 6, "s" * 32)
+    tier.commit_log.publish(_record(late, 2, "s" * 32, stale.epoch))
+    point = catalog.find_resume_point()
+    assert point.manifest.checkpoint_id == first.checkpoint_id
+    assert any(late.checkpoint_id == what and "stale group (epoch 1)" in why for what, why in point.skipped)
+    # The live group is not fenced by it: it publishes past it.
+    mine = _save(tier, tmp_path, 6, "l" * 32)
+    assert catalog.publish(_record(mine, live.head_seen + 1, "l" * 32, live.epoch)) == 3
+    assert [r.checkpoint_id for r in catalog.committed()] == [first.checkpoint_id, mine.checkpoint_id]
+    # And the stale group's next publish is refused, naming the newer group.
+    with pytest.raises(FencingError, match="newer worker group \\(epoch 2"):
+        catalog.publish(_record(_save(tier, tmp_path, 9, "s" * 32), 4, "s" * 32, stale.epoch))
+
+
+def test_a_commit_that_lands_after_a_newer_epoch_began_fences_its_own_group(tier, tmp_path):
+    # The stale group checked for newer epochs, then the newer one claimed, then its record
+    # landed: it must learn it lost (its record is ignored by everyone) rather than carry on.
+    catalog = Catalog(tier)
+    stale = catalog.claim_epoch("s" * 32)
+    manifest = _save(tier, tmp_path, 3, "s" * 32)
+    record = _record(manifest, 1, "s" * 32, stale.epoch)
+    tier.commit_log.claim_epoch(EpochClaim(epoch=2, head_seen=0, group_token="l" * 32))
+    original = tier.commit_log.epoch_claims
+    calls = []
+
+    def claims_before_the_newer_group():  # the pre-publish check ran before epoch 2 was claimed
+        calls.append(1)
+        return [c for c in original() if c.epoch == 1] if len(calls) == 1 else original()
+
+    tier.commit_log.epoch_claims = claims_before_the_newer_group
+    with pytest.raises(FencingError, match="stale group \\(epoch 1\\) after epoch 2 began"):
+        catalog.publish(record)
+    tier.commit_log.epoch_claims = original
+    assert Catalog(tier).find_resume_point().manifest is None
+
+
+def test_a_log_written_before_epochs_reads_as_epoch_0_and_stands(tier, tmp_path):
+    manifest = _save(tier, tmp_path, 3, "o" * 32)
+    old = CommitRecord(seq=1, checkpoint_id=manifest.checkpoint_id, step=3, group_token="o" * 32)
+    tier.commit_log.publish(old)
+    assert tier.commit_log.read(1).epoch == 0
+    claim = Catalog(tier).claim_epoch("n" * 32)
+    assert claim.head_seen == 1
+    assert Catalog(tier).find_resume_point().manifest.checkpoint_id == manifest.checkpoint_id
+    assert checkpoint_id_for(3, "o" * 32) == manifest.checkpoint_id

@@ -111,12 +111,33 @@ class CommitRecord:
     step: int
     group_token: str
     """Random id of the worker group (rendezvous round) that published it."""
+    epoch: int = 0
+    """The epoch the publishing group claimed at its round start (0: written before epochs)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "CommitRecord":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochClaim:
+    """`epochs/<epoch>`, created exclusively by a group's rank 0 at its round start. A commit of
+    an older epoch at a sequence number past `head_seen` was published by a stale group after
+    this one began: every reader ignores it, and this group publishes past it."""
+
+    epoch: int
+    head_seen: int
+    """The commit log's head when the epoch was claimed."""
+    group_token: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EpochClaim":
         return cls(**json.loads(text))
 
 
@@ -130,6 +151,8 @@ class TierCommitLog(Protocol):
     def read(self, seq: int) -> CommitRecord: ...
     def newest_first(self) -> Iterator[tuple[int, CommitRecord | None, str | None]]: ...
     def publish(self, record: CommitRecord) -> None: ...
+    def claim_epoch(self, claim: EpochClaim) -> bool: ...
+    def epoch_claims(self) -> list[EpochClaim]: ...
 
 
 ReadRange = Callable[[int, int], bytes]

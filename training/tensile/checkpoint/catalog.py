@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tensile.checkpoint.api import CheckpointCorrupt, CommitRecord, Manifest, Tier
+from tensile.checkpoint.api import CheckpointCorrupt, CommitRecord, EpochClaim, FencingError, Manifest, Tier
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,68 @@ class ResumePoint:
         return self.manifest.step if self.manifest else 0
 
 
+def superseded_by(record: CommitRecord, claims: list[EpochClaim]) -> EpochClaim | None:
+    """The newer epoch that began before `record` was published, making it a stale group's
+    commit (ignored by every reader), or None if the record stands."""
+    for claim in claims:
+        if claim.epoch > record.epoch and claim.head_seen < record.seq:
+            return claim
+    return None
+
+
+def stale_commit(record: CommitRecord, claim: EpochClaim) -> str:
+    return (f"commit {record.seq} ({record.checkpoint_id}) was published by a stale group (epoch "
+            f"{record.epoch}) after epoch {claim.epoch} began at commit {claim.head_seen}")
+
+
+MAX_EPOCH_ATTEMPTS = 16
+
+
 class Catalog:
     def __init__(self, tier: Tier):
         self.tier = tier
+
+    # ---- epochs: the newest group wins -------------------------------------------------
+    def claim_epoch(self, group_token: str) -> EpochClaim:
+        """Claim the next epoch for this group (rank 0, at round start)."""
+        log_ = self.tier.commit_log
+        for _ in range(MAX_EPOCH_ATTEMPTS):
+            epoch = max((c.epoch for c in log_.epoch_claims()), default=0) + 1
+            claim = EpochClaim(epoch=epoch, head_seen=log_.head(), group_token=group_token)
+            if log_.claim_epoch(claim):
+                return claim
+        raise FencingError(f"could not claim an epoch in {MAX_EPOCH_ATTEMPTS} tries: other groups keep "
+                           f"starting on this run's tier ({self.tier.url})")
+
+    def publish(self, record: CommitRecord) -> int:
+        """Publish `record` as its epoch at its seq, or past commits of stale groups; returns
+        the seq it took. FencingError if a newer epoch has begun (this group is the stale one)."""
+        log_ = self.tier.commit_log
+        while True:
+            newer = [c for c in log_.epoch_claims() if c.epoch > record.epoch]
+            if newer:
+                raise FencingError(f"a newer worker group (epoch {newer[-1].epoch}, token {newer[-1].group_token}) "
+                                   f"began after this one (epoch {record.epoch}, token {record.group_token}): "
+                                   f"this group is stale and must stop")
+            try:
+                log_.publish(record)
+            except FencingError:
+                try:
+                    taken = log_.read(record.seq)
+                except log_.unreadable_errors:
+                    raise
+                if taken.epoch >= record.epoch:
+                    raise
+                log.warning("commit %d (%s) was published by a stale group (epoch %d) after this group's epoch "
+                            "%d began: publishing past it", taken.seq, taken.checkpoint_id, taken.epoch, record.epoch)
+                record = CommitRecord(seq=record.seq + 1, checkpoint_id=record.checkpoint_id, step=record.step,
+                                      group_token=record.group_token, epoch=record.epoch)
+                continue
+            # A newer group that began before this record landed ignores it: so must we.
+            claim = superseded_by(record, log_.epoch_claims())
+            if claim is not None:
+                raise FencingError(stale_commit(record, claim) + ": this group is stale and must stop")
+            return record.seq
 
     # ---- the resume pin (rollback) -----------------------------------------------------
     def pinned(self) -> str | None:
@@ -62,9 +121,14 @@ class Catalog:
         log_ = self.tier.commit_log
         pin = self.pinned()
         point = ResumePoint(next_seq=log_.head() + 1, pinned=pin)
+        claims = log_.epoch_claims()
         for seq, record, unreadable in log_.newest_first():
             if record is None:
                 point.skipped.append((f"commit {seq}", unreadable or "unreadable"))
+                continue
+            newer = superseded_by(record, claims)
+            if newer is not None:
+                point.skipped.append((record.checkpoint_id, stale_commit(record, newer)))
                 continue
             try:
                 manifest = self.tier.read_manifest(record.checkpoint_id)
@@ -96,8 +160,10 @@ class Catalog:
         return chain
 
     def committed(self) -> list[CommitRecord]:
-        """Readable commit records, oldest first."""
-        return [r for _, r, _ in reversed(list(self.tier.commit_log.newest_first())) if r is not None]
+        """Readable commit records that stand (not a stale group's), oldest first."""
+        claims = self.tier.commit_log.epoch_claims()
+        return [r for _, r, _ in reversed(list(self.tier.commit_log.newest_first()))
+                if r is not None and superseded_by(r, claims) is None]
 
     def prune(self, keep_last: int) -> list[str]:
         """Delete checkpoints outside the newest `keep_last` commits, and orphans of failed

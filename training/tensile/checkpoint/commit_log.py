@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
-from tensile.checkpoint.api import CommitRecord, FencingError
+from tensile.checkpoint.api import CommitRecord, EpochClaim, FencingError
 
 
 def fsync_dir(path: Path) -> None:
@@ -21,6 +21,10 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+EPOCHS = "epochs"
+"""Beside `commits/`: one exclusive record per group epoch (EpochClaim)."""
 
 
 def record_name(seq: int) -> str:
@@ -102,3 +106,39 @@ class CommitLog(CommitLogReader):
         finally:
             private.unlink(missing_ok=True)
         fsync_dir(self.directory)
+
+    # ---- epochs: which group is the newest ----------------------------------------------
+    def claim_epoch(self, claim: EpochClaim) -> bool:
+        """Create `epochs/<epoch>` if no group has; False if one has (another epoch number is
+        then tried). A retried link that meets our own claim is ours."""
+        directory = self.directory.parent / EPOCHS
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / record_name(claim.epoch)
+        private = directory / f".{claim.epoch}.{uuid.uuid4().hex}.tmp"
+        with open(private, "w") as f:
+            f.write(claim.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(private, target)
+        except FileExistsError:
+            try:
+                return EpochClaim.from_json(target.read_text()) == claim
+            except (OSError, ValueError, TypeError):
+                return False
+        finally:
+            private.unlink(missing_ok=True)
+        fsync_dir(directory)
+        return True
+
+    def epoch_claims(self) -> list[EpochClaim]:
+        directory = self.directory.parent / EPOCHS
+        if not directory.exists():
+            return []
+        claims = []
+        for path in sorted(p for p in directory.iterdir() if p.name.isdigit()):
+            try:
+                claims.append(EpochClaim.from_json(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue  # half-visible or damaged: a claim no one can act on
+        return claims

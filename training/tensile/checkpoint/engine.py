@@ -112,18 +112,23 @@ class GroupLease:
     parent_id: str | None
     branch: str = ""
     """The rollback this group's checkpoints descend from ("" on the original line)."""
+    epoch: int = 0
+    """The epoch this group claimed at its round start: it publishes as that epoch."""
 
     @classmethod
-    def for_round(cls, token: str, point: ResumePoint) -> "GroupLease":
+    def for_round(cls, token: str, point: ResumePoint, epoch: int = 0) -> "GroupLease":
         manifest = point.manifest
         if manifest is None:
-            return cls(token=token, next_seq=point.next_seq, parent_id=None)
+            return cls(token=token, next_seq=point.next_seq, parent_id=None, epoch=epoch)
         # Resuming from a rollback pin starts a branch named after it; descendants inherit it.
         branch = manifest.checkpoint_id if point.pinned == manifest.checkpoint_id else manifest.branch
-        return cls(token=token, next_seq=point.next_seq, parent_id=manifest.checkpoint_id, branch=branch)
+        return cls(token=token, next_seq=point.next_seq, parent_id=manifest.checkpoint_id, branch=branch,
+                   epoch=epoch)
 
-    def after_publish(self, checkpoint_id: str) -> "GroupLease":
-        return replace(self, next_seq=self.next_seq + 1, parent_id=checkpoint_id)
+    def after_publish(self, checkpoint_id: str, seq: int | None = None) -> "GroupLease":
+        """Published at `seq` (default: the lease's own, unless stale commits were passed)."""
+        taken = self.next_seq if seq is None else seq
+        return replace(self, next_seq=taken + 1, parent_id=checkpoint_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +176,10 @@ class SaveStarted:
     """The save that was still in flight and had to end first (to be reported, once)."""
 
 
+class SaveAbandoned(CheckpointError):
+    """A background save given up because another rank's part of it failed."""
+
+
 class EngineCheckpointer:
     """Saves and loads one worker's share of the engine. Saves are collective (`save`) or, for
     the sharded layout, asynchronous (`save_async`): the loop waits only for a copy of this
@@ -194,6 +203,9 @@ class EngineCheckpointer:
         self.control = control
         self.faults = faults
         self._in_flight: Future[SaveResult] | None = None
+        self._abandon = threading.Event()
+        self._abandon_reason = ""
+        """Set by the training thread when another rank's part of the save in flight failed."""
         self._host_buffers: dict[torch.dtype, torch.Tensor] = {}
         """Host memory for background saves, reused: only one is in flight at a time."""
 
@@ -215,7 +227,7 @@ class EngineCheckpointer:
         future, self._in_flight = self._in_flight, None
         result = future.result()
         if result.published:
-            self.lease = self.lease.after_publish(result.checkpoint_id)
+            self.lease = self.lease.after_publish(result.checkpoint_id, result.seq)
         return result
 
     def save_async(self, engine: Any, state: SavedState, *, step: int, reason: str,
@@ -231,10 +243,11 @@ class EngineCheckpointer:
         stall_s = time.monotonic() - started
         future: Future[SaveResult] = Future()
         lease = self.lease
+        self._abandon = abandon = threading.Event()
 
         def persist() -> None:
             try:
-                future.set_result(self._persist(snapshot, checkpoint_id, step, lease, reason, stall_s))
+                future.set_result(self._persist(snapshot, checkpoint_id, step, lease, reason, stall_s, abandon))
             except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
                 future.set_exception(e)
 
@@ -242,14 +255,20 @@ class EngineCheckpointer:
         threading.Thread(target=persist, name=f"persist-{checkpoint_id}", daemon=True).start()
         return SaveStarted(checkpoint_id=checkpoint_id, stall_s=stall_s, previous=previous)
 
+    def abandon(self, why: str) -> None:
+        """Another rank's part of the background save in flight failed: stop waiting for it (the
+        save is not published; its result says why). The next save tries again."""
+        self._abandon_reason = why
+        self._abandon.set()
+
     def _persist(self, snapshot: ShardSnapshot, checkpoint_id: str, step: int, lease: GroupLease,
-                 reason: str, stall_s: float) -> SaveResult:
+                 reason: str, stall_s: float, abandon: threading.Event) -> SaveResult:
         """The background thread: everything it learns goes into the result it returns."""
         began = time.monotonic()
         result = SaveResult(checkpoint_id=checkpoint_id, step=step, reason=reason, asynchronous=True,
                             bytes=float(snapshot.nbytes), stall_s=stall_s)
         try:
-            self.faults.before_persist()
+            self.faults.before_persist(step=step, rank=self.rank)
             local_root = self._local_root(checkpoint_id)
             entries = self._write_and_upload(snapshot.write, local_root, checkpoint_id, step)
             record = local_root / "rank.json"
@@ -257,21 +276,20 @@ class EngineCheckpointer:
             self.tier.put_file(checkpoint_id, f"{RANK_RECORDS}/rank-{self.rank:05d}.json", record)
             result = replace(result, persist_s=time.monotonic() - began)
             if self.rank == 0:
-                gathered = self._await_rank_records(checkpoint_id)
+                gathered = self._await_rank_records(checkpoint_id, abandon)
                 try:
-                    self._publish(checkpoint_id, step, lease, gathered, reason)
+                    seq = self._publish(checkpoint_id, step, lease, gathered, reason)
                 except FencingError as e:
                     result = replace(result, fenced=str(e))
                 else:
-                    result = replace(result, published=True, seq=lease.next_seq,
-                                     durable_s=time.monotonic() - began)
+                    result = replace(result, published=True, seq=seq, durable_s=time.monotonic() - began)
             self._drop_older_local_copies(keep=local_root)
         except Exception as e:  # noqa: BLE001 - reported; the next save tries again
             log.error("background save of %s failed: %s", checkpoint_id, e)
             result = replace(result, error=f"{type(e).__name__}: {e}")
         return result
 
-    def _await_rank_records(self, checkpoint_id: str) -> list[list[FileEntry]]:
+    def _await_rank_records(self, checkpoint_id: str, abandon: threading.Event) -> list[list[FileEntry]]:
         """Every rank's list of durable files, fetched from the tier as each appears."""
         deadline = time.monotonic() + self.persist_timeout_s
         scratch = self._local_root(checkpoint_id) / RANK_RECORDS
@@ -288,6 +306,8 @@ class EngineCheckpointer:
                     continue
                 records[rank] = [FileEntry(**e) for e in json.loads(target.read_text())]
             if len(records) < self.world_size:
+                if abandon.is_set():
+                    raise SaveAbandoned(f"abandoned: {self._abandon_reason}")
                 if time.monotonic() > deadline:
                     missing = sorted(set(range(self.world_size)) - set(records))
                     raise TimeoutError(f"ranks {missing} never made their files durable")
@@ -319,19 +339,19 @@ class EngineCheckpointer:
             entries = self._write_and_upload(write, local_root, checkpoint_id, step)
             written = time.monotonic()
             gathered = phase.gather(entries)
-            fenced: str | None = None
+            outcome: tuple[int | None, str | None] = (None, None)
             if self.rank == 0:
                 try:
-                    self._publish(checkpoint_id, step, lease, gathered, reason)
+                    outcome = (self._publish(checkpoint_id, step, lease, gathered, reason), None)
                 except FencingError as e:
-                    fenced = str(e)
-            fenced = phase.broadcast(fenced)
+                    outcome = (None, str(e))
+            seq, fenced = phase.broadcast(outcome)
         if fenced is not None:
             raise FencingError(fenced)
-        self.lease = lease.after_publish(checkpoint_id)
+        self.lease = lease.after_publish(checkpoint_id, seq)
         self._drop_older_local_copies(keep=local_root)
         return SaveResult(checkpoint_id=checkpoint_id, step=step, reason=reason, asynchronous=False,
-                          published=True, seq=lease.next_seq, stall_s=time.monotonic() - started,
+                          published=True, seq=seq, stall_s=time.monotonic() - started,
                           write_s=written - started, persist_s=time.monotonic() - written,
                           bytes=float(sum(e.size for rank_entries in gathered for e in rank_entries)))
 
@@ -351,8 +371,9 @@ class EngineCheckpointer:
         return entries
 
     def _publish(self, checkpoint_id: str, step: int, lease: GroupLease, gathered: list[list[Any]],
-                 reason: str) -> None:
-        """Manifest, then the commit record at the lease's seq; raises FencingError if taken."""
+                 reason: str) -> int:
+        """Manifest, then the commit record as the lease's epoch at its seq (or past a stale
+        group's commits); returns the seq taken. FencingError if this group is the stale one."""
         files = tuple(entry for rank_entries in gathered for entry in rank_entries)
         manifest = Manifest(
             checkpoint_id=checkpoint_id, parent_id=lease.parent_id, step=step,
@@ -361,11 +382,12 @@ class EngineCheckpointer:
             data_version=self.identity.data_version, versions=library_versions(), created_at=time.time(),
             reason=reason, branch=lease.branch, code_version=code_version(), layout=self.layout)
         self.tier.write_manifest(manifest)
-        self.tier.commit_log.publish(CommitRecord(seq=lease.next_seq, checkpoint_id=checkpoint_id, step=step,
-                                                  group_token=lease.token))
+        seq = self.catalog.publish(CommitRecord(seq=lease.next_seq, checkpoint_id=checkpoint_id, step=step,
+                                                group_token=lease.token, epoch=lease.epoch))
         deleted = self.catalog.prune(self.keep_last)
         if deleted:
             log.info("retention removed %s", ", ".join(deleted))
+        return seq
 
     def _drop_older_local_copies(self, keep: Path) -> None:
         for path in (self.local_dir / "checkpoints").iterdir():

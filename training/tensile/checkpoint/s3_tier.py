@@ -19,9 +19,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from tensile.checkpoint.api import (
-    MANIFEST, PIN, CheckpointError, CommitRecord, FileEntry, Manifest, RangeReader, check_range, missing_file,
+    MANIFEST, PIN, CheckpointError, CommitRecord, EpochClaim, FileEntry, Manifest, RangeReader, check_range, missing_file,
     no_manifest, parse_manifest, partial_beside, short_read, whole_range, wrong_sha256, wrong_size)
-from tensile.checkpoint.commit_log import CommitLogReader, fenced, record_name
+from tensile.checkpoint.commit_log import EPOCHS, CommitLogReader, fenced, record_name
 from tensile.checkpoint.ranges import TierRanges
 from tensile.checkpoint.s3_objects import MAX_PARTS, S3Objects, S3Settings, error_code, is_missing, is_transient
 
@@ -84,6 +84,31 @@ class S3CommitLog(CommitLogReader):
             return self.objects.get(self._key(seq))
         except ClientError:
             return None
+
+    def claim_epoch(self, claim: EpochClaim) -> bool:
+        """PutObject `epochs/<epoch>` with If-None-Match: *; False if another group holds it."""
+        key, body = self.objects.key(EPOCHS, record_name(claim.epoch)), claim.to_json().encode()
+        try:
+            self.objects.retrying(f"PutObject {key} (If-None-Match: *)", lambda: self.objects.client.put_object(
+                Bucket=self.objects.bucket, Key=key, Body=body, IfNoneMatch="*"))
+        except ClientError as e:
+            if error_code(e) not in _FENCED_CODES:
+                raise
+            try:
+                return self.objects.get(key) == body  # our own lost-reply write
+            except ClientError:
+                return False
+        return True
+
+    def epoch_claims(self) -> list[EpochClaim]:
+        _, names = self.objects.listing(EPOCHS)
+        claims = []
+        for name in sorted(n for n in names if n.isdigit()):
+            try:
+                claims.append(EpochClaim.from_json(self.objects.get(self.objects.key(EPOCHS, name)).decode()))
+            except (ClientError, ValueError, TypeError):
+                continue
+        return claims
 
 
 class S3Tier:

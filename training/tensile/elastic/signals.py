@@ -42,20 +42,35 @@ class StopRequest:
 
 
 class CheckpointRequest:
-    """Set by a rebalance recommendation: checkpoint at the next step boundary, keep training."""
+    """Set by a rebalance recommendation: checkpoint at the next step boundary, keep training.
+
+    Requests are counted, so one that arrives while the requested checkpoint is being written
+    is not lost: `served(generation)` clears only what the step's vote saw."""
 
     def __init__(self) -> None:
-        self._reason: str | None = None
+        self._lock = threading.Lock()
+        self._asked = 0
+        self._served = 0
+        self.reason: str | None = None
 
     def request(self, reason: str) -> None:
-        self._reason = reason
+        with self._lock:
+            self._asked += 1
+            self.reason = reason
 
     @property
     def requested(self) -> bool:
-        return self._reason is not None
+        return self._asked > self._served
 
-    def clear(self) -> None:
-        self._reason = None
+    @property
+    def generation(self) -> int:
+        """How many requests have arrived: what a step's vote saw."""
+        return self._asked
+
+    def served(self, generation: int) -> None:
+        """The requests up to `generation` are checkpointed; later ones stay pending."""
+        with self._lock:
+            self._served = max(self._served, generation)
 
 
 class StepWatchdog:

@@ -1,7 +1,8 @@
 """Fault injection for Tensile's own failure tests, driven by the TENSILE_FAULTS variables.
 
-`TENSILE_FAULTS="crash-in-save@10,raise@7"`: kill the process between checkpoint files of the
-save at step 10; raise a training error once at step 7. `TENSILE_FAULT_STEP_DELAY_S` slows
+`TENSILE_FAULTS="crash-in-save@10,raise@7,fail-persist@6"`: kill the process between checkpoint
+files of the save at step 10; raise a training error once at step 7; fail one non-zero rank's
+part of the background save at step 6. `TENSILE_FAULT_STEP_DELAY_S` slows
 every step; `TENSILE_FAULT_PERSIST_DELAY_S` slows every background checkpoint before it writes;
 `TENSILE_FAULT_TIER_BYTES_PER_S` makes the shared tier move (write, read, hash) at most that
 many bytes a second, as a large checkpoint on a slow network would.
@@ -37,9 +38,11 @@ class EnvironmentFaults(FaultHooks):
         # Stands in for a bigger model, so a test can act while a run is still in progress.
         self._sleep("TENSILE_FAULT_STEP_DELAY_S")
 
-    def before_persist(self) -> None:
+    def before_persist(self, *, step: int, rank: int) -> None:
         # Stands in for a slow disk or network under a background save.
         self._sleep("TENSILE_FAULT_PERSIST_DELAY_S")
+        if rank != 0 and step in self._armed("fail-persist") and self._first_time(f"fail-persist-{step}"):
+            raise OSError(f"injected failure of rank {rank}'s part of the background save at step {step}")
 
     def after_checkpoint_file(self, *, step: int, rank: int) -> None:
         """Dies with the checkpoint half-written."""
