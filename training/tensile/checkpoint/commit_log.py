@@ -2,6 +2,11 @@
 
 A group expects to publish at the sequence number after the head it resumed from; a rival or
 stale group that resumed from the same or an older head finds that number taken and is fenced.
+
+On NFS (EFS) a directory listing can be served from the client's cache, tens of seconds old,
+so the directory log never trusts one for its head: it probes the names after the listed head
+one by one (a lookup of a named file revalidates where a cached readdir may not) until one is
+missing. Records are published at consecutive numbers, so the first missing name ends the log.
 """
 
 from __future__ import annotations
@@ -75,10 +80,28 @@ class CommitLog(CommitLogReader):
     def _path(self, seq: int) -> Path:
         return self.directory / record_name(seq)
 
-    def sequence_numbers(self) -> list[int]:
-        if not self.directory.exists():
+    def _listed(self) -> list[int]:
+        """What a listing of `commits/` shows: a hint only, possibly stale on NFS."""
+        try:
+            return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+        except FileNotFoundError:
             return []
-        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
+    def _exists(self, seq: int) -> bool:
+        # open(2), not a listing: close-to-open consistency makes the NFS client ask the server.
+        try:
+            os.close(os.open(self._path(seq), os.O_RDONLY))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def sequence_numbers(self) -> list[int]:
+        seqs = self._listed()
+        seq = seqs[-1] if seqs else 0
+        while self._exists(seq + 1):
+            seq += 1
+            seqs.append(seq)
+        return seqs
 
     def read(self, seq: int) -> CommitRecord:
         return CommitRecord.from_json(self._path(seq).read_text())
@@ -98,7 +121,16 @@ class CommitLog(CommitLogReader):
         try:
             os.link(private, self._path(record.seq))
         except FileExistsError as e:
-            raise fenced(record, self.describe(record.seq)) from e
+            # An NFS client retrying a link whose reply was lost (a session loss, a failover)
+            # meets our own record: that is our publish having landed, not a fence.
+            if self._stored(record.seq) != record.to_json():
+                raise fenced(record, self.describe(record.seq)) from e
         finally:
             private.unlink(missing_ok=True)
         fsync_dir(self.directory)
+
+    def _stored(self, seq: int) -> str | None:
+        try:
+            return self._path(seq).read_text()
+        except OSError:
+            return None
