@@ -1,6 +1,7 @@
 import hashlib
 import json
 import multiprocessing
+import os
 import threading
 from pathlib import Path
 
@@ -278,6 +279,62 @@ def test_commit_log_newest_first_reports_unreadable_records(tmp_path):
 
     assert [(seq, record is None) for seq, record, _ in entries] == [(3, True), (2, True), (1, False)]
     assert all("unreadable" in why for _, record, why in entries if record is None)
+
+
+def _serve_listing_from(monkeypatch, directory: Path, stale: list[str]) -> None:
+    """Make `os.listdir` of `directory` answer an older view, as an NFS client's directory cache can."""
+    real = os.listdir
+
+    def listdir(path="."):
+        return list(stale) if Path(path) == directory else real(path)
+    monkeypatch.setattr(os, "listdir", listdir)
+    monkeypatch.setattr(Path, "iterdir", lambda self: (self / name for name in listdir(self)))
+
+
+@pytest.mark.parametrize("stale_count", [0, 2])
+def test_commit_log_head_is_found_past_a_stale_listing(tmp_path, monkeypatch, stale_count):
+    directory = tmp_path / "commits"
+    log = CommitLog(directory)
+    for seq in range(1, stale_count + 1):
+        log.publish(_record(seq))
+    stale = os.listdir(directory) if directory.exists() else []
+    for seq in range(stale_count + 1, 6):
+        log.publish(_record(seq, step=seq * 10))
+    _serve_listing_from(monkeypatch, directory, stale)
+    assert sorted(os.listdir(directory)) == sorted(stale)  # the listing really is stale
+
+    assert log.head() == 5
+    assert log.sequence_numbers() == [1, 2, 3, 4, 5]
+    assert [seq for seq, _, _ in log.newest_first()] == [5, 4, 3, 2, 1]
+
+
+def test_find_resume_point_resumes_the_newest_commit_behind_a_stale_listing(tmp_path, monkeypatch):
+    tier = DirectoryTier(tmp_path / "shared")
+    _commit(tier, tmp_path, seq=1, step=10)
+    stale = os.listdir(tier.commit_log.directory)
+    newest = _commit(tier, tmp_path, seq=2, step=20)
+    _serve_listing_from(monkeypatch, tier.commit_log.directory, stale)
+
+    point = Catalog(tier).find_resume_point()
+
+    assert (point.next_seq, point.manifest.checkpoint_id, point.step) == (3, newest.checkpoint_id, 20)
+
+
+def test_commit_log_a_retried_link_meeting_our_own_record_is_our_publish(tmp_path, monkeypatch):
+    log = CommitLog(tmp_path / "commits")
+    real_link = os.link
+
+    def link_whose_reply_was_lost(src, dst):
+        real_link(src, dst)  # the first attempt landed on the server...
+        raise FileExistsError(17, "File exists", str(dst))  # ...and the retry met it
+    monkeypatch.setattr(os, "link", link_whose_reply_was_lost)
+
+    log.publish(_record(4, token="ours"))
+
+    assert log.read(4) == _record(4, token="ours")
+    assert sorted(os.listdir(tmp_path / "commits")) == ["0000000004"]  # no temp left
+    with pytest.raises(FencingError, match="group ours"):
+        log.publish(_record(4, token="rival"))  # a different record meeting it is still fenced
 
 
 # --- Catalog.find_resume_point --------------------------------------------------------------------

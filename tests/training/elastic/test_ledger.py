@@ -1,6 +1,10 @@
 import json
 import multiprocessing
+import os
+from pathlib import Path
 
+
+from tensile.elastic import ledger as ledger_module
 from tensile.elastic.ledger import RunLedger
 
 
@@ -25,7 +29,7 @@ def test_ledger_events_empty_before_anything_is_recorded(tmp_path):
 def test_ledger_events_skip_a_torn_last_line(tmp_path):
     ledger = RunLedger(tmp_path / "run")
     ledger.record("step", step=1, loss=1.0)
-    with open(ledger.events_path, "a") as f:
+    with open(ledger.writer_path(), "a") as f:
         f.write('{"event": "step", "step": 2, "lo')  # the writer was killed mid-line
 
     assert [e["step"] for e in ledger.events()] == [1]
@@ -105,3 +109,127 @@ def test_ledger_last_round_and_string_failure_keys(tmp_path):
     assert ledger.record_failure("2-before-start", {"rank": "0"}) is True
     assert ledger.record_failure("2-before-start", {"rank": "1"}) is False
     assert ledger.failures_spent() == 1
+
+
+def _serve_listing_from(monkeypatch, directory: Path, stale: list[str]) -> None:
+    """Make `os.listdir` of `directory` answer an older view, as an NFS client's directory cache can."""
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path=".": list(stale) if Path(path) == directory else real(path))
+
+
+def _clock(monkeypatch, *times):
+    ticks = iter(times)
+    monkeypatch.setattr(ledger_module.time, "time", lambda: next(ticks))
+
+
+def test_ledger_reads_an_old_single_file_ledger_merged_with_new_writers(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    # What older versions wrote: every process appending to one `events.jsonl`.
+    (run / "events.jsonl").write_text(
+        '{"event": "round-start", "round": 1, "t": 1.0, "world_size": 2}\n'
+        '{"event": "step", "loss": 2.5, "step": 1, "t": 3.0}\n'
+        '{"event": "step", "loss": 2.4, "step": 2, "t": 5.0}\n')
+    _clock(monkeypatch, 2.0, 5.0, 6.0)
+    ledger = RunLedger(run)
+    ledger.record("peer-lost", rank=1)
+    ledger.record("round-start", round=2, world_size=1)  # the same time as the old file's last step
+    ledger.record("step", step=3, loss=2.3)
+
+    assert [(e["t"], e["event"]) for e in ledger.events()] == [
+        (1.0, "round-start"), (2.0, "peer-lost"), (3.0, "step"), (5.0, "step"), (5.0, "round-start"),
+        (6.0, "step")]
+    assert (run / "events.jsonl").read_text().count("\n") == 3  # the old file is never written
+    assert sorted(os.listdir(run / "events")) == ["000001.jsonl"]
+
+
+def _append_events(run_dir, barrier, count):
+    ledger = RunLedger(run_dir)
+    barrier.wait()
+    for i in range(count):
+        # Lines well past PIPE_BUF: interleaved writes into one file would tear them.
+        ledger.record("step", pid=os.getpid(), i=i, pad="x" * 8192)
+
+
+def test_ledger_concurrent_writers_each_append_their_own_file_and_every_line_is_intact(tmp_path):
+    context = multiprocessing.get_context("fork")
+    writers, count = 6, 150
+    barrier = context.Barrier(writers)
+    processes = [context.Process(target=_append_events, args=(tmp_path / "run", barrier, count))
+                 for _ in range(writers)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0] * writers
+
+    ledger = RunLedger(tmp_path / "run")
+    events = ledger.events()
+    by_writer: dict[int, list[int]] = {}
+    for e in events:
+        by_writer.setdefault(e["pid"], []).append(e["i"])
+    assert len(events) == writers * count and all(len(e["pad"]) == 8192 for e in events)
+    assert sorted(by_writer) == sorted(p.pid for p in processes)
+    assert all(order == list(range(count)) for order in by_writer.values())  # each writer's order kept
+    files = ledger.event_files()[1:]
+    assert len(files) == writers
+    for path in files:  # one writer per file: no file is appended to by two processes
+        assert len({json.loads(line)["pid"] for line in path.read_text().splitlines()}) == 1
+    assert [e["t"] for e in events] == sorted(e["t"] for e in events)
+
+
+def test_ledger_events_and_new_writers_see_past_a_stale_listing(tmp_path, monkeypatch):
+    ledger = RunLedger(tmp_path / "run")
+    ledger.record("round-start", round=1)
+    stale = os.listdir(ledger.events_dir)
+    for writer in range(2):  # two later processes, each with its own file
+        ledger_module._writers.clear()
+        RunLedger(tmp_path / "run").record("step", step=writer + 1)
+    _serve_listing_from(monkeypatch, ledger.events_dir, stale)
+
+    assert [e.get("step") for e in ledger.events()] == [None, 1, 2]
+    ledger_module._writers.clear()
+    ledger.record("step", step=3)  # a new writer does not take a file the listing missed
+    assert ledger.writer_path().name == "000004.jsonl"
+    assert [e.get("step") for e in ledger.events()] == [None, 1, 2, 3]
+
+
+def test_ledger_rounds_are_numbered_past_a_stale_listing(tmp_path, monkeypatch):
+    ledger = RunLedger(tmp_path / "run")
+    ledger.open_round({})
+    stale = os.listdir(ledger.rounds_dir)
+    ledger.open_round({})
+    ledger.open_round({})
+    _serve_listing_from(monkeypatch, ledger.rounds_dir, stale)
+
+    assert ledger.last_round() == 3
+    assert ledger.open_round({}) == 4
+
+
+def _write_statuses(run_dir, barrier, errors, count):
+    ledger = RunLedger(run_dir)
+    barrier.wait()
+    try:
+        for i in range(count):
+            ledger.write_status("failed", reason=f"rank {os.getpid()} attempt {i}")
+    except OSError as e:
+        errors.put(repr(e))
+    errors.put(None)
+
+
+def test_ledger_status_written_by_every_rank_at_once_never_fails_or_tears(tmp_path):
+    writers = 6
+    context = multiprocessing.get_context("fork")
+    barrier, errors = context.Barrier(writers), context.Queue()
+    processes = [context.Process(target=_write_statuses, args=(tmp_path / "run", barrier, errors, 200))
+                 for _ in range(writers)]
+    for p in processes:
+        p.start()
+    outcomes = [errors.get(timeout=60) for _ in processes]
+    for p in processes:
+        p.join(timeout=60)
+
+    assert outcomes == [None] * writers
+    status = RunLedger(tmp_path / "run").status()
+    assert status["state"] == "failed" and status["reason"].endswith("attempt 199")
+    assert sorted(os.listdir(tmp_path / "run")) == ["status.json"]  # no temporary left behind

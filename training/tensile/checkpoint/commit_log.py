@@ -2,6 +2,11 @@
 
 A group expects to publish at the sequence number after the head it resumed from; a rival or
 stale group that resumed from the same or an older head finds that number taken and is fenced.
+
+On NFS (EFS) a directory listing can be served from the client's cache, tens of seconds old,
+so the directory log never trusts one for its head: it probes the names after the listed head
+one by one (a lookup of a named file revalidates where a cached readdir may not) until one is
+missing. Records are published at consecutive numbers, so the first missing name ends the log.
 """
 
 from __future__ import annotations
@@ -25,6 +30,16 @@ def fsync_dir(path: Path) -> None:
 
 EPOCHS = "epochs"
 """Beside `commits/`: one exclusive record per group epoch (EpochClaim)."""
+
+
+def _opens(path: Path) -> bool:
+    """Whether `path` exists, asked with open(2): NFS close-to-open consistency makes the client
+    ask the server, where a stat or a listing may be answered from its cache."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def record_name(seq: int) -> str:
@@ -79,10 +94,23 @@ class CommitLog(CommitLogReader):
     def _path(self, seq: int) -> Path:
         return self.directory / record_name(seq)
 
-    def sequence_numbers(self) -> list[int]:
-        if not self.directory.exists():
+    def _listed(self) -> list[int]:
+        """What a listing of `commits/` shows: a hint only, possibly stale on NFS."""
+        try:
+            return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+        except FileNotFoundError:
             return []
-        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
+    def _exists(self, seq: int) -> bool:
+        return _opens(self._path(seq))
+
+    def sequence_numbers(self) -> list[int]:
+        seqs = self._listed()
+        seq = seqs[-1] if seqs else 0
+        while self._exists(seq + 1):
+            seq += 1
+            seqs.append(seq)
+        return seqs
 
     def read(self, seq: int) -> CommitRecord:
         return CommitRecord.from_json(self._path(seq).read_text())
@@ -102,10 +130,19 @@ class CommitLog(CommitLogReader):
         try:
             os.link(private, self._path(record.seq))
         except FileExistsError as e:
-            raise fenced(record, self.describe(record.seq)) from e
+            # An NFS client retrying a link whose reply was lost (a session loss, a failover)
+            # meets our own record: that is our publish having landed, not a fence.
+            if self._stored(record.seq) != record.to_json():
+                raise fenced(record, self.describe(record.seq)) from e
         finally:
             private.unlink(missing_ok=True)
         fsync_dir(self.directory)
+
+    def _stored(self, seq: int) -> str | None:
+        try:
+            return self._path(seq).read_text()
+        except OSError:
+            return None
 
     # ---- epochs: which group is the newest ----------------------------------------------
     def claim_epoch(self, claim: EpochClaim) -> bool:
@@ -135,10 +172,16 @@ class CommitLog(CommitLogReader):
         directory = self.directory.parent / EPOCHS
         if not directory.exists():
             return []
-        claims = []
-        for path in sorted(p for p in directory.iterdir() if p.name.isdigit()):
+        # Epochs are claimed at consecutive numbers: the listing is a hint, probed past (an NFS
+        # client's cached listing can miss the newest claim; opening a name asks the server).
+        numbers = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+        claims, number = [], numbers[-1] + 1 if numbers else 1
+        while _opens(directory / record_name(number)):
+            numbers.append(number)
+            number += 1
+        for number in numbers:
             try:
-                claims.append(EpochClaim.from_json(path.read_text()))
+                claims.append(EpochClaim.from_json((directory / record_name(number)).read_text()))
             except (OSError, ValueError, TypeError):
                 continue  # half-visible or damaged: a claim no one can act on
         return claims

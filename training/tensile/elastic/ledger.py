@@ -3,52 +3,151 @@ the failure budget, and the run's final status.
 
 Tensile, not torchrun, owns the failure budget: torchrun counts every restart, membership
 changes included; the ledger counts a round's real failure once, whichever ranks saw it.
+
+The ledger lives on NFS (EFS), where appends with O_APPEND from several clients may interleave
+or overwrite each other, and where a directory listing may be served stale from the client's
+cache. So each process appends its events to a file of its own, `events/<n>.jsonl`, whose number
+it claimed by exclusive create, and readers merge every file by time. Names are found by probing
+past the listed ones (a named lookup revalidates where a cached listing may not); numbers are
+claimed consecutively, so the first missing name ends them. `events.jsonl`, the single shared
+file older versions appended to, is still read and merged in.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+_writers_lock = threading.RLock()
+_writers: dict[Path, tuple[int, Path]] = {}
+"""This process's events file per events directory, with the pid that claimed it (a forked
+child claims its own)."""
+
+
+def _reset_after_fork() -> None:
+    global _writers_lock
+    _writers_lock = threading.RLock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _exists(path: Path) -> bool:
+    # open(2), not stat: close-to-open consistency makes the NFS client ask the server.
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _numbered(directory: Path, name_of, number_of) -> list[int]:
+    """The numbers taken in `directory`: the listing as a hint, then probed by name past it."""
+    try:
+        taken = sorted(n for n in map(number_of, os.listdir(directory)) if n is not None)
+    except FileNotFoundError:
+        taken = []
+    number = taken[-1] if taken else 0
+    while _exists(directory / name_of(number + 1)):
+        number += 1
+        taken.append(number)
+    return taken
+
+
+def _event_file_number(name: str) -> int | None:
+    stem, dot, suffix = name.partition(".")
+    return int(stem) if dot and suffix == "jsonl" and stem.isdigit() else None
+
+
+def _event_file_name(number: int) -> str:
+    return f"{number:06d}.jsonl"
+
+
+def _round_number(name: str) -> int | None:
+    return int(name) if name.isdigit() else None
+
+
+def _read_events(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by a killed writer
+    return out
 
 
 class RunLedger:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
+        self.events_dir = self.run_dir / "events"
         self.events_path = self.run_dir / "events.jsonl"
+        """The single events file of older versions: read, never written."""
         self.rounds_dir = self.run_dir / "rounds"
         self.failures_dir = self.run_dir / "failures"
         self.status_path = self.run_dir / "status.json"
 
-    # Events: one JSON object a line. Appends under O_APPEND are atomic for lines this short.
+    # Events: one JSON object a line, in a file only this process appends to.
     def record(self, event: str, **fields: Any) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"t": time.time(), "event": event, **fields}, sort_keys=True) + "\n"
-        fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        with _writers_lock:
+            try:
+                fd = os.open(self.writer_path(), os.O_WRONLY | os.O_APPEND)
+            except FileNotFoundError:  # the run directory was removed since: claim afresh
+                _writers.pop(self.events_dir.absolute(), None)
+                fd = os.open(self.writer_path(), os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+    def writer_path(self) -> Path:
+        """This process's events file, claimed (created exclusively) on first use."""
+        key = self.events_dir.absolute()
+        with _writers_lock:
+            pid, path = _writers.get(key, (None, None))
+            if pid == os.getpid() and path is not None:
+                return path
+            self.events_dir.mkdir(parents=True, exist_ok=True)
+            taken = _numbered(self.events_dir, _event_file_name, _event_file_number)
+            number = taken[-1] if taken else 0
+            while True:
+                number += 1
+                path = self.events_dir / _event_file_name(number)
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                except FileExistsError:
+                    continue  # another process claimed it since the probe
+                _writers[key] = (os.getpid(), path)
+                return path
+
+    def event_files(self) -> list[Path]:
+        """Every events file, the old single file first, then per-writer files by number."""
+        numbers = _numbered(self.events_dir, _event_file_name, _event_file_number)
+        return [self.events_path] + [self.events_dir / _event_file_name(n) for n in numbers]
 
     def events(self) -> list[dict[str, Any]]:
-        if not self.events_path.exists():
-            return []
-        out = []
-        for line in self.events_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a line torn by a killed writer
-        return out
+        """Every file's events merged by time; each file's own order is kept, and ties go to the
+        older file."""
+        streams = [_read_events(path) for path in self.event_files()]
+        return list(heapq.merge(*streams, key=lambda e: e.get("t", 0.0)))
 
     def open_round(self, details: dict[str, Any]) -> int:
         """Claim the next round number (exclusive create); called by the group's rank 0."""
         self.rounds_dir.mkdir(parents=True, exist_ok=True)
+        number = self.last_round()
         while True:
-            taken = [int(p.name) for p in self.rounds_dir.iterdir() if p.name.isdigit()]
-            number = max(taken, default=0) + 1
+            number += 1
             try:
                 fd = os.open(self.rounds_dir / str(number), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
@@ -70,9 +169,7 @@ class RunLedger:
         return True
 
     def last_round(self) -> int:
-        if not self.rounds_dir.exists():
-            return 0
-        return max((int(p.name) for p in self.rounds_dir.iterdir() if p.name.isdigit()), default=0)
+        return max(_numbered(self.rounds_dir, str, _round_number), default=0)
 
     def failures_spent(self) -> int:
         if not self.failures_dir.exists():
@@ -82,7 +179,8 @@ class RunLedger:
     def write_status(self, state: str, **fields: Any) -> None:
         """The run's outcome: completed, or failed (budget spent). Read by the launchers."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        partial = self.status_path.with_suffix(".partial")
+        # A name of its own: when every rank fails at once, each writes its own and renames it.
+        partial = self.run_dir / f".status.{uuid.uuid4().hex}.partial"
         partial.write_text(json.dumps({"state": state, "t": time.time(), **fields}))
         os.replace(partial, self.status_path)
 
