@@ -637,9 +637,10 @@ def test_a_commit_that_lands_after_a_newer_epoch_began_fences_its_own_group(tier
     original = tier.commit_log.epoch_claims
     calls = []
 
-    def claims_before_the_newer_group():  # the pre-publish check ran before epoch 2 was claimed
+    def claims_before_the_newer_group(newer_than: int = 0):  # the pre-publish check ran before epoch 2
         calls.append(1)
-        return [c for c in original() if c.epoch == 1] if len(calls) == 1 else original()
+        claims = original(newer_than=newer_than)
+        return [c for c in claims if c.epoch == 1] if len(calls) == 1 else claims
 
     tier.commit_log.epoch_claims = claims_before_the_newer_group
     with pytest.raises(FencingError, match="stale group \\(epoch 1\\) after epoch 2 began"):

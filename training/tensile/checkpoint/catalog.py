@@ -64,7 +64,7 @@ class Catalog:
         """Claim the next epoch for this group (rank 0, at round start)."""
         log_ = self.tier.commit_log
         for _ in range(MAX_EPOCH_ATTEMPTS):
-            epoch = max((c.epoch for c in log_.epoch_claims()), default=0) + 1
+            epoch = max((c.epoch for c in log_.epoch_claims()), default=0) + 1  # once per round
             claim = EpochClaim(epoch=epoch, head_seen=log_.head(), group_token=group_token)
             if log_.claim_epoch(claim):
                 return claim
@@ -76,7 +76,7 @@ class Catalog:
         the seq it took. FencingError if a newer epoch has begun (this group is the stale one)."""
         log_ = self.tier.commit_log
         while True:
-            newer = [c for c in log_.epoch_claims() if c.epoch > record.epoch]
+            newer = log_.epoch_claims(newer_than=record.epoch)
             if newer:
                 raise FencingError(f"a newer worker group (epoch {newer[-1].epoch}, token {newer[-1].group_token}) "
                                    f"began after this one (epoch {record.epoch}, token {record.group_token}): "
@@ -96,7 +96,7 @@ class Catalog:
                                       group_token=record.group_token, epoch=record.epoch)
                 continue
             # A newer group that began before this record landed ignores it: so must we.
-            claim = superseded_by(record, log_.epoch_claims())
+            claim = superseded_by(record, log_.epoch_claims(newer_than=record.epoch))
             if claim is not None:
                 raise FencingError(stale_commit(record, claim) + ": this group is stale and must stop")
             return record.seq

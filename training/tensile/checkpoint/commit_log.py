@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tensile.checkpoint.api import CommitRecord, EpochClaim, FencingError
+from tensile.shared_fs import numbered
 
 
 def fsync_dir(path: Path) -> None:
@@ -32,13 +33,31 @@ EPOCHS = "epochs"
 """Beside `commits/`: one exclusive record per group epoch (EpochClaim)."""
 
 
-def _opens(path: Path) -> bool:
-    """Whether `path` exists, asked with open(2): NFS close-to-open consistency makes the client
-    ask the server, where a stat or a listing may be answered from its cache."""
+def _number(name: str) -> int | None:
+    return int(name) if name.isdigit() else None
+
+
+def create_exclusively(target: Path, body: str) -> bool:
+    """Create `target` holding `body`, durably, only if no one has: written to a private file,
+    then hard-linked into place (link(2) fails if the name exists, so the record is never seen
+    half-written). True if created, or if the file there is already ours (an NFS client retrying
+    a link whose reply was lost, after a session loss or failover, meets our own record)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    private = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    with open(private, "w") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
     try:
-        os.close(os.open(path, os.O_RDONLY))
-    except FileNotFoundError:
-        return False
+        os.link(private, target)
+    except FileExistsError:
+        try:
+            return target.read_text() == body
+        except OSError:
+            return False
+    finally:
+        private.unlink(missing_ok=True)
+    fsync_dir(target.parent)
     return True
 
 
@@ -94,23 +113,9 @@ class CommitLog(CommitLogReader):
     def _path(self, seq: int) -> Path:
         return self.directory / record_name(seq)
 
-    def _listed(self) -> list[int]:
-        """What a listing of `commits/` shows: a hint only, possibly stale on NFS."""
-        try:
-            return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
-        except FileNotFoundError:
-            return []
-
-    def _exists(self, seq: int) -> bool:
-        return _opens(self._path(seq))
-
     def sequence_numbers(self) -> list[int]:
-        seqs = self._listed()
-        seq = seqs[-1] if seqs else 0
-        while self._exists(seq + 1):
-            seq += 1
-            seqs.append(seq)
-        return seqs
+        # Published at consecutive numbers: the listing is a hint, opened past (tensile.shared_fs).
+        return numbered(self.directory, record_name, _number)
 
     def read(self, seq: int) -> CommitRecord:
         return CommitRecord.from_json(self._path(seq).read_text())
@@ -121,65 +126,21 @@ class CommitLog(CommitLogReader):
         The record is written to a private file, then hard-linked into place: link(2) fails
         if the name exists, so creation is exclusive and the record is never seen half-written.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        private = self.directory / f".{record.seq}.{uuid.uuid4().hex}.tmp"
-        with open(private, "w") as f:
-            f.write(record.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(private, self._path(record.seq))
-        except FileExistsError as e:
-            # An NFS client retrying a link whose reply was lost (a session loss, a failover)
-            # meets our own record: that is our publish having landed, not a fence.
-            if self._stored(record.seq) != record.to_json():
-                raise fenced(record, self.describe(record.seq)) from e
-        finally:
-            private.unlink(missing_ok=True)
-        fsync_dir(self.directory)
-
-    def _stored(self, seq: int) -> str | None:
-        try:
-            return self._path(seq).read_text()
-        except OSError:
-            return None
+        if not create_exclusively(self._path(record.seq), record.to_json()):
+            raise fenced(record, self.describe(record.seq))
 
     # ---- epochs: which group is the newest ----------------------------------------------
     def claim_epoch(self, claim: EpochClaim) -> bool:
         """Create `epochs/<epoch>` if no group has; False if one has (another epoch number is
         then tried). A retried link that meets our own claim is ours."""
-        directory = self.directory.parent / EPOCHS
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / record_name(claim.epoch)
-        private = directory / f".{claim.epoch}.{uuid.uuid4().hex}.tmp"
-        with open(private, "w") as f:
-            f.write(claim.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(private, target)
-        except FileExistsError:
-            try:
-                return EpochClaim.from_json(target.read_text()) == claim
-            except (OSError, ValueError, TypeError):
-                return False
-        finally:
-            private.unlink(missing_ok=True)
-        fsync_dir(directory)
-        return True
+        return create_exclusively(self.directory.parent / EPOCHS / record_name(claim.epoch), claim.to_json())
 
-    def epoch_claims(self) -> list[EpochClaim]:
+    def epoch_claims(self, newer_than: int = 0) -> list[EpochClaim]:
         directory = self.directory.parent / EPOCHS
-        if not directory.exists():
-            return []
-        # Epochs are claimed at consecutive numbers: the listing is a hint, probed past (an NFS
-        # client's cached listing can miss the newest claim; opening a name asks the server).
-        numbers = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-        claims, number = [], numbers[-1] + 1 if numbers else 1
-        while _opens(directory / record_name(number)):
-            numbers.append(number)
-            number += 1
-        for number in numbers:
+        claims = []
+        for number in numbered(directory, record_name, _number):
+            if number <= newer_than:
+                continue
             try:
                 claims.append(EpochClaim.from_json((directory / record_name(number)).read_text()))
             except (OSError, ValueError, TypeError):

@@ -100,10 +100,10 @@ class S3CommitLog(CommitLogReader):
                 return False
         return True
 
-    def epoch_claims(self) -> list[EpochClaim]:
+    def epoch_claims(self, newer_than: int = 0) -> list[EpochClaim]:
         _, names = self.objects.listing(EPOCHS)
         claims = []
-        for name in sorted(n for n in names if n.isdigit()):
+        for name in sorted(n for n in names if n.isdigit() and int(n) > newer_than):
             try:
                 claims.append(EpochClaim.from_json(self.objects.get(self.objects.key(EPOCHS, name)).decode()))
             except (ClientError, ValueError, TypeError):

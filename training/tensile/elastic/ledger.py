@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tensile.shared_fs import numbered
+
 _writers_lock = threading.RLock()
 _writers: dict[Path, tuple[int, Path]] = {}
 """This process's events file per events directory, with the pid that claimed it (a forked
@@ -36,28 +38,6 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _exists(path: Path) -> bool:
-    # open(2), not stat: close-to-open consistency makes the NFS client ask the server.
-    try:
-        os.close(os.open(path, os.O_RDONLY))
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _numbered(directory: Path, name_of, number_of) -> list[int]:
-    """The numbers taken in `directory`: the listing as a hint, then probed by name past it."""
-    try:
-        taken = sorted(n for n in map(number_of, os.listdir(directory)) if n is not None)
-    except FileNotFoundError:
-        taken = []
-    number = taken[-1] if taken else 0
-    while _exists(directory / name_of(number + 1)):
-        number += 1
-        taken.append(number)
-    return taken
 
 
 def _event_file_number(name: str) -> int | None:
@@ -119,7 +99,7 @@ class RunLedger:
             if pid == os.getpid() and path is not None:
                 return path
             self.events_dir.mkdir(parents=True, exist_ok=True)
-            taken = _numbered(self.events_dir, _event_file_name, _event_file_number)
+            taken = numbered(self.events_dir, _event_file_name, _event_file_number)
             number = taken[-1] if taken else 0
             while True:
                 number += 1
@@ -133,7 +113,7 @@ class RunLedger:
 
     def event_files(self) -> list[Path]:
         """Every events file, the old single file first, then per-writer files by number."""
-        numbers = _numbered(self.events_dir, _event_file_name, _event_file_number)
+        numbers = numbered(self.events_dir, _event_file_name, _event_file_number)
         return [self.events_path] + [self.events_dir / _event_file_name(n) for n in numbers]
 
     def events(self) -> list[dict[str, Any]]:
@@ -169,7 +149,7 @@ class RunLedger:
         return True
 
     def last_round(self) -> int:
-        return max(_numbered(self.rounds_dir, str, _round_number), default=0)
+        return max(numbered(self.rounds_dir, str, _round_number), default=0)
 
     def failures_spent(self) -> int:
         if not self.failures_dir.exists():
