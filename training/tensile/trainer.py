@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from tensile.batching import BatchPlan, plan_batch
-from tensile.checkpoint import Catalog, FencingError, ResumePoint, SaveResult, open_tier
+from tensile.checkpoint import Catalog, CorruptOnLoad, FencingError, ResumePoint, SaveResult, open_tier
 from tensile.checkpoint.engine import (CheckpointIdentity, EngineCheckpointer, GroupLease, SavePolicy,
                                        incompatibility)
 from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
@@ -255,9 +255,25 @@ class Trainer:
         if point is None or point.manifest is None:
             return 0
         self.watchdog.pause()  # a phase with a deadline of its own, like the round start
-        self.state.load_state_dict(self.checkpointer.load(self.engine, point))
+        try:
+            self.state.load_state_dict(self.checkpointer.load(self.engine, point))
+        except CorruptOnLoad as e:
+            self._found_corrupt(point, e)
+            raise StopForMembership(f"{e}: re-forming to resume from the checkpoint before it") from e
         self.watchdog.beat()
         return self.state.step
+
+    def _found_corrupt(self, point: ResumePoint, error: CorruptOnLoad) -> None:
+        """Every rank agreed the checkpoint is corrupt: rank 0 marks it bad before leaving (the
+        next round cannot begin before this process exits), so that round resumes from the one
+        before it. The data is wrong, not a worker: no failure is spent."""
+        if self.rank != 0:
+            return
+        manifest = point.manifest
+        Catalog(self.tier).mark_bad(manifest.checkpoint_id, str(error), step=manifest.step,
+                                    round=self.round.round_number)
+        self.ledger.record("checkpoint-corrupt", checkpoint=manifest.checkpoint_id, step=manifest.step,
+                           findings=[finding[:300] for finding in error.findings[:8]])
 
     # ---- training ----------------------------------------------------------------------
     def train(self) -> str:

@@ -21,6 +21,7 @@ from tensile.checkpoint import (
     Manifest,
 )
 from tensile.checkpoint.catalog import checkpoint_id_for, step_of
+from tensile.checkpoint.chunks import CHUNK_BYTES
 from tensile.checkpoint.engine import incompatibility
 
 
@@ -57,15 +58,18 @@ def _record(seq, token="group-a", step=10):
 # --- DirectoryTier: files and manifests ------------------------------------------------------------
 
 
-def test_put_file_records_size_and_sha256(tmp_path):
+def test_put_file_records_size_sha256_and_each_chunks_sha256(tmp_path):
     tier = DirectoryTier(tmp_path / "shared")
-    payload = bytes(range(256)) * 1000
+    payload = bytes(range(256)) * (CHUNK_BYTES // 256 * 2 + 1000)  # two chunks and a short third
     source = tmp_path / "model.pt"
     source.write_bytes(payload)
 
     entry = tier.put_file("ckpt", "state/model.pt", source)
 
-    assert entry == FileEntry(path="state/model.pt", size=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+    chunks = tuple(hashlib.sha256(payload[i:i + CHUNK_BYTES]).hexdigest() for i in range(0, len(payload), CHUNK_BYTES))
+    assert len(chunks) == 3
+    assert entry == FileEntry(path="state/model.pt", size=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
+                              chunk_size=CHUNK_BYTES, chunks=chunks)
     assert (tier.checkpoint_dir("ckpt") / "state/model.pt").read_bytes() == payload
     assert not list(tier.checkpoint_dir("ckpt").rglob("*.partial"))
 
@@ -75,7 +79,8 @@ def test_put_file_empty_file(tmp_path):
     source = tmp_path / "empty"
     source.write_bytes(b"")
 
-    assert tier.put_file("ckpt", "empty", source) == FileEntry("empty", 0, hashlib.sha256(b"").hexdigest())
+    assert tier.put_file("ckpt", "empty", source) == FileEntry("empty", 0, hashlib.sha256(b"").hexdigest(),
+                                                               chunk_size=CHUNK_BYTES, chunks=())
 
 
 def test_write_manifest_round_trips(tmp_path):

@@ -7,6 +7,7 @@ from tensile.checkpoint.api import (
     CheckpointCorrupt,
     CheckpointError,
     CheckpointIncompatible,
+    CorruptOnLoad,
     CommitRecord,
     FileEntry,
     FencingError,
@@ -23,7 +24,8 @@ from tensile.checkpoint.catalog import Catalog, ResumePoint
 from tensile.checkpoint.locations import open_tier
 
 __all__ = [
-    "Catalog", "CheckpointCorrupt", "CheckpointError", "CheckpointIncompatible", "CommitLog", "CommitRecord", "DirectoryTier",
+    "Catalog", "CheckpointCorrupt", "CheckpointError", "CheckpointIncompatible", "CommitLog", "CommitRecord", "CorruptOnLoad",
+    "DirectoryTier",
     "FileEntry", "FencingError", "FORMAT_VERSION", "LAYOUT_DEEPSPEED", "LAYOUT_SHARDED", "Manifest", "ResumePoint",
     "SaveResult", "Tier", "open_tier",
 ]

@@ -10,10 +10,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-FORMAT_VERSION = 2
-"""Written into every manifest. Version 1 (DeepSpeed's own files only) is read and upgraded in
-memory; versions this code does not know are refused, naming both."""
-READABLE_FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""Written into every manifest. Version 3 adds each file's per-chunk sha256 (checked by every
+rank as it reads, docs/design/checkpoints.md); version 2 checkpoints load and are verified whole at
+round start, as they were; version 1 (DeepSpeed's own files only) is read and upgraded in memory;
+versions this code does not know are refused, naming both."""
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 
 LAYOUT_DEEPSPEED = "deepspeed"
 """DeepSpeed's own checkpoint files under `state/`: ZeRO-0, and every version-1 checkpoint."""
@@ -26,6 +28,8 @@ MANIFEST = "manifest.json"
 """Each checkpoint's manifest, relative to its directory: written last."""
 PIN = "pins/resume.json"
 """The rollback pin, relative to the tier's root."""
+BAD_MARK = "bad.json"
+"""Written into a checkpoint's directory when a load found it corrupt: no reader resumes from it."""
 
 
 class CheckpointError(Exception):
@@ -34,6 +38,18 @@ class CheckpointError(Exception):
 
 class CheckpointCorrupt(CheckpointError):
     """A checkpoint's files do not match its manifest (missing, truncated or altered)."""
+
+
+class CorruptOnLoad(CheckpointCorrupt):
+    """Every rank of the group agrees: a chunk some rank read while loading did not match the
+    manifest. The checkpoint is marked bad and the group re-forms from the one before it; no
+    failure is spent (the data is wrong, not this worker)."""
+
+    def __init__(self, what: str, findings: list[str]):
+        self.what = what
+        self.findings = findings
+        more = f" and {len(findings) - 3} more" if len(findings) > 3 else ""
+        super().__init__(f"{what} failed verification while loading: {'; '.join(findings[:3])}{more}")
 
 
 class CheckpointIncompatible(CheckpointError):
@@ -54,6 +70,20 @@ class FileEntry:
     """Relative to the checkpoint's directory."""
     size: int
     sha256: str
+    """Of the whole file."""
+    chunk_size: int = 0
+    """Bytes per chunk of `chunks` (0: a version-2 entry, verified whole)."""
+    chunks: tuple[str, ...] = ()
+    """sha256 of each `chunk_size` bytes of the file, in order (the last chunk may be shorter)."""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FileEntry":
+        return cls(**{**data, "chunks": tuple(data.get("chunks", ()))})
+
+    @property
+    def chunked(self) -> bool:
+        """Carries a hash for every chunk of its size, so a reader can verify what it reads."""
+        return self.chunk_size > 0 and len(self.chunks) == -(-self.size // self.chunk_size)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +112,13 @@ class Manifest:
     layout: str = LAYOUT_DEEPSPEED
     """How the training state is stored: LAYOUT_DEEPSPEED or LAYOUT_SHARDED."""
 
+    @property
+    def verified_on_read(self) -> bool:
+        """Every rank checks the chunks it reads as it loads (the sharded layout of version 3),
+        so the round start checks only that the files are there at their sizes. DeepSpeed's own
+        files are read by DeepSpeed's loader, not through Tensile's ranges: verified whole first."""
+        return self.layout == LAYOUT_SHARDED and bool(self.files) and all(e.chunked for e in self.files)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
@@ -98,7 +135,7 @@ class Manifest:
                 f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}); resume it with the Tensile that wrote it")
         if version == 1:  # upgrade: version 1 had one layout, DeepSpeed's own files
             data.setdefault("layout", LAYOUT_DEEPSPEED)
-        data["files"] = tuple(FileEntry(**f) for f in data["files"])
+        data["files"] = tuple(FileEntry.from_dict(f) for f in data["files"])
         return cls(**data)
 
 
@@ -178,7 +215,18 @@ class Tier(Protocol):
     def put_file(self, checkpoint_id: str, rel_path: str, source: Path) -> FileEntry: ...
     def write_manifest(self, manifest: Manifest) -> None: ...
     def read_manifest(self, checkpoint_id: str) -> Manifest: ...
-    def verify(self, manifest: Manifest) -> None: ...
+    def verify(self, manifest: Manifest, *, contents: bool = True) -> None:
+        """CheckpointCorrupt unless every file is there at its size and, with `contents`, its
+        sha256 matches (reading every byte)."""
+        ...
+
+    def mark_bad(self, checkpoint_id: str, record: dict) -> None:
+        """Record durably that the checkpoint failed verification (BAD_MARK), saying why."""
+        ...
+
+    def bad_mark(self, checkpoint_id: str) -> dict | None:
+        """The checkpoint's bad mark, or None."""
+        ...
     def read_range(self, checkpoint_id: str, rel_path: str, offset: int, length: int) -> bytes: ...
     def fetch_file(self, checkpoint_id: str, rel_path: str, target: Path) -> None: ...
     def list_checkpoint_ids(self) -> list[str]: ...
@@ -217,6 +265,15 @@ def parse_manifest(checkpoint_id: str, text: str | bytes) -> Manifest:
     return manifest
 
 
+def parse_bad_mark(text: str | bytes) -> dict:
+    """A bad mark's record; one that cannot be read still marks the checkpoint bad."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {"reason": f"unreadable {BAD_MARK}"}
+    return data if isinstance(data, dict) else {"reason": str(data)}
+
+
 def no_manifest(checkpoint_id: str) -> CheckpointCorrupt:
     return CheckpointCorrupt(f"{checkpoint_id}: no manifest (the save never finished)")
 
@@ -231,6 +288,13 @@ def wrong_size(checkpoint_id: str, entry: FileEntry, size: int) -> CheckpointCor
 
 def wrong_sha256(checkpoint_id: str, entry: FileEntry) -> CheckpointCorrupt:
     return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} fails its sha256 check")
+
+
+def wrong_chunk(checkpoint_id: str, entry: FileEntry, index: int) -> CheckpointCorrupt:
+    begin = index * entry.chunk_size
+    end = min(begin + entry.chunk_size, entry.size)
+    return CheckpointCorrupt(f"{checkpoint_id}: {entry.path} chunk {index} (bytes {begin}..{end}) fails its "
+                             f"sha256 check")
 
 
 def check_range(checkpoint_id: str, rel_path: str, offset: int, length: int) -> None:

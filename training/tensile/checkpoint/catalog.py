@@ -109,15 +109,30 @@ class Catalog:
     def pin(self, checkpoint_id: str, reason: str = "rollback") -> Manifest:
         """Make `checkpoint_id` the resume point; training continues from it on a new branch."""
         manifest = self.tier.read_manifest(checkpoint_id)
+        self._refuse_if_marked_bad(checkpoint_id)
         self.tier.verify(manifest)
         self.tier.write_pin({"checkpoint_id": checkpoint_id, "step": manifest.step,
                              "reason": reason, "pinned_at": time.time()})
         return manifest
 
+    # ---- checkpoints found corrupt while loading ----------------------------------------
+    def mark_bad(self, checkpoint_id: str, reason: str, **details: object) -> None:
+        """No reader resumes from `checkpoint_id` again (rank 0, once the group agreed a load
+        found it corrupt); it stays on the tier for inspection until retention removes it."""
+        self.tier.mark_bad(checkpoint_id, {"reason": reason, "marked_at": time.time(), **details})
+
+    def _refuse_if_marked_bad(self, checkpoint_id: str) -> None:
+        mark = self.tier.bad_mark(checkpoint_id)
+        if mark is not None:
+            raise CheckpointCorrupt(f"{checkpoint_id}: marked bad when a load found it corrupt: "
+                                    f"{mark.get('reason', '?')}")
+
     def find_resume_point(self, before_verify: Callable[[Manifest], None] | None = None) -> ResumePoint:
-        """The newest committed checkpoint whose manifest and checksums verify. With a pin,
-        only the pinned checkpoint and its branch's descendants qualify. `before_verify` hears
-        of each checkpoint about to be verified (verifying reads all of its bytes)."""
+        """The newest committed checkpoint that is not marked bad and verifies: every file there
+        at its size and, unless every rank verifies what it reads while loading (a version-3
+        sharded checkpoint), its sha256. With a pin, only the pinned checkpoint and its branch's
+        descendants qualify. `before_verify` hears of each checkpoint about to be hashed here
+        (hashing reads all of its bytes)."""
         log_ = self.tier.commit_log
         pin = self.pinned()
         point = ResumePoint(next_seq=log_.head() + 1, pinned=pin)
@@ -134,9 +149,11 @@ class Catalog:
                 manifest = self.tier.read_manifest(record.checkpoint_id)
                 if pin and record.checkpoint_id != pin and manifest.branch != pin:
                     continue  # off the pinned branch: kept, not resumed from
-                if before_verify is not None:
+                self._refuse_if_marked_bad(record.checkpoint_id)
+                hash_here = not manifest.verified_on_read
+                if hash_here and before_verify is not None:
                     before_verify(manifest)
-                self.tier.verify(manifest)
+                self.tier.verify(manifest, contents=hash_here)
             except CheckpointCorrupt as e:
                 point.skipped.append((record.checkpoint_id, str(e)))
                 log.warning("skipping checkpoint %s: %s", record.checkpoint_id, e)

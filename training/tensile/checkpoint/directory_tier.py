@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 
 from tensile.checkpoint.api import (
-    MANIFEST, PIN, CheckpointCorrupt, FileEntry, Manifest, RangeReader, check_range, missing_file, no_manifest,
+    BAD_MARK, MANIFEST, PIN, parse_bad_mark, CheckpointCorrupt, FileEntry, Manifest, RangeReader, check_range, missing_file, no_manifest,
     parse_manifest, partial_beside, whole_range, wrong_sha256, wrong_size)
+from tensile.checkpoint.chunks import CHUNK_BYTES, FileHasher
 from tensile.checkpoint.commit_log import CommitLog, fsync_dir
 from tensile.checkpoint.ranges import DirectoryRanges
 
-_CHUNK = 4 << 20
+_CHUNK = CHUNK_BYTES
 
 
 class DirectoryTier:
@@ -42,21 +43,21 @@ class DirectoryTier:
         return DirectoryRanges(self.checkpoint_dir(manifest.checkpoint_id))  # one pread per range
 
     def put_file(self, checkpoint_id: str, rel_path: str, source: Path) -> FileEntry:
-        """Copy a local file into the checkpoint, hashing as it goes; durable on return."""
+        """Copy a local file into the checkpoint, hashing it (whole and per chunk) as it goes;
+        durable on return."""
         target = self.checkpoint_dir(checkpoint_id) / rel_path
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
-        digest, size = hashlib.sha256(), 0
+        hasher = FileHasher()
         with open(source, "rb") as src, open(partial, "wb") as dst:
             while chunk := src.read(_CHUNK):
-                digest.update(chunk)
+                hasher.update(chunk)
                 dst.write(chunk)
-                size += len(chunk)
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(partial, Path(target))
         fsync_dir(target.parent)
-        return FileEntry(path=rel_path, size=size, sha256=digest.hexdigest())
+        return hasher.entry(rel_path)
 
     def write_manifest(self, manifest: Manifest) -> None:
         """Written last: a checkpoint directory without a manifest is never loaded."""
@@ -77,8 +78,9 @@ class DirectoryTier:
             raise no_manifest(checkpoint_id) from e
         return parse_manifest(checkpoint_id, text)
 
-    def verify(self, manifest: Manifest) -> None:
-        """Check every file's size and sha256; raise CheckpointCorrupt naming the first mismatch."""
+    def verify(self, manifest: Manifest, *, contents: bool = True) -> None:
+        """Check every file's size and (with `contents`) sha256; raise CheckpointCorrupt naming
+        the first mismatch."""
         directory = self.checkpoint_dir(manifest.checkpoint_id)
         for entry in manifest.files:
             path = directory / entry.path
@@ -88,6 +90,8 @@ class DirectoryTier:
                 raise missing_file(manifest.checkpoint_id, entry.path) from e
             if size != entry.size:
                 raise wrong_size(manifest.checkpoint_id, entry, size)
+            if not contents:
+                continue
             digest = hashlib.sha256()
             with open(path, "rb") as f:
                 while chunk := f.read(_CHUNK):
@@ -116,6 +120,21 @@ class DirectoryTier:
         except FileNotFoundError as e:
             raise missing_file(checkpoint_id, rel_path) from e
         os.replace(partial, Path(target))
+
+    def mark_bad(self, checkpoint_id: str, record: dict) -> None:
+        path = self.checkpoint_dir(checkpoint_id) / BAD_MARK
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(record))
+        os.replace(partial, path)
+        fsync_dir(path.parent)
+
+    def bad_mark(self, checkpoint_id: str) -> dict | None:
+        """An unreadable mark (a writer that died mid-way leaves none: it is renamed in) counts."""
+        try:
+            text = (self.checkpoint_dir(checkpoint_id) / BAD_MARK).read_text()
+        except FileNotFoundError:
+            return None
+        return parse_bad_mark(text)
 
     def read_pin(self) -> dict | None:
         """The rollback pin, or None when there is none (an unreadable pin counts as none)."""

@@ -31,6 +31,7 @@ from tensile.checkpoint.api import (DEEPSPEED_TAG, LAYOUT_DEEPSPEED, LAYOUT_SHAR
                                     CheckpointError, CommitRecord, FencingError, FileEntry, Manifest, SaveResult,
                                     Tier)
 from tensile.checkpoint.catalog import Catalog, ResumePoint, checkpoint_id_for
+from tensile.checkpoint.chunks import VerifiedRanges
 from tensile.checkpoint.legacy_v1 import UNIVERSAL_TAG, needs_reshard, refusal
 from tensile.checkpoint.sharded.layout import META
 from tensile.checkpoint.sharded.restore import load_sharded
@@ -304,7 +305,7 @@ class EngineCheckpointer:
                     self.tier.fetch_file(checkpoint_id, f"{RANK_RECORDS}/{target.name}", target)
                 except CheckpointCorrupt:  # not there yet
                     continue
-                records[rank] = [FileEntry(**e) for e in json.loads(target.read_text())]
+                records[rank] = [FileEntry.from_dict(e) for e in json.loads(target.read_text())]
             if len(records) < self.world_size:
                 if abandon.is_set():
                     raise SaveAbandoned(f"abandoned: {self._abandon_reason}")
@@ -400,7 +401,9 @@ class EngineCheckpointer:
         manifest = point.manifest
         if manifest is None:
             raise CheckpointError("no checkpoint to load")
-        total = sum(entry.size for entry in manifest.files)  # a rank reads at most all of it
+        # A rank reads at most all of it; verifying as it reads (version 3), it also hashes it
+        # and widens its ranges to whole chunks: twice the bytes' time.
+        total = sum(entry.size for entry in manifest.files) * (2 if manifest.verified_on_read else 1)
         with self.control.begin("load", expected_s=self.control.seconds_for(total)) as phase:
             if manifest.layout == LAYOUT_SHARDED:
                 return self._load_sharded(engine, manifest, phase)
@@ -419,16 +422,18 @@ class EngineCheckpointer:
     def _load_sharded(self, engine: Any, manifest: Manifest, phase: PhaseWait) -> dict[str, Any]:
         own = sorted((self.local_dir / "checkpoints").glob(f"{manifest.checkpoint_id}.rank*"))
         source = self.tier.range_reader(manifest, own)
+        if manifest.verified_on_read:  # version 3: this rank checks each chunk it reads
+            source = VerifiedRanges(source, manifest)
         sizes = {entry.path: entry.size for entry in manifest.files}
         try:
             client_state, stats = load_sharded(
                 engine, zero_stage=self.zero_stage, source=source, saved_world_size=manifest.world_size,
-                meta_size=sizes[META], what=f"checkpoint {manifest.checkpoint_id}",
-                before_collective=phase.barrier)
+                meta_size=sizes[META], what=f"checkpoint {manifest.checkpoint_id}", agree=phase.gather)
         finally:
             source.close()
-        log.info("loaded %s (saved by %d workers) in %.2f s, %d bytes read by this rank",
-                 manifest.checkpoint_id, manifest.world_size, stats.seconds, stats.bytes_read)
+        log.info("loaded %s (saved by %d workers) in %.2f s, %d bytes read by this rank%s",
+                 manifest.checkpoint_id, manifest.world_size, stats.seconds, stats.bytes_read,
+                 f", {source.bytes_hashed} verified" if isinstance(source, VerifiedRanges) else "")
         return client_state
 
 

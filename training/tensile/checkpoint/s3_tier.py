@@ -19,8 +19,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from tensile.checkpoint.api import (
-    MANIFEST, PIN, CheckpointError, CommitRecord, EpochClaim, FileEntry, Manifest, RangeReader, check_range, missing_file,
+    BAD_MARK, MANIFEST, PIN, parse_bad_mark, CheckpointError, CommitRecord, EpochClaim, FileEntry, Manifest, RangeReader, check_range, missing_file,
     no_manifest, parse_manifest, partial_beside, short_read, whole_range, wrong_sha256, wrong_size)
+from tensile.checkpoint.chunks import FileHasher, hash_bytes
 from tensile.checkpoint.commit_log import EPOCHS, CommitLogReader, fenced, record_name
 from tensile.checkpoint.ranges import TierRanges
 from tensile.checkpoint.s3_objects import MAX_PARTS, S3Objects, S3Settings, error_code, is_missing, is_transient
@@ -131,7 +132,7 @@ class S3Tier:
         if Path(source).stat().st_size < self.settings.multipart_threshold_bytes:
             data = Path(source).read_bytes()
             self.objects.put(key, data)
-            return FileEntry(path=rel_path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            return hash_bytes(rel_path, data)
         return self._put_multipart(key, rel_path, Path(source))
 
     def _put_multipart(self, key: str, rel_path: str, source: Path) -> FileEntry:
@@ -148,15 +149,14 @@ class S3Tier:
                                            Body=chunk))
             return {"PartNumber": number, "ETag": response["ETag"]}
 
-        digest, size, parts = hashlib.sha256(), 0, []
+        hasher, parts = FileHasher(), []
         try:
             # Parts upload in parallel while the file is read (and hashed) in order; at most
             # max_concurrency parts wait in memory.
             with open(source, "rb") as f, ThreadPoolExecutor(self.settings.max_concurrency) as pool:
                 in_flight = deque()
                 while chunk := f.read(part_size):
-                    digest.update(chunk)
-                    size += len(chunk)
+                    hasher.update(chunk)
                     in_flight.append(pool.submit(upload_part, len(parts) + len(in_flight) + 1, chunk))
                     if len(in_flight) >= self.settings.max_concurrency:
                         parts.append(in_flight.popleft().result())
@@ -168,7 +168,7 @@ class S3Tier:
         except BaseException:
             self._abort_upload(key, upload_id)
             raise
-        return FileEntry(path=rel_path, size=size, sha256=digest.hexdigest())
+        return hasher.entry(rel_path)
 
     def _abort_upload(self, key: str, upload_id: str) -> None:
         try:
@@ -191,10 +191,14 @@ class S3Tier:
             raise
         return parse_manifest(checkpoint_id, text)
 
-    def verify(self, manifest: Manifest) -> None:
-        """Check every file's size and sha256, streaming; CheckpointCorrupt names the first mismatch."""
+    def verify(self, manifest: Manifest, *, contents: bool = True) -> None:
+        """Check every file's size and (with `contents`) sha256, streaming; CheckpointCorrupt names
+        the first mismatch."""
         for entry in manifest.files:
             key = self._key(manifest.checkpoint_id, entry.path)
+
+            def size_only() -> tuple[int, str | None]:
+                return self.objects.client.head_object(Bucket=self.objects.bucket, Key=key)["ContentLength"], None
 
             def size_and_sha256() -> tuple[int, str | None]:
                 response = self.objects.client.get_object(Bucket=self.objects.bucket, Key=key)
@@ -207,14 +211,15 @@ class S3Tier:
                     digest.update(chunk)
                 return response["ContentLength"], digest.hexdigest()
             try:
-                size, sha256 = self.objects.retrying(f"GetObject {key} (verify)", size_and_sha256)
+                size, sha256 = (self.objects.retrying(f"GetObject {key} (verify)", size_and_sha256) if contents
+                                else self.objects.retrying(f"HeadObject {key}", size_only))
             except ClientError as e:
                 if is_missing(e):
                     raise missing_file(manifest.checkpoint_id, entry.path) from e
                 raise
             if size != entry.size:
                 raise wrong_size(manifest.checkpoint_id, entry, size)
-            if sha256 != entry.sha256:
+            if contents and sha256 != entry.sha256:
                 raise wrong_sha256(manifest.checkpoint_id, entry)
 
     def read_range(self, checkpoint_id: str, rel_path: str, offset: int, length: int) -> bytes:
@@ -296,6 +301,19 @@ class S3Tier:
             uploads = []
         for upload in uploads:
             self._abort_upload(upload["Key"], upload["UploadId"])
+
+    # ---- bad marks ----------------------------------------------------------------------------
+    def mark_bad(self, checkpoint_id: str, record: dict) -> None:
+        self.objects.put(self._key(checkpoint_id, BAD_MARK), json.dumps(record).encode())
+
+    def bad_mark(self, checkpoint_id: str) -> dict | None:
+        try:
+            text = self.objects.get(self._key(checkpoint_id, BAD_MARK))
+        except ClientError as e:
+            if is_missing(e):
+                return None
+            raise
+        return parse_bad_mark(text)
 
     # ---- the rollback pin ---------------------------------------------------------------------
     def read_pin(self) -> dict | None:

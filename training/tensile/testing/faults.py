@@ -91,9 +91,10 @@ class ThrottledTier:
         self._move(Path(source).stat().st_size)
         return self._tier.put_file(checkpoint_id, rel_path, source)
 
-    def verify(self, manifest: Manifest) -> None:
-        self._move(sum(entry.size for entry in manifest.files))
-        self._tier.verify(manifest)
+    def verify(self, manifest: Manifest, *, contents: bool = True) -> None:
+        if contents:
+            self._move(sum(entry.size for entry in manifest.files))
+        self._tier.verify(manifest, contents=contents)
 
     def read_range(self, checkpoint_id: str, rel_path: str, offset: int, length: int) -> bytes:
         self._move(length)

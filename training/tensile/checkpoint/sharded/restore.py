@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tensile.checkpoint.api import CheckpointCorrupt, CheckpointIncompatible, RangeReader
+from tensile.checkpoint.api import CheckpointCorrupt, CheckpointIncompatible, CorruptOnLoad, RangeReader
 from tensile.checkpoint.sharded.layout import META, parse_slice_key, shard_path
 from tensile.checkpoint.sharded.partition import LocalSlice, ZeroPartition, full_shape
 from tensile.checkpoint.sharded.shard_file import read_shard_header
@@ -107,27 +107,40 @@ class LoadStats:
 
 
 def load_sharded(engine: Any, *, zero_stage: int, source: RangeReader, saved_world_size: int,
-                 meta_size: int, what: str, before_collective: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], LoadStats]:
+                 meta_size: int, what: str,
+                 agree: Callable[[str | None], list[str | None]] = lambda finding: [finding],
+                 ) -> tuple[dict[str, Any], LoadStats]:
     """Fill a freshly built engine from a sharded checkpoint saved at any worker count; every
-    rank calls it (the last step gathers weights). Returns the trainer's state and stats."""
+    rank calls it (the last step gathers weights). Returns the trainer's state and stats.
+
+    `agree(finding)` runs on every rank once its reads are done, before the first collective:
+    it takes what this rank found corrupt (None: nothing) and returns every rank's finding, so
+    a corrupt chunk that one rank read stops every rank, together (CorruptOnLoad)."""
     started = time.monotonic()
-    meta = read_meta(source, meta_size, what=what)
-    check_parameters(meta, engine, what=what)
-    if meta["zero_stage"] != zero_stage:
-        raise CheckpointIncompatible(f"{what} was saved with ZeRO stage {meta['zero_stage']}, this engine "
-                                     f"uses stage {zero_stage}")
-    index = SliceIndex(source, saved_world_size, what=what)
-    partition = ZeroPartition(engine, zero_stage)
-    kinds: list[str] = meta["state_kinds"]
-    _create_optimizer_state(partition, meta)
-    # Every rank fills its frozen parameters too: whole under ZeRO-1/2, its chunk under ZeRO-3.
-    targets: Iterable[LocalSlice] = [*partition.trained_slices(kinds), *partition.frozen_slices(writer=True)]
+    finding, meta, index, partition = None, None, None, None
+    try:
+        meta = read_meta(source, meta_size, what=what)
+        check_parameters(meta, engine, what=what)
+        if meta["zero_stage"] != zero_stage:
+            raise CheckpointIncompatible(f"{what} was saved with ZeRO stage {meta['zero_stage']}, this engine "
+                                         f"uses stage {zero_stage}")
+        index = SliceIndex(source, saved_world_size, what=what)
+        partition = ZeroPartition(engine, zero_stage)
+        kinds: list[str] = meta["state_kinds"]
+        _create_optimizer_state(partition, meta)
+        # Every rank fills its frozen parameters too: whole under ZeRO-1/2, its chunk under ZeRO-3.
+        targets: Iterable[LocalSlice] = [*partition.trained_slices(kinds), *partition.frozen_slices(writer=True)]
+        with torch.no_grad():
+            for s in targets:
+                for kind, dest in s.tensors.items():
+                    index.fill(kind, s.name, s.start, dest)
+    except CheckpointCorrupt as e:
+        finding = str(e)
+    # The reads above take as long as this rank's bytes; the gather below is a collective.
+    findings = [f"rank {rank}: {found}" for rank, found in enumerate(agree(finding)) if found]
+    if findings:
+        raise CorruptOnLoad(what, findings)
     with torch.no_grad():
-        for s in targets:
-            for kind, dest in s.tensors.items():
-                index.fill(kind, s.name, s.start, dest)
-        # The reads above take as long as this rank's bytes; the gather below is a collective.
-        before_collective()
         partition.publish_master_to_model()
         for name, buffer in engine.module.named_buffers():
             if name in meta["buffers"]:
