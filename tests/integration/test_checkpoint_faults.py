@@ -6,7 +6,8 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from harness import SLOW_STEPS, Script, assert_bit_identical, at_step, checkpoint_tensors, rounds, run_nodes, write_job
+from harness import (SLOW_STEPS, Script, assert_bit_identical, at_step, checkpoint_tensors, rounds, run_nodes,
+                     step_losses, write_job)
 
 from tensile.checkpoint import Catalog, CommitRecord, DirectoryTier
 from tensile.elastic.ledger import RunLedger
@@ -54,6 +55,43 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, dataset, fix
     # Redoing steps 10-12 from step 9 lands on the same state as the original run.
     assert_bit_identical(checkpoint_tensors(fixed_size_runs[0]["uninterrupted"] / "shared"),
                          checkpoint_tensors(shared))
+
+
+@pytest.mark.parametrize("workers", [3, 2], ids=["reshard-2-to-3", "same-size"])
+def test_a_corrupt_chunk_found_while_loading_falls_back_to_the_previous_checkpoint(tmp_path, dataset,
+                                                                                     fixed_size_runs, workers):
+    # Version 3: the round start checks sizes only; the ranks that read the damaged chunk of rank
+    # 1's shard find it as they load (at 3 workers, ranges of other ranks' files; at 2, rank 1
+    # alone reads its file and rank 0 hears of it by the agreement). Before chunk hashes, the
+    # whole files were hashed by rank 0 at round start.
+    reference = fixed_size_runs[2]["uninterrupted"] / "shared"
+    run_dir = tmp_path / "run"
+    shutil.copytree(fixed_size_runs[2]["uninterrupted"], run_dir, ignore=shutil.ignore_patterns("logs", "nodes", "local"))
+    shared = run_dir / "shared"
+    tier = DirectoryTier(shared)
+    newest = Catalog(tier).find_resume_point().manifest
+    assert newest.step == 12 and newest.verified_on_read
+    target = tier.checkpoint_dir(newest.checkpoint_id) / "shards/rank-00001.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-len(data) // 3] ^= 0x01  # in the tensor bytes, past the header
+    target.write_bytes(bytes(data))
+    (shared / "status.json").unlink()
+    config = write_job(run_dir, dataset, zero={"stage": 2})
+    nodes = [f"node-{i}" for i in range(workers)]
+    assert run_nodes(run_dir, config, nodes) == dict.fromkeys(nodes, 0)
+    ledger = RunLedger(shared)
+    starts = rounds(shared)
+    original = len(rounds(reference))
+    assert [r["resumed_step"] for r in starts[original:]] == [12, 9], "the corrupt one, then the one before"
+    assert any(newest.checkpoint_id in s and "marked bad" in s for s in starts[-1]["skipped"]), starts[-1]["skipped"]
+    found = [e for e in ledger.events() if e["event"] == "checkpoint-corrupt"]
+    assert len(found) == 1 and found[0]["checkpoint"] == newest.checkpoint_id
+    assert all("rank-00001.safetensors chunk 0" in f and "sha256" in f for f in found[0]["findings"]), found
+    assert tier.bad_mark(newest.checkpoint_id) is not None
+    assert ledger.failures_spent() == 0 and ledger.status()["state"] == "completed"
+    losses, expected = step_losses(shared), step_losses(reference)
+    for step in (10, 11, 12):
+        assert abs(losses[step] - expected[step]) <= 1e-5 * expected[step], (step, losses[step], expected[step])
 
 
 def test_rival_group_cannot_publish_and_stops(tmp_path, dataset):

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import torch
 
 from tensile.checkpoint.api import (DEEPSPEED_TAG, LAYOUT_DEEPSPEED, LAYOUT_SHARDED, CheckpointCorrupt,
-                                    CheckpointError, CommitRecord, FencingError, FileEntry, Manifest, SaveResult,
-                                    Tier)
+                                    CheckpointError, CommitRecord, CorruptOnLoad, FencingError, FileEntry, Manifest,
+                                    SaveResult, Tier)
 from tensile.checkpoint.catalog import Catalog, ResumePoint, checkpoint_id_for
 from tensile.checkpoint.chunks import VerifiedRanges
 from tensile.checkpoint.legacy_v1 import UNIVERSAL_TAG, needs_reshard, refusal
@@ -404,17 +404,26 @@ class EngineCheckpointer:
         # A rank reads at most all of it; verifying as it reads (version 3), it also hashes it
         # and widens its ranges to whole chunks: twice the bytes' time.
         total = sum(entry.size for entry in manifest.files) * (2 if manifest.verified_on_read else 1)
+        agreed: CorruptOnLoad | None = None
         with self.control.begin("load", expected_s=self.control.seconds_for(total)) as phase:
             if manifest.layout == LAYOUT_SHARDED:
-                return self._load_sharded(engine, manifest, phase)
-            # DeepSpeed's own files (ZeRO-0, version-1 checkpoints): its loader needs them on disk.
-            # ZeRO state saved at another worker count loads from its universal layout (legacy_v1
-            # converts it, on a directory tier, before the engine is built).
-            tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG
-            load_dir = self.tier.local_view(manifest, self.local_dir / "restore")
-            phase.barrier()  # every rank has its files: DeepSpeed's loader then waits on no download
-            path, client_state = engine.load_checkpoint(
-                str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+                try:
+                    return self._load_sharded(engine, manifest, phase)
+                except CorruptOnLoad as e:
+                    # Every rank raises it together, after agreeing: leaving the phase with it
+                    # would tell the others of a failure, racing the host rank's last wait.
+                    agreed = e
+            else:
+                # DeepSpeed's own files (ZeRO-0, version-1 checkpoints): its loader needs them on
+                # disk. ZeRO state saved at another worker count loads from its universal layout
+                # (legacy_v1 converts it, on a directory tier, before the engine is built).
+                tag = UNIVERSAL_TAG if needs_reshard(manifest, self.world_size) else DEEPSPEED_TAG
+                load_dir = self.tier.local_view(manifest, self.local_dir / "restore")
+                phase.barrier()  # every rank has its files: DeepSpeed's loader then waits on no download
+                path, client_state = engine.load_checkpoint(
+                    str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        if agreed is not None:
+            raise agreed
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {load_dir}")
         return client_state or {}
