@@ -2,13 +2,14 @@
 
 import sys
 
-from benchmarks import checkpoint_io, recovery, reshard
+from benchmarks import checkpoint_io, recovery, reshard, resume_verify
 
 
 def main() -> int:
     reshard.main()
     checkpoint_io.main()
     recovery.main()
+    resume_verify.main()
     return 0
 
 

@@ -1,12 +1,13 @@
-"""Makes the checkpoints in tests/fixtures/format-v2/: a run's shared tier as the code of one
-commit wrote it, so later code is tested against data it did not write.
+"""Makes the checkpoints in tests/fixtures/format-v<N>/ (one folder per manifest format version:
+format-v2, format-v3): a run's shared tier as the code of one commit wrote it, so later code is
+tested against data it did not write.
 
 Run only to add fixtures for a new format, never to refresh these: regenerating them with new
 code would stop them testing old data. Each fixture is the shared tier of an uninterrupted
 12-step tiny job cut back to its step-6 checkpoint (commit 1), with the losses that job then
 logged for steps 7..12 (`expected.json`), which a resume from the fixture must reproduce.
 
-    DS_ACCELERATOR=cpu .venv/bin/python tests/integration/make_format_fixtures.py tests/fixtures/format-v2
+    DS_ACCELERATOR=cpu .venv/bin/python tests/integration/make_format_fixtures.py tests/fixtures/format-v3
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import run_nodes, step_losses, write_job  # noqa: E402
 
-from tensile.checkpoint import DirectoryTier  # noqa: E402
+from tensile.checkpoint import FORMAT_VERSION, DirectoryTier  # noqa: E402
 from tensile.data import generate_corpus  # noqa: E402
 
 CASES = {
@@ -36,6 +37,9 @@ JOB = {"checkpoint": {"every_steps": 6, "keep_last": 2}}
 
 
 def main(out: Path) -> None:
+    if out.name != f"format-v{FORMAT_VERSION}":
+        raise SystemExit(f"this code writes format version {FORMAT_VERSION}: its fixtures go in format-v{FORMAT_VERSION}, "
+                         f"not {out.name}")
     work = Path(tempfile.mkdtemp(prefix="tensile-fixture-"))
     dataset = str(work / "corpus")
     generate_corpus(dataset, **DATASET)

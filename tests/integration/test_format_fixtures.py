@@ -1,4 +1,4 @@
-"""Checkpoints written by an earlier Tensile (tests/fixtures/format-v2, made by
+"""Checkpoints written by an earlier Tensile (tests/fixtures/format-v2 and format-v3, made by
 make_format_fixtures.py at the commit each expected.json names) still load: they verify, export,
 and a job resumes from them at step 6 and logs the losses the writing code logged after it."""
 
@@ -17,12 +17,14 @@ from tensile.checkpoint import Catalog, open_tier
 from tensile.data import generate_corpus
 from tensile.elastic.ledger import RunLedger
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "format-v2"
-CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
+ROOT = Path(__file__).resolve().parents[1] / "fixtures"
+VERSIONS = ["format-v2", "format-v3"]
+CASES = [f"{version}/{p.name}" for version in VERSIONS for p in sorted((ROOT / version).iterdir()) if p.is_dir()]
+"""`format-v<N>/<fixture>` for every fixture of every format version."""
 
 
 def _expected(name: str) -> dict:
-    return json.loads((FIXTURES / name / "expected.json").read_text())
+    return json.loads((ROOT / name / "expected.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +39,16 @@ def fixture_dataset(tmp_path_factory) -> str:
 
 def _copy_shared(name: str, run_dir: Path) -> Path:
     shared = run_dir / "shared"
-    shutil.copytree(FIXTURES / name / "shared", shared)
+    shutil.copytree(ROOT / name / "shared", shared)
     return shared
 
 
-def test_there_are_fixtures_of_both_layouts():
-    assert CASES == ["zero0-deepspeed-1worker", "zero2-sharded-2workers"]
+def test_there_are_fixtures_of_both_layouts_in_every_format_version():
+    assert CASES == [f"{version}/{name}" for version in VERSIONS
+                     for name in ("zero0-deepspeed-1worker", "zero2-sharded-2workers")]
+    for name in CASES:
+        manifest = json.loads(next((ROOT / name / "shared" / "checkpoints").glob("*/manifest.json")).read_text())
+        assert f"format-v{manifest['format_version']}" == name.split("/")[0], name
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -52,6 +58,7 @@ def test_an_old_checkpoint_verifies_and_exports(tmp_path, name, fixture_dataset)
     shared = _copy_shared(name, tmp_path)
     point = Catalog(open_tier(shared)).find_resume_point()
     assert point.manifest is not None and point.manifest.step == 6 and not point.skipped
+    open_tier(shared).verify(point.manifest)  # every byte, whatever the round start checks
     manifest, count = export_weights(shared, None, tmp_path / "weights.safetensors")
     assert manifest.checkpoint_id == point.manifest.checkpoint_id
     assert count > 0 and (tmp_path / "weights.safetensors").stat().st_size > 0
@@ -78,7 +85,7 @@ def test_parameters_that_differ_found_only_while_loading_end_the_run_with_the_re
     # cannot see) lets the round start through; the loader then finds other parameters. That is
     # as final as a refusal at round start: before, it spent the budget round after round and
     # ended on "failure budget spent" instead of the reason.
-    name = "zero2-sharded-2workers"
+    name = "format-v2/zero2-sharded-2workers"
     expected = _expected(name)
     shared = _copy_shared(name, tmp_path)
     manifest_path = next((shared / "checkpoints").glob("*/manifest.json"))

@@ -1,6 +1,7 @@
 """Phases whose length follows the bytes (verifying the resume checkpoint at round start,
 loading it, a synchronous save) run past the per-step collective timeout without the group
-taking the wait for a lost peer. The shared tier is slowed on purpose
+taking the wait for a lost peer. A version-2 checkpoint is hashed whole by rank 0 at round start;
+a version-3 one by every rank, chunk by chunk, as it loads. The shared tier is slowed on purpose
 (TENSILE_FAULT_TIER_BYTES_PER_S) so each phase takes several collective timeouts, and the
 job declares that slowest rate (`elastic.min_tier_mb_per_s`), as a job on a slow network would.
 
@@ -22,7 +23,7 @@ from harness import run_nodes, step_losses, write_job
 from tensile.data import generate_corpus
 from tensile.elastic.ledger import RunLedger
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "format-v2"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 COLLECTIVE_TIMEOUT_S = 3
 TIER_BYTES_PER_S = 40_000
 """The fixtures hold about 470 KB: verifying one takes ~12 s, four collective timeouts."""
@@ -30,14 +31,15 @@ TIER_BYTES_PER_S = 40_000
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
-    spec = json.loads((FIXTURES / "zero2-sharded-2workers" / "expected.json").read_text())["dataset"]
+    spec = json.loads((FIXTURES / "format-v2" / "zero2-sharded-2workers" / "expected.json").read_text())["dataset"]
     url = str(tmp_path_factory.mktemp("phase-data") / "corpus")
     generate_corpus(url, **spec)
     return url
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("fixture", ["zero2-sharded-2workers", "zero0-deepspeed-1worker"])
+@pytest.mark.parametrize("fixture", ["format-v2/zero2-sharded-2workers", "format-v2/zero0-deepspeed-1worker",
+                                     "format-v3/zero2-sharded-2workers"])
 def test_slow_phases_outlast_the_collective_timeout_without_a_regroup(tmp_path, corpus, fixture):
     expected = json.loads((FIXTURES / fixture / "expected.json").read_text())
     shutil.copytree(FIXTURES / fixture / "shared", tmp_path / "shared")

@@ -192,8 +192,9 @@ class TierCommitLog(Protocol):
     def epoch_claims(self, newer_than: int = 0) -> list[EpochClaim]: ...
 
 
-ReadRange = Callable[[int, int], bytes]
-"""read_range(offset, length) -> exactly `length` bytes of one file."""
+ReadRange = Callable[[int, int], bytes | memoryview]
+"""read_range(offset, length) -> exactly `length` bytes of one file (bytes, or a read-only view
+of them where a reader avoids a copy)."""
 
 
 class RangeReader(Protocol):

@@ -73,7 +73,7 @@ class VerifiedFile:
         self.bytes_hashed = 0
         self._kept: tuple[int, bytes] = (-1, b"")
 
-    def __call__(self, offset: int, length: int) -> bytes:
+    def __call__(self, offset: int, length: int) -> memoryview | bytes:
         entry, size = self.entry, self.entry.chunk_size
         if offset + length > entry.size:
             raise short_read(self.checkpoint_id, entry.path, offset, length, max(0, entry.size - offset))
@@ -95,9 +95,9 @@ class VerifiedFile:
             pieces.append(raw)
             self._kept = (last, bytes(raw[(last - index) * size:]))
         start = offset - first * size
-        if len(pieces) == 1:
-            return bytes(memoryview(pieces[0])[start:start + length])
-        return b"".join(pieces)[start:start + length]
+        # A view, not a copy: the loader copies the bytes into the engine's tensors at once.
+        whole = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return memoryview(whole)[start:start + length]
 
 
 class VerifiedRanges:

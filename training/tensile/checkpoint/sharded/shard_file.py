@@ -97,7 +97,7 @@ def read_shard_header(read_range: ReadRange, *, what: str) -> ShardHeader:
     if not 0 < length <= _MAX_HEADER:
         raise CheckpointCorrupt(f"{what}: shard header length {length} is not plausible")
     try:
-        raw = json.loads(read_range(8, length))
+        raw = json.loads(bytes(read_range(8, length)))
     except ValueError as e:
         raise CheckpointCorrupt(f"{what}: unreadable shard header: {e}") from e
     data_start = 8 + length
