@@ -78,7 +78,8 @@ def test_verified_ranges_return_exactly_the_bytes_asked_for():
 def test_a_read_is_widened_to_whole_chunks_and_a_neighbour_in_the_same_chunk_is_not_read_again():
     data = bytes(1000)
     inner = CountingRanges({"f": data})
-    read = VerifiedRanges(inner, _manifest({"f": data})).ranges("f")
+    source = VerifiedRanges(inner, _manifest({"f": data}))
+    read = source.ranges("f")
     read(10, 20)
     assert inner.served == SMALL_CHUNK, "widened to its chunk"
     read(30, 20)
@@ -87,6 +88,8 @@ def test_a_read_is_widened_to_whole_chunks_and_a_neighbour_in_the_same_chunk_is_
     assert inner.served == 3 * SMALL_CHUNK
     read(990, 10)  # the last, short chunk
     assert inner.served == 3 * SMALL_CHUNK + 1000 - 15 * SMALL_CHUNK
+    source.close()
+    assert source.bytes_hashed == inner.served, "counted after closing too, for the load's log line"
 
 
 def test_a_corrupt_chunk_fails_only_the_reads_that_touch_it():

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -29,6 +30,7 @@ from tensile.checkpoint.catalog import checkpoint_id_for
 from tensile.checkpoint.commit_log import CommitLog
 from tensile.checkpoint.retry import RetryPolicy, call_with_retries
 from tensile.checkpoint.s3_objects import S3Settings, parse_s3_url
+from tensile.checkpoint.chunks import CHUNK_BYTES, hash_bytes
 from tensile.checkpoint.s3_tier import S3CommitLog, S3Tier
 
 MiB = 1 << 20
@@ -97,6 +99,35 @@ def test_tier_put_list_read_verify_delete_round_trip(tier, tmp_path):
     assert tier.list_checkpoint_ids() == []
     with pytest.raises(CheckpointCorrupt, match="no manifest"):
         tier.read_manifest(manifest.checkpoint_id)
+
+
+def test_tier_records_each_chunks_sha256_and_checks_sizes_without_reading(tier, tmp_path):
+    payload = os.urandom(CHUNK_BYTES * 2 + 100)
+    manifest = _save(tier, tmp_path, 10, "a" * 32, payload=payload)
+    assert manifest.files[0].chunks == hash_bytes("state/model.pt", payload).chunks and manifest.files[0].chunked
+    tier.verify(manifest, contents=False)
+    wrong = replace(manifest, files=(replace(manifest.files[0], size=len(payload) + 1),))
+    with pytest.raises(CheckpointCorrupt, match="has .* bytes, manifest says"):
+        tier.verify(wrong, contents=False)
+    gone = replace(manifest, files=(replace(manifest.files[0], path="state/gone.pt"),))
+    with pytest.raises(CheckpointCorrupt, match="state/gone.pt is missing"):
+        tier.verify(gone, contents=False)
+
+
+def test_tier_bad_marks_round_trip(tier, tmp_path):
+    manifest = _save(tier, tmp_path, 10, "a" * 32)
+    assert tier.bad_mark(manifest.checkpoint_id) is None
+    tier.mark_bad(manifest.checkpoint_id, {"reason": "rank 1: chunk 3 fails its sha256 check"})
+    assert tier.bad_mark(manifest.checkpoint_id) == {"reason": "rank 1: chunk 3 fails its sha256 check"}
+    tier.delete_checkpoint(manifest.checkpoint_id)
+    assert tier.bad_mark(manifest.checkpoint_id) is None
+
+
+def test_s3_multipart_upload_hashes_chunks_across_part_boundaries(bucket, moto_url, tmp_path):
+    tier = _s3_tier(bucket, moto_url, multipart_threshold_bytes=5 * MiB, part_size_bytes=5 * MiB)
+    payload = os.urandom(11 * MiB + 7)  # parts of 5 MiB, chunks of 4 MiB
+    entry = tier.put_file("ckpt", "shard.bin", _file(tmp_path, "shard", payload))
+    assert entry == hash_bytes("shard.bin", payload)
 
 
 def test_tier_empty_file_round_trips(tier, tmp_path):

@@ -14,6 +14,7 @@ import torch
 from tensile.checkpoint.api import (DEEPSPEED_TAG, LAYOUT_SHARDED, CheckpointCorrupt, CheckpointError, Manifest,
                                     Tier)
 from tensile.checkpoint.catalog import Catalog
+from tensile.checkpoint.chunks import VerifiedRanges
 from tensile.checkpoint.engine import incompatibility
 from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
 from tensile.checkpoint.locations import open_tier
@@ -48,7 +49,10 @@ def list_checkpoints(shared_dir: Location, *, verify: bool) -> list[CheckpointRo
         manifest, problem = None, None
         try:
             manifest = tier.read_manifest(record.checkpoint_id)
-            if verify:
+            mark = tier.bad_mark(record.checkpoint_id)
+            if mark is not None:
+                problem = f"marked bad when a load found it corrupt: {mark.get('reason', '?')}"
+            elif verify:
                 tier.verify(manifest)
         except CheckpointCorrupt as e:
             problem = "deleted by retention" if record.checkpoint_id not in present else str(e)
@@ -73,6 +77,8 @@ def consolidated_weights(tier: Tier, manifest: Manifest) -> dict[str, torch.Tens
     """fp32 model weights whatever the ZeRO stage or worker count they were saved at."""
     if manifest.layout == LAYOUT_SHARDED:
         source = tier.range_reader(manifest)
+        if manifest.verified_on_read:  # the round start's check was sizes only
+            source = VerifiedRanges(source, manifest)
         try:
             sizes = {entry.path: entry.size for entry in manifest.files}
             weights = sharded_weights(source, manifest.world_size, sizes[META],
