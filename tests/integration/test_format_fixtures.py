@@ -64,7 +64,13 @@ def test_an_old_checkpoint_verifies_and_exports(tmp_path, name, fixture_dataset)
     assert count > 0 and (tmp_path / "weights.safetensors").stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", CASES)
+# Version 3's ZeRO-0 checkpoint loads as version 2's does (DeepSpeed's files, hashed whole at
+# round start); only its manifest differs, which the verify-and-export test reads in `make test`.
+RESUMED = [pytest.param(name, marks=pytest.mark.full) if name == "format-v3/zero0-deepspeed-1worker" else name
+           for name in CASES]
+
+
+@pytest.mark.parametrize("name", RESUMED)
 def test_a_job_resumes_an_old_checkpoint_and_follows_the_old_trajectory(tmp_path, name, fixture_dataset):
     expected = _expected(name)
     _copy_shared(name, tmp_path)

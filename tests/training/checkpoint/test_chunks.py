@@ -248,3 +248,48 @@ def test_a_checkpoint_marked_bad_is_skipped_saying_why_and_cannot_be_pinned(tmp_
     with pytest.raises(CheckpointCorrupt, match="marked bad"):
         catalog.pin(newest.checkpoint_id)
     assert tier.bad_mark(newest.checkpoint_id)["step"] == 6
+
+
+# ---- the group agrees: every rank raises, none announces a failure ------------------------
+
+def test_every_rank_raises_the_agreed_corruption_and_leaves_the_load_phase_clean(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from tensile.checkpoint import engine as engine_module
+    from tensile.checkpoint.catalog import ResumePoint
+    from tensile.checkpoint.engine import CheckpointIdentity, EngineCheckpointer, GroupLease
+    from tensile.checkpoint.sharded.restore import raise_if_any_found
+    from tensile.elastic.control import ControlPlane
+
+    def reads_then_agrees(engine, *, agree, what, source, **_):
+        # Rank 1 alone reads the damaged chunk (as at a reshard); the others find nothing.
+        raise_if_any_found(agree("chunk 2 fails its sha256 check" if engine == 1 else None), what=what)
+        return {}, None
+
+    monkeypatch.setattr(engine_module, "load_sharded", reads_then_agrees)
+    server = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=10), wait_for_workers=False)
+    files = {META: b"m" * 10, shard_path(0): b"s" * 10}
+    manifest = _manifest(files, world_size=1)
+    point = ResumePoint(next_seq=2, manifest=manifest)
+
+    def rank(number: int):
+        store = dist.TCPStore("127.0.0.1", server.port, None, False, timedelta(seconds=10))
+        control = ControlPlane(store, rank=number, world_size=3, base_timeout_s=5, tier_bytes_per_s=1e6)
+        checkpointer = EngineCheckpointer(
+            tier=DirectoryTier(tmp_path / "shared"), local_dir=tmp_path / f"local-{number}", rank=number,
+            world_size=3, zero_stage=2, identity=CheckpointIdentity(config_hash="c", model_hash="", data_version="d"),
+            keep_last=2, lease=GroupLease(token="t" * 32, next_seq=2, parent_id=None), control=control)
+        try:
+            checkpointer.load(number, point)  # the "engine" is the rank's number, for the fake
+        except Exception as e:  # noqa: BLE001 - what each rank raised is the result
+            return e
+        return None
+
+    with ThreadPoolExecutor(3) as pool:
+        raised = list(pool.map(rank, range(3)))
+    assert all(isinstance(e, CorruptOnLoad) for e in raised), raised
+    assert all(e.findings == ["rank 1: chunk 2 fails its sha256 check"] for e in raised)
+    assert not server.check(["tensile/load/0/failed"]), "an agreed error is not a peer's failure"

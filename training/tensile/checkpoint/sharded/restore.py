@@ -137,9 +137,7 @@ def load_sharded(engine: Any, *, zero_stage: int, source: RangeReader, saved_wor
     except CheckpointCorrupt as e:
         finding = str(e)
     # The reads above take as long as this rank's bytes; the gather below is a collective.
-    findings = [f"rank {rank}: {found}" for rank, found in enumerate(agree(finding)) if found]
-    if findings:
-        raise CorruptOnLoad(what, findings)
+    raise_if_any_found(agree(finding), what=what)
     with torch.no_grad():
         partition.publish_master_to_model()
         for name, buffer in engine.module.named_buffers():
@@ -147,6 +145,13 @@ def load_sharded(engine: Any, *, zero_stage: int, source: RangeReader, saved_wor
                 buffer.copy_(meta["buffers"][name])
     _restore_scalars(engine, partition, meta)
     return meta["client_state"], LoadStats(time.monotonic() - started, index.bytes_read)
+
+
+def raise_if_any_found(findings: list[str | None], *, what: str) -> None:
+    """CorruptOnLoad naming each rank that found something, if any did (every rank raises it)."""
+    found = [f"rank {rank}: {finding}" for rank, finding in enumerate(findings) if finding]
+    if found:
+        raise CorruptOnLoad(what, found)
 
 
 def _create_optimizer_state(partition: ZeroPartition, meta: dict[str, Any]) -> None:
