@@ -65,9 +65,9 @@ def test_a_corrupt_chunk_found_while_loading_falls_back_to_the_previous_checkpoi
     # are one chunk each and every rank reads every shard's header, so every rank finds it here;
     # a rank that read nothing damaged hearing of it by the agreement is test_chunks.py's.
     # Before chunk hashes, rank 0 hashed the whole files at round start.
-    reference = fixed_size_runs[2]["uninterrupted"] / "shared"
+    reference = fixed_size_runs[3]["uninterrupted"] / "shared"
     run_dir = tmp_path / "run"
-    shutil.copytree(fixed_size_runs[2]["uninterrupted"], run_dir, ignore=shutil.ignore_patterns("logs", "nodes", "local"))
+    shutil.copytree(fixed_size_runs[3]["uninterrupted"], run_dir, ignore=shutil.ignore_patterns("logs", "nodes", "local"))
     shared = run_dir / "shared"
     tier = DirectoryTier(shared)
     newest = Catalog(tier).find_resume_point().manifest
@@ -77,7 +77,8 @@ def test_a_corrupt_chunk_found_while_loading_falls_back_to_the_previous_checkpoi
     data[-len(data) // 3] ^= 0x01  # in the tensor bytes, past the header
     target.write_bytes(bytes(data))
     (shared / "status.json").unlink()
-    config = write_job(run_dir, dataset, zero={"stage": 2})
+    # ZeRO-3: its fixed-size runs are made for `make test` anyway.
+    config = write_job(run_dir, dataset, zero={"stage": 3})
     nodes = [f"node-{i}" for i in range(workers)]
     assert run_nodes(run_dir, config, nodes) == dict.fromkeys(nodes, 0)
     ledger = RunLedger(shared)
