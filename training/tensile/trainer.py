@@ -30,7 +30,7 @@ from tensile.elastic.control import ControlPlane
 from tensile.elastic.ledger import RunLedger
 from tensile.elastic.signals import CheckpointRequest, StepWatchdog, StopRequest
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
-from tensile.metrics import TrainerMetrics, run_history
+from tensile.metrics import RunHistory, TrainerMetrics
 from tensile.model import build_model, parameter_groups, token_loss_sum
 
 log = logging.getLogger(__name__)
@@ -232,8 +232,18 @@ class Trainer:
             failures_spent=spent)
         for what, why in point.skipped:
             log.warning("not resuming from %s: %s", what, why)
-        return RoundStart(None, number, token, point, history=run_history(self.ledger.events()),
-                          epoch=claim.epoch)
+        return RoundStart(None, number, token, point, history=self._run_history(number).counts(), epoch=claim.epoch)
+
+    def _run_history(self, round_number: int) -> RunHistory:
+        """The run's history up to this round's start: the last round's summary advanced by the
+        events since (only the files written to since are read), kept as this round's summary."""
+        summary = self.ledger.latest_round_summary(before=round_number)
+        base = RunHistory.from_json(summary) if summary else RunHistory()
+        events = self.ledger.events(since=base.as_of)
+        # As of the newest event read (this round's start, on its writer's clock).
+        history = base.advanced(events, as_of=max((e.get("t", 0.0) for e in events), default=base.as_of or 0.0))
+        self.ledger.write_round_summary(round_number, history.to_json())
+        return history
 
     # ---- the model ---------------------------------------------------------------------
     def build(self) -> None:
