@@ -4,7 +4,6 @@ outcome read from the run's ledger rather than from torchrun's restart count.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ class NodeSpec:
     local_dir: Path
     rdzv_endpoint: str
     nproc_per_node: int = 1
+    """Worker processes on this node (the config's elastic.processes_per_node, or the flag's)."""
     monitor_interval_s: float = 0.2
     """How often the agent checks its workers: a worker that exits to re-form is seen this fast."""
 
@@ -51,7 +51,8 @@ def torchrun_command(config: TrainingConfig, spec: NodeSpec) -> list[str]:
     ])
     return [
         sys.executable, "-m", "torch.distributed.run",
-        f"--nnodes={elastic.min_workers}:{elastic.max_workers}",
+        # Nodes, not processes: the world size is nodes × nproc-per-node.
+        f"--nnodes={elastic.min_nodes}:{elastic.max_nodes}",
         f"--nproc-per-node={spec.nproc_per_node}",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={spec.rdzv_endpoint}",
@@ -92,11 +93,9 @@ def _has_gpu() -> bool:
 
 def read_outcome(config: TrainingConfig, spec: NodeSpec, torchrun_code: int) -> tuple[NodeOutcome | str, int]:
     """Why this node stopped (an outcome, or what torchrun's exit says), and the launcher's exit code."""
-    node_file = spec.node_dir.outcome_file
-    if node_file.exists():
-        outcome = NodeOutcome.parse(json.loads(node_file.read_text())["outcome"])
-        if outcome is not None:
-            return outcome, outcome.exit_code
+    outcome = NodeOutcome.parse(spec.node_dir.outcome_field())
+    if outcome is not None:
+        return outcome, outcome.exit_code
     status = RunLedger(config.checkpoint.ledger_path).status()
     if status and (state := NodeOutcome.parse(status["state"])) is not None:
         return state, state.exit_code
