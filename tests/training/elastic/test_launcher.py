@@ -71,3 +71,42 @@ def test_launch_flag_overrides_processes_per_node_and_is_validated_as_it(tmp_pat
     result = _launch(config, "--nproc-per-node", "8")
     assert result.exit_code == 2 and "elastic.max_workers" in result.output and "world size 24" in result.output
     assert len(launched) == 1
+
+
+AGENT = """
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+print(worker.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_ending_a_node_ends_its_worker_processes_after_the_agent_is_gone():
+    """Local rank 0 of a leaving node SIGKILLs the agent; the node's other workers are then no
+    longer in the agent's tree, and must still end with the node."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    agent = subprocess.Popen([sys.executable, "-c", AGENT], stdout=subprocess.PIPE, text=True)
+    other_worker = psutil.Process(int(agent.stdout.readline()))
+    try:
+        node = launcher.NodeProcesses(agent)
+        node.refresh(now=True)
+        agent.send_signal(signal.SIGKILL)  # what the leaving local rank 0 does to its agent
+        deadline = time.monotonic() + 10
+        while psutil.Process(agent.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.01)  # dead, not yet reaped: as the agent is until the launcher waits for it
+        assert other_worker.pid not in {c.pid for c in psutil.Process(agent.pid).children(recursive=True)}
+        node.kill()
+        other_worker.wait(timeout=10)
+        assert not other_worker.is_running()
+    finally:
+        for process in (other_worker,):
+            if process.is_running():
+                process.kill()
+        agent.kill()
+        agent.wait()
