@@ -125,6 +125,21 @@ def test_job_render_refuses_bad_input_without_a_traceback(root, kwargs, message)
     assert message in err.getvalue() and "Traceback" not in err.getvalue() and out.getvalue() == ""
 
 
+def test_job_render_refuses_a_batch_that_cannot_split_over_max_nodes_times_gpus(root):
+    """8 samples over 3 pods × 4 GPUs (world size 12): the trainer would refuse it at every
+    round's start, so the renderer refuses it first, naming the training config and its keys."""
+    (root / "training/tensile/configs/small.yaml").write_text(
+        "batch: {global_batch_size: 8}\nelastic: {min_nodes: 1, max_nodes: 3}\n")
+    out, err = io.StringIO(), io.StringIO()
+    code = render_tool.job_render("dev", name="trial", team="sandbox", training_config="training/tensile/configs/small.yaml",
+                                  image="111122223333.dkr.ecr.us-east-1.amazonaws.com/tensile-training:0.1.0",
+                                  bucket="b", gpus_per_worker=4, root=root, out=out, err=err)
+    assert code == 2 and out.getvalue() == "" and "Traceback" not in err.getvalue()
+    assert "training config training/tensile/configs/small.yaml of job trial" in err.getvalue()
+    assert "batch.global_batch_size (8) cannot be split over elastic.max_nodes (3) × 4 GPU(s) per node" in err.getvalue()
+    assert "lower elastic.max_nodes to 2" in err.getvalue()
+
+
 def test_team_add_refuses_a_flow_style_team_list_rather_than_rewrite_it(root):
     path = root / "Pulumi.dev.yaml"
     text = path.read_text()

@@ -208,7 +208,7 @@ def test_job_grace_period_covers_the_emergency_checkpoint_and_nothing_blocks_evi
 def test_job_is_queued_elastically_with_its_minimum_parallelism(run, raw_configs):
     job, _ = _job_and_store(run)
     training = yaml.safe_load((REPO_ROOT / raw_configs[run.stack]["tensile:jobs"][0]["trainingConfig"]).read_text())
-    low, high = training["elastic"]["min_workers"], training["elastic"]["max_workers"]
+    low, high = training["elastic"]["min_nodes"], training["elastic"]["max_nodes"]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "training"
     assert job["metadata"]["annotations"]["kueue.x-k8s.io/job-min-parallelism"] == str(low)
     assert job["metadata"]["annotations"]["kueue.x-k8s.io/job-completions-equal-parallelism"] == "true"

@@ -17,6 +17,16 @@ def test_trainer_metrics_expose_every_figure():
         assert line in text, line
 
 
+def test_trainer_metrics_count_nodes_apart_from_processes():
+    metrics = TrainerMetrics("demo")
+    metrics.group_shape(nodes=2, processes_per_node=8)
+    metrics.round_started(world_size=16, restarts=0, preemptions=0, steps_lost=0, failures_spent=0, resumed_step=0)
+    text = generate_latest(metrics.registry).decode()
+    for line in ('tensile_nodes{run="demo"} 2.0', 'tensile_processes_per_node{run="demo"} 8.0',
+                 'tensile_world_size{run="demo"} 16.0'):
+        assert line in text, line
+
+
 def test_run_history_counts_restarts_preemptions_and_lost_steps():
     events = [
         {"event": "round-start", "t": 0, "resumed_step": 0},

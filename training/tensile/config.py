@@ -175,10 +175,11 @@ class OptimizerConfig:
 
 @dataclass(kw_only=True, slots=True)
 class BatchConfig:
-    global_batch_size: int = 16
-    """Samples per optimizer step, whatever the number of workers."""
+    global_batch_size: int = contract.DEFAULT_GLOBAL_BATCH_SIZE
+    """Samples per optimizer step, whatever the number of nodes; split over every process
+    (nodes × elastic.processes_per_node), so it must be at least the largest world size."""
     micro_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    """Micro-batch sizes that fit a worker's memory; Tensile picks one per worker count."""
+    """Micro-batch sizes that fit one process's (one GPU's) memory; Tensile picks one per world size."""
 
     def __post_init__(self) -> None:
         p = _Problems()
@@ -203,10 +204,14 @@ class ZeroConfig:
 
 @dataclass(kw_only=True, slots=True)
 class ElasticConfig:
-    min_workers: int = contract.DEFAULT_MIN_WORKERS
-    """Fewest workers the job trains with; below it the job parks and waits."""
-    max_workers: int = contract.DEFAULT_MAX_WORKERS
-    """Most workers the job uses; more nodes wait as spares."""
+    min_nodes: int = contract.DEFAULT_MIN_NODES
+    """Fewest nodes (pods: what Kueue admits and Karpenter buys) the job trains with; below it
+    the job parks and waits. The old name `min_workers` is still read."""
+    max_nodes: int = contract.DEFAULT_MAX_NODES
+    """Most nodes the job uses; more wait as spares. The old name `max_workers` is still read."""
+    processes_per_node: int = contract.DEFAULT_PROCESSES_PER_NODE
+    """Worker processes on each node, one per GPU (torchrun's --nproc-per-node; the job renderer
+    sets it to the pod's GPUs). The world size, which the batch is split over, is nodes × this."""
     collective_timeout_s: float = 15.0
     """A collective that waits this long fails: how fast a silently vanished peer is seen."""
     min_tier_mb_per_s: float = 10.0
@@ -231,9 +236,11 @@ class ElasticConfig:
 
     def __post_init__(self) -> None:
         p = _Problems()
-        p.check(self.min_workers >= 1, "min_workers", f"must be >= 1, got {self.min_workers}")
-        p.check(self.max_workers >= self.min_workers, "max_workers",
-                f"must be >= min_workers ({self.min_workers}), got {self.max_workers}")
+        p.check(self.min_nodes >= 1, "min_nodes", f"must be >= 1, got {self.min_nodes}")
+        p.check(self.max_nodes >= self.min_nodes, "max_nodes",
+                f"must be >= min_nodes ({self.min_nodes}), got {self.max_nodes}")
+        p.check(self.processes_per_node >= 1, "processes_per_node",
+                f"must be >= 1 (one process per GPU), got {self.processes_per_node}")
         p.check(self.collective_timeout_s > 0, "collective_timeout_s",
                 f"must be > 0, got {self.collective_timeout_s}")
         p.check(self.min_tier_mb_per_s > 0, "min_tier_mb_per_s",
@@ -247,6 +254,18 @@ class ElasticConfig:
         p.check(self.keep_alive_max_attempts >= 1, "keep_alive_max_attempts",
                 f"must be >= 1, got {self.keep_alive_max_attempts}")
         p.raise_if_any()
+
+    def node_counts(self) -> range:
+        """Every node count the job trains at."""
+        return range(self.min_nodes, self.max_nodes + 1)
+
+    def world_size(self, nodes: int) -> int:
+        """Processes (ranks) in a group of this many nodes."""
+        return nodes * self.processes_per_node
+
+    @property
+    def max_world_size(self) -> int:
+        return self.world_size(self.max_nodes)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -323,10 +342,20 @@ class TrainingConfig:
     def cross_checks(self) -> list[tuple[str, str]]:
         """Invariants between sections."""
         problems = []
-        if self.elastic.max_workers > self.batch.global_batch_size:
-            problems.append(("elastic.max_workers",
-                             f"must be <= batch.global_batch_size ({self.batch.global_batch_size}) so every "
-                             f"worker gets at least one sample, got {self.elastic.max_workers}"))
+        elastic, batch = self.elastic, self.batch
+        if elastic.max_world_size > batch.global_batch_size:
+            # The batch plan (tensile.batching.plan_batch) needs one sample per process at every
+            # world size in range; the largest is the one to check.
+            fixes = [f"raise batch.global_batch_size to {elastic.max_world_size}"]
+            if (nodes := batch.global_batch_size // elastic.processes_per_node) >= elastic.min_nodes:
+                fixes.insert(0, f"lower elastic.max_nodes to {nodes}")
+            elif processes := batch.global_batch_size // elastic.max_nodes:
+                fixes.insert(0, f"lower elastic.processes_per_node to {processes}")
+            problems.append(("elastic.max_nodes",
+                             f"{elastic.max_nodes} node(s) × {elastic.processes_per_node} process(es) per node "
+                             f"= world size {elastic.max_world_size}, more than batch.global_batch_size "
+                             f"({batch.global_batch_size}): every process needs at least one sample; "
+                             + " or ".join(fixes)))
         if self.model.seq_len < 2:
             problems.append(("model.seq_len", f"must be >= 2, got {self.model.seq_len}"))
         return problems
@@ -340,7 +369,7 @@ class TrainingConfig:
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     def trajectory_hash(self) -> str:
-        """Hash of everything that shapes the training trajectory (not paths or worker counts)."""
+        """Hash of everything that shapes the training trajectory (not paths, node or process counts)."""
         d = self.to_dict()
         relevant = {k: d[k] for k in ("model", "optimizer", "zero")}
         relevant["seed"] = d["run"]["seed"]
@@ -426,19 +455,35 @@ def _build(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -> 
     return None
 
 
-def config_from_dict(data: Any, *, source: str | None = None) -> TrainingConfig:
-    """Validate a parsed config mapping; raises ConfigError listing every problem."""
+def config_from_dict(data: Any, *, source: str | None = None,
+                     notes: list[tuple[str, str]] | None = None) -> TrainingConfig:
+    """Validate a parsed config mapping; raises ConfigError listing every problem. Deprecated
+    keys it still reads are added to notes (property path, what to do), if given."""
     problems: list[tuple[str, str]] = []
+    given_as: dict[str, str] = {}
+    if isinstance(data, dict) and isinstance(data.get(contract.ELASTIC), dict):
+        elastic, legacy_problems, legacy_notes = contract.adopt_legacy_node_keys(data[contract.ELASTIC])
+        # A problem of a key read by its old name is reported at the name the file uses.
+        given_as = {f"{contract.ELASTIC}.{new}": f"{contract.ELASTIC}.{old}"
+                    for old, new in contract.LEGACY_NODE_KEYS.items()
+                    if old in data[contract.ELASTIC] and new not in data[contract.ELASTIC]}
+        data = {**data, contract.ELASTIC: elastic}
+        problems.extend(legacy_problems)
+        if notes is not None:
+            notes.extend(legacy_notes)
     config = _build(TrainingConfig, data, "", problems)
     if config is not None:
         problems.extend(config.cross_checks())
+    problems = [(given_as.get(path, path), message) for path, message in problems]
     if problems:
         raise ConfigError(problems, source)
     return config
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainingConfig:
-    """Load a YAML config file. Relative data/checkpoint paths resolve against its directory."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, *,
+                notes: list[tuple[str, str]] | None = None) -> TrainingConfig:
+    """Load a YAML config file. Relative data/checkpoint paths resolve against its directory.
+    Deprecated keys it still reads are added to notes, if given."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -457,8 +502,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
             if data.get(section) is None:  # missing, or an empty `section:` line
                 data[section] = {}
             if isinstance(data[section], dict):  # anything else is reported by validation
+                if section == contract.ELASTIC:  # an override wins over the file's key by either name
+                    key = contract.LEGACY_NODE_KEYS.get(key, key)
+                    for old, new in contract.LEGACY_NODE_KEYS.items():
+                        if new == key:
+                            data[section].pop(old, None)
                 data[section][key] = value
-    config = config_from_dict(data, source=str(path))
+    config = config_from_dict(data, source=str(path), notes=notes)
     base = path.resolve().parent
     config.data.url = _resolve(config.data.url, base)
     config.checkpoint.shared_dir = _resolve(config.checkpoint.shared_dir, base)

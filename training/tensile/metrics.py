@@ -1,4 +1,4 @@
-"""The trainer's Prometheus endpoint: step time, throughput, workers, restarts, preemptions,
+"""The trainer's Prometheus endpoint: step time, throughput, nodes and world size, restarts, preemptions,
 checkpoint stall and persist times, the last durable step and the steps lost.
 
 One endpoint per node (its local rank 0), on TENSILE_METRICS_PORT; off when unset or 0.
@@ -22,7 +22,10 @@ class TrainerMetrics:
 
         self.step_seconds = gauge("tensile_step_seconds", "Wall time of the last optimizer step.")
         self.samples_per_second = gauge("tensile_samples_per_second", "Global samples per second, last step.")
-        self.world_size = gauge("tensile_world_size", "Workers in the current group.")
+        self.world_size = gauge("tensile_world_size",
+                                "Processes (ranks) in the current group: nodes × processes per node.")
+        self.nodes = gauge("tensile_nodes", "Nodes (pods) in the current group.")
+        self.processes_per_node = gauge("tensile_processes_per_node", "Worker processes (GPUs) on each node.")
         self.step = gauge("tensile_step", "Optimizer steps completed.")
         self.restarts = gauge("tensile_restarts", "Group re-formations since the run began.")
         self.preemptions = gauge("tensile_preemptions", "Stops agreed on a signal or spot notice, run total.")
@@ -40,6 +43,11 @@ class TrainerMetrics:
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)
+
+    def group_shape(self, *, nodes: int, processes_per_node: int) -> None:
+        """How the group's processes sit on nodes (from torchrun, before the round starts)."""
+        self.nodes.set(nodes)
+        self.processes_per_node.set(processes_per_node)
 
     def round_started(self, *, world_size: int, restarts: int, preemptions: int, steps_lost: int,
                       failures_spent: int, resumed_step: int) -> None:

@@ -32,7 +32,12 @@ class WorkerIdentity:
 
     rank: int
     world_size: int
+    """Processes in the group, all nodes' together: nodes × processes_per_node."""
     local_rank: int
+    processes_per_node: int = 1
+    """torchrun's LOCAL_WORLD_SIZE: this node's worker processes."""
+    nodes: int = 1
+    """torchrun's GROUP_WORLD_SIZE: nodes (agents) in the group."""
     node_dir: NodeDirectory
     node_id: str
     """The node's name in logs and the ledger ("?" outside a launcher)."""
@@ -49,8 +54,12 @@ class WorkerIdentity:
 
     @classmethod
     def from_environment(cls, config, environ: Mapping[str, str] = os.environ) -> "WorkerIdentity":
-        return cls(rank=int(environ["RANK"]), world_size=int(environ["WORLD_SIZE"]),
-                   local_rank=int(environ.get("LOCAL_RANK", "0")), node_dir=node_directory(config, environ),
+        world_size = int(environ["WORLD_SIZE"])
+        processes_per_node = int(environ.get("LOCAL_WORLD_SIZE", "1"))
+        return cls(rank=int(environ["RANK"]), world_size=world_size,
+                   local_rank=int(environ.get("LOCAL_RANK", "0")), processes_per_node=processes_per_node,
+                   nodes=int(environ.get("GROUP_WORLD_SIZE", world_size // processes_per_node)),
+                   node_dir=node_directory(config, environ),
                    node_id=environ.get("TENSILE_NODE_ID", "?"), agent_pid=int(environ.get("TENSILE_AGENT_PID", "0")),
                    rdzv_endpoint=environ.get("TENSILE_RDZV_ENDPOINT") or None,
                    rdzv_local_addr=environ.get("TENSILE_RDZV_LOCAL_ADDR") or None)
@@ -162,6 +171,7 @@ def train(config_path: str) -> int:
     watchdog.beat()
     checkpoint_request = CheckpointRequest()
     metrics = TrainerMetrics(config.run.name)
+    metrics.group_shape(nodes=me.nodes, processes_per_node=me.processes_per_node)
     port = int(os.environ.get(contract.ENV_METRICS_PORT, config.run.metrics_port) or 0)
     if port and me.speaks_for_node:
         metrics.serve(port)
@@ -233,7 +243,8 @@ def train(config_path: str) -> int:
         # No retry can fix these: end the run and say why, instead of spending the budget.
         log.error("cannot train: %s", e)
         ledger.write_status(NodeOutcome.FAILED.value, reason=str(e))
-        node_dir.write_outcome(NodeOutcome.FAILED, str(e))
+        if me.speaks_for_node:  # the run's status is written by every rank that sees it
+            node_dir.write_outcome(NodeOutcome.FAILED, str(e))
         exit_now(WorkerExit.COMPLETED)
     except Exception as e:  # noqa: BLE001 - the exit code must classify every error
         if is_peer_loss(e):

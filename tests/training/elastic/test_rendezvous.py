@@ -129,7 +129,7 @@ def test_leave_rendezvous_redoes_its_removal_on_a_concurrent_change(monkeypatch)
 
 def _job(name: str = "run"):
     """The two config fields a leave reads."""
-    return SimpleNamespace(run=SimpleNamespace(name=name), elastic=SimpleNamespace(min_workers=1, max_workers=3))
+    return SimpleNamespace(run=SimpleNamespace(name=name), elastic=SimpleNamespace(min_nodes=1, max_nodes=3))
 
 
 def test_leave_and_record_records_the_leave_with_its_fields(monkeypatch, tmp_path):

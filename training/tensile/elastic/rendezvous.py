@@ -153,7 +153,7 @@ def leave_and_record(config: TrainingConfig, ledger: RunLedger, *, endpoint: str
     began = time.monotonic() if began is None else began
     try:
         result = leave_rendezvous(endpoint, config.run.name, agent_pid=agent_pid, local_addr=local_addr,
-                                  min_nodes=config.elastic.min_workers, max_nodes=config.elastic.max_workers)
+                                  min_nodes=config.elastic.min_nodes, max_nodes=config.elastic.max_nodes)
     except RendezvousLeaveError as e:
         ledger.record("rendezvous-leave-failed", node=node, by=by, error=str(e)[:300])
         raise
