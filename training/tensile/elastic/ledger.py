@@ -148,6 +148,10 @@ class RunLedger:
             json.dump(details, f)
         return True
 
+    def failure_on_record(self, round_number: int | str) -> bool:
+        """This round has spent its failure already (some rank's own code failed)."""
+        return (self.failures_dir / f"round-{round_number}.json").exists()
+
     def last_round(self) -> int:
         return max(numbered(self.rounds_dir, str, _round_number), default=0)
 
