@@ -41,6 +41,8 @@ class WorkerIdentity:
     rdzv_endpoint: str | None
     rdzv_local_addr: str | None
     """The address the agent names its node by; None: the host's FQDN."""
+    group_size: int = 0
+    """Nodes in the round (torchrun's GROUP_WORLD_SIZE; 0: unknown)."""
 
     @property
     def speaks_for_node(self) -> bool:
@@ -53,7 +55,17 @@ class WorkerIdentity:
                    local_rank=int(environ.get("LOCAL_RANK", "0")), node_dir=node_directory(config, environ),
                    node_id=environ.get("TENSILE_NODE_ID", "?"), agent_pid=int(environ.get("TENSILE_AGENT_PID", "0")),
                    rdzv_endpoint=environ.get("TENSILE_RDZV_ENDPOINT") or None,
-                   rdzv_local_addr=environ.get("TENSILE_RDZV_LOCAL_ADDR") or None)
+                   rdzv_local_addr=environ.get("TENSILE_RDZV_LOCAL_ADDR") or None,
+                   group_size=int(environ.get("GROUP_WORLD_SIZE", "0") or 0))
+
+
+def node_directory_for(config_path: str, environ: Mapping[str, str] = os.environ) -> NodeDirectory:
+    """The node's directory before the config is loaded (the guard starts without it)."""
+    if "TENSILE_LOCAL_DIR" in environ:
+        return NodeDirectory(environ["TENSILE_LOCAL_DIR"])
+    from tensile.config import load_config
+
+    return node_directory(load_config(config_path), environ)
 
 
 def node_directory(config, environ: Mapping[str, str] = os.environ) -> NodeDirectory:
@@ -72,7 +84,8 @@ def membership_witness(config, me: WorkerIdentity, members=None):
     elastic = config.elastic
     return MembershipWitness(RendezvousReader(me.rdzv_endpoint, config.run.name),
                              node_name(agent_address(me.rdzv_local_addr), me.agent_pid), members,
-                             expiry_s=elastic.keep_alive_interval_s * elastic.keep_alive_max_attempts)
+                             expiry_s=elastic.keep_alive_interval_s * elastic.keep_alive_max_attempts,
+                             group_size=me.group_size)
 
 
 def unknown_membership():
@@ -92,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 def guard(config_path: str) -> int:
     """Run the worker as a child; record a failure if it dies other than by its own exit codes."""
     agent = os.getppid()
+    # The worker writes its round's members; one left by an earlier round must not judge this one.
+    members_file = node_directory_for(config_path).round_members_file(os.environ.get("RANK", "?"))
+    members_file.unlink(missing_ok=True)
     child = subprocess.Popen([sys.executable, "-m", "tensile.worker", "--config", config_path, "--guarded"],
                              env={**os.environ, "TENSILE_AGENT_PID": str(agent)})
 
@@ -172,9 +188,13 @@ def train(config_path: str) -> int:
     rank, node_dir = me.rank, me.node_dir
     ledger = RunLedger(config.checkpoint.ledger_path)
 
+    round_start = trainer = None
+
     def on_hang(silent_s: float) -> None:
         log.error("no progress for %.1f s: a peer is gone or hung; leaving to re-form", silent_s)
         ledger.record("hang", rank=rank, silent_s=round(silent_s, 2))
+        if trainer is not None:  # the training thread is stuck; its background save is not
+            trainer.settle_background_save()
         exit_now(WorkerExit.REGROUP)
 
     watchdog = StepWatchdog(config.elastic.startup_timeout_s, on_hang).start()
@@ -194,7 +214,6 @@ def train(config_path: str) -> int:
                            base_timeout_s=config.elastic.collective_timeout_s,
                            tier_bytes_per_s=config.elastic.min_tier_mb_per_s * 1e6)
     witness = membership_witness(config, me, remember_round_members(config, me))
-    round_start = trainer = None
     faults = fault_hooks_from_environment()
     try:
         trainer = Trainer(config, rank=rank, world_size=me.world_size, local_dir=node_dir.path, stop=stop,
@@ -261,9 +280,10 @@ def train(config_path: str) -> int:
         faults.on_error(e)
         since = time.time()
         key = round_start.round_number if round_start else f"{ledger.last_round()}-before-start"
-        evidence = Evidence(failure_on_record=ledger.failure_on_record(key),
+        evidence = Evidence(failure_on_record=lambda wait_s: ledger.failure_on_record(key, wait_s=wait_s),
                             stop_agreed=bool(trainer and trainer.stop_agreed),
-                            membership=lambda: witness.peer_left_since(since) if witness else unknown_membership())
+                            membership=lambda: witness.peer_left_since(since) if witness else unknown_membership(),
+                            peer_failure_wait_s=witness.expiry_s + 2.0 if witness else 0.0)
         verdict = classify(e, evidence)
         if verdict.membership_change:
             log.warning("a peer is gone (%s; %s): leaving to re-form", str(e).splitlines()[0][:200], verdict.why)
@@ -290,8 +310,14 @@ def remember_round_members(config, me: WorkerIdentity):
     from tensile.elastic.membership import RoundMembers
     from tensile.elastic.rendezvous import RendezvousReader
 
-    view = RendezvousReader(me.rdzv_endpoint, config.run.name)()
-    if view is None:
+    read = RendezvousReader(me.rdzv_endpoint, config.run.name)
+    for _ in range(3):
+        view = read()
+        if view is not None:
+            break
+        time.sleep(0.2)
+    else:
+        log.warning("could not read the rendezvous: errors will be judged without this round's members")
         return None
     members = RoundMembers(view.round, tuple(sorted(view.participants)))
     me.node_dir.path.mkdir(parents=True, exist_ok=True)

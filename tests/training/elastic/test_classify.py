@@ -20,7 +20,8 @@ def evidence(verdict: Verdict, *, failure_on_record=False, stop_agreed=False, as
         if asked is not None:
             asked.append(True)
         return verdict
-    return Evidence(failure_on_record=failure_on_record, stop_agreed=stop_agreed, membership=membership)
+    return Evidence(failure_on_record=lambda wait_s: failure_on_record, stop_agreed=stop_agreed,
+                    membership=membership)
 
 
 DETERMINISTIC = [RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1234, invalid usage"),
@@ -46,6 +47,18 @@ def test_a_communication_error_after_a_peer_failed_or_a_stop_was_agreed_spends_n
     asked: list[bool] = []
     assert classify(RuntimeError("[gloo] Connection reset by peer"), evidence(STAYED, asked=asked, **kwargs)).membership_change
     assert not asked, "decided without waiting on the rendezvous"
+
+
+def test_a_communication_error_while_every_agent_stayed_waits_for_a_crashed_peers_record():
+    recorded_after_s = 2.0
+
+    def on_record(wait_s: float) -> bool:
+        return wait_s >= recorded_after_s
+
+    found = Evidence(failure_on_record=on_record, stop_agreed=False, membership=lambda: STAYED, peer_failure_wait_s=5)
+    assert classify(RuntimeError("[gloo] Connection closed by peer"), found).membership_change
+    missed = Evidence(failure_on_record=on_record, stop_agreed=False, membership=lambda: STAYED, peer_failure_wait_s=1)
+    assert not classify(RuntimeError("[gloo] Connection closed by peer"), missed).membership_change
 
 
 def test_an_error_of_this_workers_own_code_is_a_failure_whatever_the_membership():

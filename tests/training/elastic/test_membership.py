@@ -48,6 +48,16 @@ def test_judge_takes_a_peer_missing_from_two_views_for_gone():
     assert twice.judgement == Judgement.LEFT and PEER in twice.reason
 
 
+def test_judge_sees_a_round_short_of_its_nodes_twice_as_a_peer_gone():
+    # No list of the round's nodes (the worker died before writing it), and the dead peer is
+    # already dropped from the state: the round's node count still shows it.
+    alone = RoundMembers(4, (ME,))
+    seen = view(participants=(ME,), beats={ME: 101.0})
+    kwargs = dict(since=DIED_AT, now=101.0, expiry_s=EXPIRY_S, skew_s=SKEW_S, group_size=2)
+    assert judge(alone, seen, ME, **kwargs).judgement == Judgement.UNDECIDED
+    assert judge(alone, seen, ME, short_before=True, **kwargs).judgement == Judgement.LEFT
+
+
 class Clock:
     def __init__(self, now: float):
         self.now = now

@@ -36,12 +36,16 @@ def from_communication(error: BaseException) -> bool:
 class Evidence:
     """What the worker knows of its group when the error reaches it."""
 
-    failure_on_record: bool
-    """This round already spent a failure: a peer's own code failed first."""
+    failure_on_record: Callable[[float], bool]
+    """Whether this round spends a failure already (a peer's own code failed first), waiting up
+    to the given seconds for it to appear."""
     stop_agreed: bool
     """The group had agreed to stop at a step (its members are leaving)."""
     membership: Callable[[], Verdict]
     """Reads the rendezvous (may wait up to the heartbeat expiry): asked only when needed."""
+    peer_failure_wait_s: float = 0.0
+    """How long a peer that crashed may take to put its failure on record (its guard first
+    judges the crash by membership, as this worker does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +59,7 @@ def classify(error: BaseException, evidence: Evidence) -> Classification:
         return Classification(True, f"{type(error).__name__}: {error}")
     if not from_communication(error):
         return Classification(False, "this worker's own code failed")
-    if evidence.failure_on_record:
+    if evidence.failure_on_record(0.0):
         return Classification(True, "this round already spent a failure (a peer failed first)")
     if evidence.stop_agreed:
         return Classification(True, "the group had agreed to stop")
@@ -66,4 +70,8 @@ def classify(error: BaseException, evidence: Evidence) -> Classification:
         return Classification(True, f"membership unknown ({verdict.reason}); judged by the error's kind")
     if verdict.peer_left:
         return Classification(True, verdict.reason)
+    # Every agent stayed: this worker's own error, or a peer whose worker crashed (its agent
+    # stays too). The crashed peer's guard puts its failure on record; wait for it a while.
+    if evidence.failure_on_record(evidence.peer_failure_wait_s):
+        return Classification(True, "a peer's crash was put on record as this round's failure")
     return Classification(False, f"a communication error while every peer stayed ({verdict.reason})")

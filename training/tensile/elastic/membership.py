@@ -95,17 +95,23 @@ class Verdict:
 
 
 def judge(members: RoundMembers, view: RendezvousView, me: str, *, since: float, now: float,
-          expiry_s: float, skew_s: float, absent: frozenset[str] = frozenset()) -> Verdict:
+          expiry_s: float, skew_s: float, absent: frozenset[str] = frozenset(), group_size: int = 0,
+          short_before: bool = False) -> Verdict:
     """Did a peer of `members` leave, as of `view` read at `now`, for an error at `since`?
 
     `absent`: peers missing from the previous view too (missing from one view alone may be an
-    agent between its exit and its re-join, two writes of its own)."""
+    agent between its exit and its re-join, two writes of its own). `group_size`: the nodes the
+    round began with (torchrun's GROUP_WORLD_SIZE), which also sees a peer dropped from the state
+    that `members` does not name; `short_before`: the previous view listed fewer nodes too."""
+    listed = len(view.participants | view.waiting)
+    if short_before and listed < group_size:
+        return Verdict(Judgement.LEFT, f"the round began with {group_size} nodes, the rendezvous lists {listed}")
     if me not in view.participants:
         return Verdict(Judgement.LEFT, f"this node is no longer in the rendezvous round {members.round}: "
                                        f"the group re-formed without it")
     if view.round != members.round:
         return Verdict(Judgement.LEFT, f"the rendezvous moved from round {members.round} to {view.round}")
-    undecided = []
+    undecided = [f"{group_size - listed} node(s) no longer listed"] if listed < group_size else []
     for peer in members.nodes:
         if peer == me:
             continue
@@ -131,12 +137,13 @@ class MembershipWitness:
     heartbeat again or expired."""
 
     def __init__(self, read_view: Callable[[], RendezvousView | None], me: str, members: RoundMembers | None,
-                 *, expiry_s: float, skew_s: float = 0.5, poll_s: float = 0.25,
+                 *, expiry_s: float, group_size: int = 0, skew_s: float = 0.5, poll_s: float = 0.25,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
         self.read_view = read_view
         self.me = me
         self.members = members
         self.expiry_s = expiry_s
+        self.group_size = group_size
         self.skew_s = skew_s
         self.poll_s = poll_s
         self.clock = clock
@@ -145,6 +152,7 @@ class MembershipWitness:
     def peer_left_since(self, since: float) -> Verdict:
         deadline = since + self.expiry_s + self.skew_s + 2 * self.poll_s + 1.0
         absent: frozenset[str] = frozenset()
+        short = False
         verdict = Verdict(Judgement.UNKNOWN, "the rendezvous could not be read")
         while True:
             view = self.read_view()
@@ -152,11 +160,12 @@ class MembershipWitness:
             if view is not None:
                 members = self.members or RoundMembers(view.round, tuple(sorted(view.participants)))
                 verdict = judge(members, view, self.me, since=since, now=now, expiry_s=self.expiry_s,
-                                skew_s=self.skew_s, absent=absent)
+                                skew_s=self.skew_s, absent=absent, group_size=self.group_size, short_before=short)
                 if verdict.judgement != Judgement.UNDECIDED:
                     return verdict
                 absent = frozenset(p for p in members.nodes
                                    if p not in view.heartbeats and p not in view.participants | view.waiting)
+                short = len(view.participants | view.waiting) < self.group_size
             if now > deadline:
                 # Past every peer's expiry: a view that still cannot decide was not read.
                 return verdict if verdict.judgement == Judgement.UNKNOWN else Verdict(
