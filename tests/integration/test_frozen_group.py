@@ -8,6 +8,7 @@ instead of exiting 0 (which would close the rendezvous for the live group)."""
 
 from __future__ import annotations
 
+import pytest
 from harness import SLOW_STEPS, Script, at_step, rounds, run_nodes, steps_in_round, write_job
 
 from tensile.checkpoint import Catalog, DirectoryTier
@@ -20,6 +21,7 @@ def node_of_rank(cluster, rank: int) -> str:
     return next(n for n, node in cluster.nodes.items() if node.local_dir.joinpath(f"round.rank{rank}").exists())
 
 
+@pytest.mark.full  # ~60 s on 2 busy cores
 def test_a_frozen_group_resumed_late_cannot_publish_and_the_live_group_finishes(tmp_path, dataset):
     config = write_job(tmp_path, dataset, **JOB)
     frozen: list[str] = []

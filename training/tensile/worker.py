@@ -59,15 +59,6 @@ class WorkerIdentity:
                    group_size=int(environ.get("GROUP_WORLD_SIZE", "0") or 0))
 
 
-def node_directory_for(config_path: str, environ: Mapping[str, str] = os.environ) -> NodeDirectory:
-    """The node's directory before the config is loaded (the guard starts without it)."""
-    if "TENSILE_LOCAL_DIR" in environ:
-        return NodeDirectory(environ["TENSILE_LOCAL_DIR"])
-    from tensile.config import load_config
-
-    return node_directory(load_config(config_path), environ)
-
-
 def node_directory(config, environ: Mapping[str, str] = os.environ) -> NodeDirectory:
     """The node's directory: the launcher's TENSILE_LOCAL_DIR, else the config's."""
     return NodeDirectory(environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
@@ -105,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 def guard(config_path: str) -> int:
     """Run the worker as a child; record a failure if it dies other than by its own exit codes."""
     agent = os.getppid()
-    # The worker writes its round's members; one left by an earlier round must not judge this one.
-    members_file = node_directory_for(config_path).round_members_file(os.environ.get("RANK", "?"))
-    members_file.unlink(missing_ok=True)
+    if os.environ.get("TENSILE_LOCAL_DIR"):  # a launcher's node (only there is a rendezvous to judge by)
+        # The worker writes its round's members; one left by an earlier round must not judge this one.
+        NodeDirectory(os.environ["TENSILE_LOCAL_DIR"]).round_members_file(os.environ.get("RANK", "?")).unlink(
+            missing_ok=True)
     child = subprocess.Popen([sys.executable, "-m", "tensile.worker", "--config", config_path, "--guarded"],
                              env={**os.environ, "TENSILE_AGENT_PID": str(agent)})
 
