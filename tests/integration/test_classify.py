@@ -11,7 +11,7 @@ from harness import SLOW_STEPS, Script, at_step, rounds, run_nodes, write_job
 from tensile.elastic.ledger import RunLedger
 
 
-@pytest.mark.full  # ~35 s; the guard spent one failure here before too (a regression guard)
+@pytest.mark.full  # 13-35 s; the guard spent one failure here before too (a regression guard)
 def test_an_abort_while_every_peer_stays_spends_one_failure(tmp_path, dataset):
     config = write_job(tmp_path, dataset)
     codes = run_nodes(tmp_path, config, ["node-a", "node-b"], env={"TENSILE_FAULTS": "abort@5"})
@@ -60,7 +60,7 @@ def test_a_failure_with_a_background_save_in_flight_lets_the_save_commit_first(t
     assert ledger.status()["state"] == "completed"
 
 
-@pytest.mark.full  # ~35 s
+@pytest.mark.full  # 13-35 s
 def test_a_slow_model_build_on_one_rank_is_not_a_lost_peer(tmp_path, dataset):
     # Rank 1 takes twice the collective timeout to build its model while rank 0 waits in
     # deepspeed.initialize's weight broadcast. That broadcast runs on DeepSpeed's own group, with

@@ -21,7 +21,7 @@ def node_of_rank(cluster, rank: int) -> str:
     return next(n for n, node in cluster.nodes.items() if node.local_dir.joinpath(f"round.rank{rank}").exists())
 
 
-@pytest.mark.full  # ~60 s on 2 busy cores
+@pytest.mark.full  # 46-60 s on 2 cores
 def test_a_frozen_group_resumed_late_cannot_publish_and_the_live_group_finishes(tmp_path, dataset):
     config = write_job(tmp_path, dataset, **JOB)
     frozen: list[str] = []
