@@ -53,6 +53,9 @@ BAD_CONFIGS = [
     ("section is a list", {"elastic": [1, 2]}, "elastic"),
     ("top level is not a mapping", ["run", "model"], "<top>"),
     ("bad run name", {"run": {"name": "my run!"}}, "run.name"),
+    ("train longer to fewer steps", {"run": {"steps": 10, "extend_from_steps": 20}}, "run.extend_from_steps"),
+    ("train longer to the same steps", {"run": {"steps": 10, "extend_from_steps": 10}}, "run.extend_from_steps"),
+    ("negative extend_from_steps", {"run": {"extend_from_steps": -1}}, "run.extend_from_steps"),
 ]
 
 

@@ -13,9 +13,10 @@ CONFIG = SimpleNamespace(checkpoint=SimpleNamespace(local_dir="/from/config"))
 def test_worker_identity_from_a_launcher_environment():
     me = WorkerIdentity.from_environment(CONFIG, {
         "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "TENSILE_LOCAL_DIR": "/nodes/b", "TENSILE_NODE_ID": "node-b",
-        "TENSILE_AGENT_PID": "41", "TENSILE_RDZV_ENDPOINT": "10.0.0.9:29400", "TENSILE_RDZV_LOCAL_ADDR": "127.0.0.1"})
+        "TENSILE_AGENT_PID": "41", "TENSILE_RDZV_ENDPOINT": "10.0.0.9:29400", "TENSILE_RDZV_LOCAL_ADDR": "127.0.0.1",
+        "GROUP_WORLD_SIZE": "2"})
     assert (me.rank, me.world_size, me.local_rank, me.node_dir.path, me.node_id, me.agent_pid, me.rdzv_endpoint,
-            me.rdzv_local_addr) == (3, 4, 1, Path("/nodes/b"), "node-b", 41, "10.0.0.9:29400", "127.0.0.1")
+            me.rdzv_local_addr, me.group_size) == (3, 4, 1, Path("/nodes/b"), "node-b", 41, "10.0.0.9:29400", "127.0.0.1", 2)
     assert not me.speaks_for_node, "only local rank 0 writes the node's outcome"
 
 

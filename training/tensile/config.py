@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 from tensile import contract
+from tensile.errors import NotRetryable
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, NotRetryable):
     """One or more problems in a training config, each as (property path, message)."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
@@ -100,7 +101,14 @@ class RunConfig:
     seed: int = 1234
     """Seeds model initialisation, data order and per-sample dropout."""
     steps: int = 100
-    """Optimizer steps to train for; the run completes after this many."""
+    """Optimizer steps to train for; the run completes after this many. It sets the length of the
+    cosine schedule, so a checkpoint trained toward another run.steps is refused (see
+    extend_from_steps)."""
+    extend_from_steps: int = 0
+    """Train longer: the run.steps the resume checkpoint was trained toward, when run.steps now
+    asks for more. The cosine schedule is recomputed over the new run.steps from the resume step;
+    the change is recorded in the ledger (`train-longer`) and in every later checkpoint. 0: a
+    checkpoint trained toward another run.steps is refused as incompatible."""
     log_every: int = 10
     """Print a progress line every this many steps (every step is still recorded)."""
     metrics_port: int = 0
@@ -111,6 +119,9 @@ class RunConfig:
         p.check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
                 "name", f"must be letters, digits, '-' or '_', got {self.name!r}")
         p.check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        p.check(0 <= self.extend_from_steps < max(self.steps, 1), "extend_from_steps",
+                f"must be 0 (off) or the earlier run.steps, below run.steps ({self.steps}) to train longer, "
+                f"got {self.extend_from_steps}")
         p.check(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
         p.check(0 <= self.metrics_port < 65536, "metrics_port", f"must be a port number or 0, got {self.metrics_port}")
         p.raise_if_any()

@@ -23,12 +23,14 @@ from tensile.checkpoint import Catalog, FencingError, ResumePoint, SaveResult, o
 from tensile.checkpoint.engine import (CheckpointIdentity, EngineCheckpointer, GroupLease, SavePolicy,
                                        incompatibility)
 from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
+from tensile.checkpoint.trajectory import Trajectory, continue_trajectory
 from tensile.config import TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
 from tensile.elastic.api import NodeOutcome
 from tensile.elastic.control import ControlPlane
 from tensile.elastic.ledger import RunLedger
 from tensile.elastic.signals import CheckpointRequest, StepWatchdog, StopRequest
+from tensile.errors import MembershipChange
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
 from tensile.metrics import RunHistory, TrainerMetrics
 from tensile.model import build_model, parameter_groups, token_loss_sum
@@ -36,7 +38,7 @@ from tensile.model import build_model, parameter_groups, token_loss_sum
 log = logging.getLogger(__name__)
 
 
-class StopForMembership(Exception):
+class StopForMembership(MembershipChange):
     """The group stops so it can re-form (a stop request was agreed, or a peer is gone)."""
 
 
@@ -60,18 +62,31 @@ class RoundStart:
 @dataclass(slots=True)
 class TrainState:
     """What the trainer saves of its own beside the engine (DeepSpeed's `client_state`): the
-    steps done and the data order's position. Its dict's keys are part of the checkpoint format."""
+    steps done, the data order's position and the trajectory it trains toward. Its dict's keys
+    are part of the checkpoint format (`trajectory` is absent from checkpoints before it)."""
 
     step: int
     sampler: GlobalSampler
     config_hash: str
+    trajectory: Trajectory
+    extend_from_steps: int = 0
+    """run.extend_from_steps: a saved trajectory toward these steps may train longer."""
+    extended: bool = False
+    """The last load began a "train longer" (its extension is the trajectory's last)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "sampler": self.sampler.state_dict(), "config_hash": self.config_hash}
+        return {"step": self.step, "sampler": self.sampler.state_dict(), "config_hash": self.config_hash,
+                "trajectory": self.trajectory.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refuses (CheckpointIncompatible) a state saved toward another seed, batch or run.steps."""
+        step = int(state["step"])
+        saved = Trajectory.saved_in(state)
+        self.trajectory = continue_trajectory(saved, self.trajectory, extend_from_steps=self.extend_from_steps,
+                                              step=step, where=f"the checkpoint at step {step}")
+        self.extended = len(self.trajectory.extensions) > len(saved.extensions)
         self.sampler.load_state_dict(state["sampler"])
-        self.step = int(state["step"])
+        self.step = step
 
 
 STEP_TIMEOUT_FACTOR = 3.0
@@ -135,7 +150,9 @@ class Trainer:
         self.plan = plan_batch(config.batch.global_batch_size, config.batch.micro_batch_sizes, world_size)
         self.state = TrainState(step=0, sampler=GlobalSampler(self.dataset.num_samples,
                                                               config.batch.global_batch_size, config.run.seed),
-                                config_hash=config.trajectory_hash())
+                                config_hash=config.trajectory_hash(),
+                                trajectory=Trajectory(config.run.seed, config.batch.global_batch_size, config.run.steps),
+                                extend_from_steps=config.run.extend_from_steps)
         self.save_policy = SavePolicy(every_steps=config.checkpoint.every_steps,
                                       asynchronous=config.checkpoint.asynchronous)
         self.round: RoundStart | None = None
@@ -143,6 +160,8 @@ class Trainer:
         """Made at round start, holding the group's lease on the commit log."""
         self.engine: Any = None
         self._fenced: str | None = None
+        self.stop_agreed = False
+        """The group voted to stop at a step: its members are leaving (an error then is theirs)."""
         self._voted_generation = 0
         """How many checkpoint requests the last step's vote saw."""
         """Set on rank 0 when a background publish found another group's commit."""
@@ -203,7 +222,9 @@ class Trainer:
         """Rank 0's decision; `expect(seconds)` tells the waiting ranks of work ahead."""
         token = uuid.uuid4().hex
         status = self.ledger.status()
-        if status and status.get("state") == "completed":
+        if status and status.get("state") == "completed" and status.get("step", math.inf) >= self.config.run.steps:
+            # Completed short of this config's run.steps: a "train longer" (or a refused change of
+            # run.steps, which the load names), not the end.
             return RoundStart(NodeOutcome.COMPLETED, 0, token, None)
         spent = self.ledger.failures_spent()
         if spent > self.config.elastic.max_failures:
@@ -249,6 +270,11 @@ class Trainer:
     def build(self) -> None:
         import deepspeed
 
+        # A rank that builds slowly holds the others in deepspeed.initialize's weight broadcast.
+        # DeepSpeed 0.19.8 broadcasts on a group of its own, which torch gives its default timeout
+        # (30 min gloo, 10 min NCCL), not elastic.collective_timeout_s: the start-up watchdog is
+        # the judge there (tests/integration/test_classify.py pins it with a slow rank).
+        self.faults.before_build(rank=self.rank)
         torch.manual_seed(self.config.run.seed)
         model = build_model(self.config.model)
         groups = parameter_groups(model, weight_decay=self.config.optimizer.weight_decay)
@@ -267,6 +293,11 @@ class Trainer:
         self.watchdog.pause()  # a phase with a deadline of its own, like the round start
         self.state.load_state_dict(self.checkpointer.load(self.engine, point))
         self.watchdog.beat()
+        if self.rank == 0 and self.state.extended:
+            from_steps, to_steps, at_step = self.state.trajectory.extensions[-1]
+            self.ledger.record("train-longer", checkpoint=point.manifest.checkpoint_id, from_steps=from_steps,
+                               to_steps=to_steps, at_step=at_step)
+            log.info("training longer: run.steps %d -> %d from step %d", from_steps, to_steps, at_step)
         return self.state.step
 
     # ---- training ----------------------------------------------------------------------
@@ -295,6 +326,7 @@ class Trainer:
                         log.info("step %d/%d loss %.4f (%d workers)", step, self.config.run.steps,
                                  loss, self.world_size)
                 stopping = stop_votes > 0
+                self.stop_agreed = self.stop_agreed or stopping
                 final = step == self.config.run.steps
                 reason = self.save_policy.reason(step, final=final, stopping=stopping, asked=checkpoint_votes > 0)
                 if reason is not None:
@@ -311,6 +343,18 @@ class Trainer:
             self.ledger.write_status("completed", step=step)
             self.ledger.record("completed", step=step)
         return "completed"
+
+    def settle_background_save(self) -> None:
+        """Before the process exits on an error: let the background save in flight end (published
+        once every rank's files are durable, or given up) within the time its bytes take, so an
+        exit never cuts off a save that was about to commit. Nothing half-written is ever
+        published: the commit record is written last, after the manifest."""
+        if self.checkpointer is None:
+            return
+        try:
+            self._background_save_ended(self.checkpointer.settle(extra_s=self.config.elastic.collective_timeout_s))
+        except Exception as e:  # noqa: BLE001 - on the way out after an error: report, never mask it
+            log.warning("could not settle the background save: %s", e)
 
     def _background_save_ended(self, result: SaveResult | None) -> bool:
         """Report a background save's result (on the training thread, once); True if this

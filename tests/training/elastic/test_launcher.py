@@ -1,5 +1,6 @@
 """The node launcher with several processes per node: torchrun counts nodes, the config and the
-`--nproc-per-node` flag say how many processes each runs, and the node's outcome is read safely."""
+`--nproc-per-node` flag say how many processes each runs, and the node's outcome is read safely;
+when the launcher takes the run's status for the end of the run for its node."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tensile import cli
 from tensile.config import config_from_dict
 from tensile.elastic import launcher
 from tensile.elastic.api import NodeOutcome
-from tensile.elastic.launcher import NodeSpec, read_outcome, torchrun_command
+from tensile.elastic.launcher import NodeSpec, read_outcome, run_is_over, torchrun_command
 
 
 def _spec(tmp_path: Path, **kw) -> NodeSpec:
@@ -110,3 +111,21 @@ def test_ending_a_node_ends_its_worker_processes_after_the_agent_is_gone():
                 process.kill()
         agent.kill()
         agent.wait()
+
+
+RUN_CONFIG = config_from_dict({"run": {"steps": 18, "extend_from_steps": 12}})
+STARTED_AT = 1000.0
+
+
+@pytest.mark.parametrize("status, over", [
+    (None, False),
+    ({"state": "completed", "step": 18, "t": 900.0}, True),
+    # Completed at the old run.steps: this config trains it longer.
+    ({"state": "completed", "step": 12, "t": 900.0}, False),
+    ({"state": "completed", "t": 900.0}, True),  # a status without its step: as before
+    ({"state": "failed", "reason": "failure budget spent", "t": 1001.0}, True),
+    # Failed before this node started (a refused config, since fixed): starting again retries it.
+    ({"state": "failed", "reason": "incompatible", "t": 999.0}, False),
+])
+def test_run_is_over_for_a_status(status, over):
+    assert run_is_over(status, RUN_CONFIG, started_at=STARTED_AT) is over

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tensile.errors import MembershipChange, NotRetryable
+
 FORMAT_VERSION = 2
 """Written into every manifest. Version 1 (DeepSpeed's own files only) is read and upgraded in
 memory; versions this code does not know are refused, naming both."""
@@ -36,12 +38,12 @@ class CheckpointCorrupt(CheckpointError):
     """A checkpoint's files do not match its manifest (missing, truncated or altered)."""
 
 
-class CheckpointIncompatible(CheckpointError):
+class CheckpointIncompatible(CheckpointError, NotRetryable):
     """The checkpoint cannot be resumed by this job as configured (another model, ZeRO stage,
     or a reshard that is not supported). Not retryable: the run stops and says what differs."""
 
 
-class FencingError(CheckpointError):
+class FencingError(CheckpointError, MembershipChange):
     """Another worker group published first: this group is stale and must stop.
 
     Not retryable: retrying would fork the run's history.

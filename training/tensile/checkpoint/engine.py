@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +40,8 @@ from tensile.fault_hooks import NO_FAULTS, FaultHooks
 
 log = logging.getLogger(__name__)
 
+SETTLE_AFTER_ABANDON_S = 2.0
+"""How long an abandoned background save may take to notice it (rank 0 polls every 0.1 s)."""
 RANK_RECORDS = "ranks"
 """A background save's per-rank list of durable files, which rank 0 waits for to publish."""
 
@@ -203,6 +206,7 @@ class EngineCheckpointer:
         self.control = control
         self.faults = faults
         self._in_flight: Future[SaveResult] | None = None
+        self._in_flight_bytes = 0.0
         self._abandon = threading.Event()
         self._abandon_reason = ""
         """Set by the training thread when another rank's part of the save in flight failed."""
@@ -251,9 +255,23 @@ class EngineCheckpointer:
             except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
                 future.set_exception(e)
 
-        self._in_flight = future
+        self._in_flight, self._in_flight_bytes = future, float(snapshot.nbytes)
         threading.Thread(target=persist, name=f"persist-{checkpoint_id}", daemon=True).start()
         return SaveStarted(checkpoint_id=checkpoint_id, stall_s=stall_s, previous=previous)
+
+    def settle(self, *, extra_s: float) -> SaveResult | None:
+        """The process is about to exit: wait for the background save in flight to end, up to
+        `extra_s` plus the time its bytes take (written, then uploaded). One still running then is
+        abandoned (rank 0 stops waiting for the other ranks' files and publishes nothing). Its
+        result, once, or None if there was none or it did not end."""
+        future = self._in_flight
+        if future is None:
+            return None
+        if not wait_for([future], timeout=extra_s + self.control.seconds_for(2 * self._in_flight_bytes)).done:
+            self.abandon("the process is exiting")
+            if not wait_for([future], timeout=SETTLE_AFTER_ABANDON_S).done:
+                return None  # mid-upload: the exit cuts it off before any manifest or commit
+        return self.wait()
 
     def abandon(self, why: str) -> None:
         """Another rank's part of the background save in flight failed: stop waiting for it (the

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from tensile.errors import NotRetryable
+
 INDEX_FILENAME = "index.json"
 DATASET_FORMAT = "tensile-tokens"
 DATASET_FORMAT_VERSION = 1
@@ -26,8 +28,8 @@ _HASH_CHUNK_BYTES = 8 << 20
 _HEADER_FIELDS = ("format", "format_version", "dtype", "seq_len", "vocab_size", "num_samples")
 
 
-class DatasetError(Exception):
-    """Base class for problems with a token dataset on storage."""
+class DatasetError(NotRetryable):
+    """Base class for problems with a token dataset on storage (no retry fixes them)."""
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):

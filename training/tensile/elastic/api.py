@@ -94,6 +94,10 @@ class NodeDirectory:
         """The round a rank is in, for its guard to key a failure by."""
         return self.path / f"round.rank{rank}"
 
+    def round_members_file(self, rank: str | int) -> Path:
+        """The rendezvous nodes of the round a rank trains in, for its guard to judge a death by."""
+        return self.path / f"members.rank{rank}.json"
+
     def write_outcome(self, outcome: NodeOutcome, detail: str = "", **fields: object) -> None:
         """Written whole or not at all (a temporary of this process's own, renamed over it): the
         launcher polls the file, and a node's other processes may write their own word too."""

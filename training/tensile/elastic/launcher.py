@@ -111,6 +111,7 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[Nod
     ledger = RunLedger(config.checkpoint.ledger_path)
     node_processes = NodeProcesses(process)
     stopping = []
+    started_at = time.time()
 
     def forward_stop(signum: int, frame: object) -> None:
         # Kubernetes signals only the container's first process; torchrun forwards it to
@@ -137,8 +138,7 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[Nod
                 # round, and its own shutdown takes seconds. End it and leave now.
                 node_processes.kill()
                 break
-            status = ledger.status()
-            if status and status["state"] in (NodeOutcome.COMPLETED, NodeOutcome.FAILED):
+            if run_is_over(ledger.status(), config, started_at=started_at):
                 # A node still waiting in rendezvous would wait out join_timeout for nothing.
                 _stop(process, grace_s=15)
     except KeyboardInterrupt:
@@ -158,6 +158,18 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[Nod
     if stopping and outcome not in (NodeOutcome.COMPLETED, NodeOutcome.PREEMPTED):
         return NodeOutcome.STOPPED, NodeOutcome.STOPPED.exit_code
     return outcome, code
+
+
+def run_is_over(status: dict | None, config: TrainingConfig, *, started_at: float) -> bool:
+    """The run's status says it has ended for this node: completed at (or past) this config's
+    run.steps, or failed since this node started. A run completed short of run.steps is being
+    trained longer; a failure recorded before the node started (an incompatible config, a
+    missing dataset) is what starting it again retries."""
+    if not status:
+        return False
+    if status["state"] == NodeOutcome.COMPLETED:
+        return status.get("step", config.run.steps) >= config.run.steps
+    return status["state"] == NodeOutcome.FAILED and status.get("t", started_at) >= started_at
 
 
 def _wait_for_outcome(node_dir: NodeDirectory, *, timeout_s: float) -> None:

@@ -195,6 +195,16 @@ class RunLedger:
             json.dump(details, f)
         return True
 
+    def failure_on_record(self, round_number: int | str, *, wait_s: float = 0.0, poll_s: float = 0.1) -> bool:
+        """This round has spent its failure already (some rank's own code failed), waiting up to
+        wait_s for it to."""
+        path, deadline = self.failures_dir / f"round-{round_number}.json", time.monotonic() + wait_s
+        while not path.exists():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+        return True
+
     def last_round(self) -> int:
         return max(numbered(self.rounds_dir, str, _round_number), default=0)
 

@@ -101,6 +101,10 @@ class LocalCluster:
         """The instance stops answering: every process of the node is stopped, sockets stay open."""
         self._signal_node(node_id, signal.SIGSTOP)
 
+    def thaw(self, node_id: str) -> None:
+        """A frozen instance answers again (SIGCONT), its processes where they stopped."""
+        self._signal_node(node_id, signal.SIGCONT)
+
     def kill(self, node_id: str, *, delete_local_dir: bool = True) -> None:
         """The instance is gone: processes killed, its disk with it."""
         node = self.nodes[node_id]
