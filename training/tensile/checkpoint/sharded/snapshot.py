@@ -143,11 +143,16 @@ def _meta(engine: Any, partition: ZeroPartition, kinds: list[str], zero_stage: i
         "engine": {"global_steps": engine.global_steps, "global_samples": engine.global_samples,
                    "skipped_steps": engine.skipped_steps},
         "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
-        "loss_scaling": {k: getattr(opt, k) for k in ("loss_scaler", "dynamic_loss_scale", "overflow")
-                         if hasattr(opt, k)},
+        "loss_scaling": loss_scaling_state(opt),
         "buffers": {name: b.detach().clone() for name, b in engine.module.named_buffers()},
         "client_state": client_state,
     }
+
+
+def loss_scaling_state(optimizer: Any) -> dict[str, Any]:
+    """The ZeRO optimizer's loss scaler as it stands: under fp16 DeepSpeed's DynamicLossScaler
+    (current scale, iterations since the last overflow, hysteresis left), a scale of 1 otherwise."""
+    return {k: getattr(optimizer, k) for k in ("loss_scaler", "dynamic_loss_scale", "overflow") if hasattr(optimizer, k)}
 
 
 def _aliases(module: torch.nn.Module) -> dict[str, str]:
