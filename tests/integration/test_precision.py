@@ -46,21 +46,27 @@ def drift(shared, reference) -> tuple[float, float, float]:
 
 
 @pytest.mark.full
+@pytest.mark.parametrize(("stage", "accumulate_in_fp32"), [(BF16_STAGE, False), (3, True)])
 def test_bf16_rescale_2_to_1_to_2_stays_within_bf16_rounding_of_an_undisturbed_run(
-        tmp_path, dataset, bf16_fixed_size_runs, fixed_size_runs):
-    reference = bf16_fixed_size_runs[BF16_STAGE]["uninterrupted"] / "shared"
+        tmp_path, dataset, bf16_fixed_size_runs, fixed_size_runs, stage, accumulate_in_fp32):
+    precision = {"dtype": "bf16", "accumulate_grads_in_fp32": accumulate_in_fp32}
+    if stage == BF16_STAGE and not accumulate_in_fp32:
+        reference = bf16_fixed_size_runs[BF16_STAGE]["uninterrupted"] / "shared"
+    else:
+        config = write_job(tmp_path / "reference", dataset, zero={"stage": stage}, precision=precision)
+        assert set(run_nodes(tmp_path / "reference", config, ["a", "b"]).values()) == {0}
+        reference = tmp_path / "reference" / "shared"
     run_dir = tmp_path / "run"
     sizes = [2, 1, 2]
-    rescale_through(run_dir, write_job(run_dir, dataset, zero={"stage": BF16_STAGE}, precision={"dtype": "bf16"}),
-                    sizes)
+    rescale_through(run_dir, write_job(run_dir, dataset, zero={"stage": stage}, precision=precision), sizes)
     shared = run_dir / "shared"
     assert [r["world_size"] for r in rounds(shared)] == sizes and RunLedger(shared).failures_spent() == 0
     loss_drift, weight_drift, weight_l2 = drift(shared, reference)
     # For scale: bf16 against fp32, both undisturbed at 2 workers.
     fp32_loss, fp32_weight, fp32_l2 = drift(reference, fixed_size_runs[0]["uninterrupted"] / "shared")
-    print(f"bf16 ZeRO-{BF16_STAGE} 2→1→2 against undisturbed bf16: max relative loss difference {loss_drift:.2e}, "
-          f"max abs weight difference {weight_drift:.2e}, relative L2 {weight_l2:.2e}; undisturbed bf16 against "
-          f"fp32: {fp32_loss:.2e}, {fp32_weight:.2e}, {fp32_l2:.2e}")
+    print(f"bf16 ZeRO-{stage} (fp32 accumulation: {accumulate_in_fp32}) 2→1→2 against undisturbed: max relative "
+          f"loss difference {loss_drift:.2e}, max abs weight difference {weight_drift:.2e}, relative L2 "
+          f"{weight_l2:.2e}; undisturbed against fp32: {fp32_loss:.2e}, {fp32_weight:.2e}, {fp32_l2:.2e}")
     assert loss_drift <= BF16_LOSS_RTOL and weight_drift <= BF16_WEIGHT_ATOL
 
 

@@ -78,7 +78,7 @@ def incompatibility(manifest: Manifest, *, zero_stage: int, world_size: int, mod
                 f"{zero_stage}; set zero.stage to {manifest.zero_stage}")
     if precision is not None and manifest.precision != precision and manifest.layout != LAYOUT_SHARDED:
         # Tensile's sharded layout holds fp32 masters and moments whatever the precision; DeepSpeed's
-        # own files hold its optimizer object, which differs by precision (FP16_Optimizer or not).
+        # own files hold its optimizer object, which differs by precision (FP16_UnfusedOptimizer or not).
         return (f"{where} was saved in {manifest.precision} and this config trains in {precision}; its "
                 f"{manifest.layout} layout (DeepSpeed's own files) resumes only in the precision it was saved "
                 f"in: set precision.dtype to {manifest.precision} (ZeRO 1–3 checkpoints in Tensile's sharded "
