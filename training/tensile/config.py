@@ -213,6 +213,53 @@ class ZeroConfig:
         p.raise_if_any()
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(kw_only=True, slots=True)
+class PrecisionConfig:
+    """`precision: bf16` is short for `precision: {dtype: bf16}`. docs/design/precision.md has
+    the support table per ZeRO stage."""
+
+    dtype: str = "fp32"
+    """fp32, bf16 or fp16: the dtype of the model's weights, activations and gradients in forward
+    and backward. The optimizer keeps fp32 master weights and fp32 Adam moments in every case
+    (what checkpoints store), so a run resumes in another precision under ZeRO 1–3. fp16 scales
+    its loss dynamically (the scaler's state is checkpointed) and needs a GPU."""
+    accumulate_grads_in_fp32: bool = False
+    """Accumulate bf16/fp16 gradients across micro-batches in fp32. Only ZeRO-3 honours it in
+    DeepSpeed 0.19.8; other stages accumulate in `dtype` (refused otherwise, naming why)."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.dtype in PRECISIONS, "dtype", f"must be one of {', '.join(PRECISIONS)}, got {self.dtype!r}")
+        p.raise_if_any()
+
+    @property
+    def low_precision(self) -> bool:
+        return self.dtype != "fp32"
+
+    def refusal_for(self, zero_stage: int) -> str | None:
+        """Why DeepSpeed 0.19.8 cannot train this precision at `zero_stage` the way Tensile
+        checkpoints it, naming the alternative; None if it can."""
+        if not (self.low_precision and self.accumulate_grads_in_fp32) or zero_stage == 3:
+            return None
+        why = {0: "DeepSpeed 0.19.8 has no optimizer for it without ZeRO (it raises NotImplementedError)",
+               1: ("DeepSpeed 0.19.8 switches to its BF16_Optimizer, whose partitions Tensile's sharded "
+                   "checkpoints do not read" if self.dtype == "bf16" else
+                   "DeepSpeed 0.19.8's ZeRO-1 optimizer ignores it and accumulates in fp16"),
+               2: f"DeepSpeed 0.19.8's ZeRO-2 optimizer ignores it and accumulates in {self.dtype}"}[zero_stage]
+        return (f"{self.dtype} with fp32 gradient accumulation is not supported at ZeRO stage {zero_stage}: "
+                f"{why}; set zero.stage to 3, or precision.accumulate_grads_in_fp32 to false")
+
+    def refusal_on(self, device_type: str) -> str | None:
+        """Why this precision cannot run on a worker whose device is of `device_type`, or None."""
+        if self.dtype == "fp16" and device_type != "cuda":
+            return (f"fp16 needs a CUDA GPU: this worker computes on the {device_type}, which has no fp16 "
+                    f"kernels here; use bf16 (or fp32) on CPU workers")
+        return None
+
+
 @dataclass(kw_only=True, slots=True)
 class ElasticConfig:
     min_nodes: int = contract.DEFAULT_MIN_NODES
@@ -346,6 +393,7 @@ class TrainingConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     zero: ZeroConfig = field(default_factory=ZeroConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
@@ -369,6 +417,9 @@ class TrainingConfig:
                              + " or ".join(fixes)))
         if self.model.seq_len < 2:
             problems.append(("model.seq_len", f"must be >= 2, got {self.model.seq_len}"))
+        refusal = self.precision.refusal_for(self.zero.stage)
+        if refusal:
+            problems.append(("precision.accumulate_grads_in_fp32", refusal))
         return problems
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,7 +431,9 @@ class TrainingConfig:
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     def trajectory_hash(self) -> str:
-        """Hash of everything that shapes the training trajectory (not paths, node or process counts)."""
+        """Hash of everything that shapes the training trajectory (not paths, node or process counts).
+        Precision is left out: a run may resume in another one (checkpoints record theirs and
+        the checkpointer judges the change), and leaving it out keeps older runs' hashes."""
         d = self.to_dict()
         relevant = {k: d[k] for k in ("model", "optimizer", "zero")}
         relevant["seed"] = d["run"]["seed"]
@@ -482,6 +535,8 @@ def config_from_dict(data: Any, *, source: str | None = None,
         problems.extend(legacy_problems)
         if notes is not None:
             notes.extend(legacy_notes)
+    if isinstance(data, dict) and isinstance(data.get("precision"), str):  # `precision: bf16`
+        data = {**data, "precision": {"dtype": data["precision"]}}
     config = _build(TrainingConfig, data, "", problems)
     if config is not None:
         problems.extend(config.cross_checks())

@@ -24,7 +24,7 @@ from tensile.checkpoint.engine import (CheckpointIdentity, EngineCheckpointer, G
                                        incompatibility)
 from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
 from tensile.checkpoint.trajectory import Trajectory, continue_trajectory
-from tensile.config import TrainingConfig
+from tensile.config import ConfigError, TrainingConfig
 from tensile.data import GlobalSampler, TokenDataset
 from tensile.elastic.api import NodeOutcome
 from tensile.elastic.control import ControlPlane
@@ -34,6 +34,7 @@ from tensile.errors import MembershipChange
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
 from tensile.metrics import RunHistory, TrainerMetrics
 from tensile.model import build_model, parameter_groups, token_loss_sum
+from tensile.placement import CPU_PLACEMENT, Placement
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +125,39 @@ def deepspeed_config(config: TrainingConfig, plan: BatchPlan, *, load_universal:
             "torch_adam": True}},
         "gradient_clipping": opt.grad_clip,
         "zero_optimization": {"stage": config.zero.stage},
+        **precision_config(config),
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
 
 
+def precision_config(config: TrainingConfig) -> dict[str, Any]:
+    """DeepSpeed's sections for the configured precision. bf16 and fp16 keep fp32 master weights
+    in every optimizer DeepSpeed picks for them (docs/design/precision.md); fp16 scales its loss
+    dynamically (loss_scale 0), from 2**16, halving on overflow and doubling after 1000 clean steps."""
+    precision = config.precision
+    out: dict[str, Any] = {}
+    if precision.dtype == "bf16":
+        out["bf16"] = {"enabled": True}
+    elif precision.dtype == "fp16":
+        out["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                       "hysteresis": 2, "min_loss_scale": 1}
+    if precision.low_precision and precision.accumulate_grads_in_fp32:
+        out["data_types"] = {"grad_accum_dtype": "fp32"}
+    return out
+
+
 class Trainer:
     def __init__(self, config: TrainingConfig, *, rank: int, world_size: int, local_dir: Path,
                  stop: StopRequest, watchdog: StepWatchdog, checkpoint_request: CheckpointRequest | None = None,
-                 control: ControlPlane, metrics: TrainerMetrics | None = None, faults: FaultHooks = NO_FAULTS):
+                 control: ControlPlane, metrics: TrainerMetrics | None = None, faults: FaultHooks = NO_FAULTS,
+                 placement: Placement = CPU_PLACEMENT):
+        refusal = config.precision.refusal_on(placement.device.type)
+        if refusal:
+            raise ConfigError([("precision.dtype", refusal)])
         self.config = config
+        self.placement = placement
+        """This process's device: where inputs go, and where the per-step report is reduced."""
         self.rank = rank
         self.world_size = world_size
         self.local_dir = local_dir
@@ -186,7 +210,9 @@ class Trainer:
                 zero_stage=self.config.zero.stage,
                 identity=CheckpointIdentity(config_hash=self.config.trajectory_hash(),
                                             model_hash=self.config.model_hash(),
-                                            data_version=self.dataset.data_version),
+                                            data_version=self.dataset.data_version,
+                                            precision=self.config.precision.dtype),
+                placement=self.placement,
                 keep_last=self.config.checkpoint.keep_last,
                 lease=GroupLease.for_round(self.round.token, self.round.resume, self.round.epoch),
                 persist_timeout_s=self.config.checkpoint.persist_timeout_s, control=self.control,
@@ -239,7 +265,8 @@ class Trainer:
             before_verify=lambda m: expect(self.control.seconds_for(sum(f.size for f in m.files))))
         if point.manifest is not None:
             problem = incompatibility(point.manifest, zero_stage=self.config.zero.stage,
-                                      world_size=self.world_size, model_hash=self.config.model_hash())
+                                      world_size=self.world_size, model_hash=self.config.model_hash(),
+                                      precision=self.config.precision.dtype)
             if problem:
                 log.error("cannot resume: %s", problem)
                 self.ledger.write_status("failed", reason=problem)
@@ -387,7 +414,8 @@ class Trainer:
         # DeepSpeed averages gradients over the data-parallel group; scaling by the world size
         # undoes that, so the update is the gradient of (sum of token losses / global tokens).
         scale = self.world_size / global_tokens
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        loss_sum: torch.Tensor | None = None  # summed on the device, in micro-batch order
+        to_device = self.placement.to_device
         for positions, padding in self.plan.micro_batches(self.rank):
             ids = [sample_ids[p] for p in positions]
             tokens = self._read(ids, padding)
@@ -395,27 +423,33 @@ class Trainer:
             if padding:
                 mask[len(ids):] = 0
             keys = torch.tensor(ids + [0] * padding, dtype=torch.long)
+            # Born on the host (the dataset's arrays); DeepSpeed's forward does not move inputs.
+            tokens, mask, keys = to_device(tokens), to_device(mask), to_device(keys)
             logits = self.engine(tokens[:, :-1], keys, step)
             micro_sum, _ = token_loss_sum(logits, tokens[:, 1:], mask)
             self.engine.backward(micro_sum * scale, scale_wrt_gas=False)
             self.engine.step()
-            loss_sum += micro_sum.detach().double()
+            part = micro_sum.detach().double()
+            loss_sum = part if loss_sum is None else loss_sum + part
         part_failed = self._background_save_ended(self.checkpointer.poll())
         self._voted_generation = self.checkpoint_request.generation
         # One all-reduce per step carries the loss and every rank's votes (and rank 0's news of a
         # fenced background publish, and any rank's failed part of a background save), so all
         # ranks agree at this same step boundary.
-        report = torch.tensor([loss_sum.item(), float(self.stop.requested),
-                               float(self.checkpoint_request.requested),
-                               float(self._fenced is not None), float(part_failed)], dtype=torch.float64)
+        # Where the default group's backend takes it: NCCL only reduces CUDA tensors.
+        report = self.placement.for_collective(torch.tensor(
+            [0.0 if loss_sum is None else loss_sum.item(), float(self.stop.requested),
+             float(self.checkpoint_request.requested), float(self._fenced is not None), float(part_failed)],
+            dtype=torch.float64))
         dist.all_reduce(report)
-        if report[3].item() > 0:  # rank 0's background publish found another group's commit
+        total_loss, stop_votes, checkpoint_votes, fenced, parts_failed = report.tolist()
+        if fenced > 0:  # rank 0's background publish found another group's commit
             raise FencingError(self._fenced or "another worker group published first (rank 0 saw it)")
-        if report[4].item() > 0:
+        if parts_failed > 0:
             # Rank 0 would otherwise wait persist_timeout_s for the failed rank's files; the save is
             # abandoned (reported once it ends), and the next interval's save tries again.
-            self.checkpointer.abandon(f"{int(report[4].item())} rank(s) failed their part")
-        return report[0].item() / global_tokens, int(report[1].item()), int(report[2].item())
+            self.checkpointer.abandon(f"{int(parts_failed)} rank(s) failed their part")
+        return total_loss / global_tokens, int(stop_votes), int(checkpoint_votes)
 
     def _read(self, ids: list[int], padding: int) -> torch.Tensor:
         tokens = self.dataset.read(ids) if ids else torch.zeros(0, self.dataset.sample_length, dtype=torch.long)

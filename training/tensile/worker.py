@@ -209,18 +209,17 @@ def train(config_path: str) -> int:
     if config.signals.imds_enabled:
         watch_spot_notices(config, stop, checkpoint_request, ledger, me)
     deepspeed.utils.logger.setLevel(logging.WARNING)
-    deepspeed.init_distributed(dist_backend="gloo" if not _has_cuda() else "nccl",
-                               timeout=timedelta(seconds=config.elastic.collective_timeout_s),
-                               verbose=False)
-    control = ControlPlane(default_store(), rank=rank, world_size=me.world_size,
-                           base_timeout_s=config.elastic.collective_timeout_s,
-                           tier_bytes_per_s=config.elastic.min_tier_mb_per_s * 1e6)
-    witness = membership_witness(config, me, remember_round_members(config, me))
     faults = fault_hooks_from_environment()
+    witness = None
     try:
+        placement = join_process_group(config, me)  # a node with fewer GPUs than processes: NotRetryable
+        control = ControlPlane(default_store(), rank=rank, world_size=me.world_size,
+                               base_timeout_s=config.elastic.collective_timeout_s,
+                               tier_bytes_per_s=config.elastic.min_tier_mb_per_s * 1e6)
+        witness = membership_witness(config, me, remember_round_members(config, me))
         trainer = Trainer(config, rank=rank, world_size=me.world_size, local_dir=node_dir.path, stop=stop,
                           watchdog=watchdog, checkpoint_request=checkpoint_request, metrics=metrics,
-                          control=control, faults=faults)
+                          control=control, faults=faults, placement=placement)
         round_start = trainer.start_round()
         node_dir.round_marker(rank).parent.mkdir(parents=True, exist_ok=True)
         node_dir.round_marker(rank).write_text(str(round_start.round_number))
@@ -398,10 +397,18 @@ def fault_hooks_from_environment():
     return EnvironmentFaults(os.environ)
 
 
-def _has_cuda() -> bool:
-    import torch
+def join_process_group(config, me: WorkerIdentity):
+    """This process's device, made current before the default process group exists (so no
+    collective ever runs on another GPU than LOCAL_RANK's), then the group on its backend."""
+    import deepspeed
 
-    return torch.cuda.is_available()
+    from tensile.placement import Placement
+
+    placement = Placement.of_this_process(me.local_rank)
+    placement.activate()
+    deepspeed.init_distributed(dist_backend=placement.backend,
+                               timeout=timedelta(seconds=config.elastic.collective_timeout_s), verbose=False)
+    return placement
 
 
 if __name__ == "__main__":

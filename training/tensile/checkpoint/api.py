@@ -83,6 +83,9 @@ class Manifest:
     """The training code's commit (baked into the image at build time)."""
     layout: str = LAYOUT_DEEPSPEED
     """How the training state is stored: LAYOUT_DEEPSPEED or LAYOUT_SHARDED."""
+    precision: str = "fp32"
+    """The precision it was trained in (fp32, bf16, fp16); manifests written before the field
+    existed were all fp32."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
