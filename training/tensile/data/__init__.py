@@ -1,6 +1,8 @@
-"""Tensile's data: sharded token datasets, the generated default corpus and the global sample order."""
+"""Tensile's data: sharded token datasets (with loss masks), the generated default corpus, the
+converter from other formats, the global sample order and the prefetching reader."""
 
 from .corpus import ByteTokenizer, generate_corpus, generate_text
+from .prefetch import PrefetchingReader, StepRequest, StepSamples, empty_batch
 from .sampler import GlobalSampler, epoch_permutation_seed
 from .shards import (
     DATASET_FORMAT,
@@ -10,6 +12,7 @@ from .shards import (
     DatasetFormatError,
     DatasetIntegrityError,
     DatasetNotFoundError,
+    SampleBatch,
     TokenDataset,
     TokenShardWriter,
 )
@@ -24,6 +27,11 @@ __all__ = [
     "DatasetIntegrityError",
     "DatasetNotFoundError",
     "GlobalSampler",
+    "PrefetchingReader",
+    "StepRequest",
+    "StepSamples",
+    "empty_batch",
+    "SampleBatch",
     "TokenDataset",
     "TokenShardWriter",
     "epoch_permutation_seed",
