@@ -3,7 +3,7 @@ converter from other formats, the global sample order and the prefetching reader
 
 from .corpus import ByteTokenizer, generate_corpus, generate_text
 from .prefetch import PrefetchingReader, StepRequest, StepSamples, empty_batch
-from .sampler import GlobalSampler, epoch_permutation_seed
+from .sampler import FeistelPermutation, GlobalSampler, epoch_permutation_seed
 from .shards import (
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
@@ -26,6 +26,7 @@ __all__ = [
     "DatasetFormatError",
     "DatasetIntegrityError",
     "DatasetNotFoundError",
+    "FeistelPermutation",
     "GlobalSampler",
     "PrefetchingReader",
     "StepRequest",
