@@ -124,13 +124,14 @@ class _RangedStore:
     """Shared by the remote stores: rows become coalesced range requests."""
 
     url: str
+    max_request_bytes = MAX_REQUEST_BYTES
 
     def _get_ranges(self, runs: Sequence[RowRun], row_bytes: int) -> list[bytes]:
         raise NotImplementedError
 
     def read_rows(self, name: str, row_bytes: int, num_rows: int, rows: Sequence[int]) -> np.ndarray:
         locations = [(name, row) for row in rows]
-        runs = coalesce(locations, row_bytes)
+        runs = coalesce(locations, row_bytes, self.max_request_bytes)
         return _rows_from_runs(locations, runs, self._get_ranges(runs, row_bytes) if runs else [], row_bytes)
 
 
