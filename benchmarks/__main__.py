@@ -2,13 +2,14 @@
 
 import sys
 
-from benchmarks import checkpoint_io, recovery, reshard
+from benchmarks import checkpoint_io, data_prefetch, recovery, reshard
 
 
 def main() -> int:
     reshard.main()
     checkpoint_io.main()
     recovery.main()
+    data_prefetch.main()
     return 0
 
 

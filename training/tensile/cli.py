@@ -298,6 +298,63 @@ def checkpoint_rollback(shared_dir: str = SHARED,
                   f"retention keeps it and its lineage")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Token datasets: bring your own.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(src: Path = typer.Argument(..., help="Pre-tokenised input: .npy, a raw memmap, parquet or arrow "
+                                            "file(s), a saved Hugging Face dataset, or a Megatron .bin/.idx."),
+                 dest: str = typer.Argument(..., help="Where the dataset goes (a directory); the held-out split "
+                                            "goes to DEST/heldout."),
+                 seq_len: int = typer.Option(..., help="Tokens a sample trains on (model.max_seq_len or less)."),
+                 format: Optional[str] = typer.Option(None, "--format", help="npy, raw, parquet, arrow, hf or "
+                                                      "megatron (default: from the name)."),
+                 dtype: Optional[str] = typer.Option(None, help="raw only: the memmap's element type (uint16, int32...)."),
+                 token_column: str = typer.Option("input_ids", help="parquet/arrow/hf: the token-list column."),
+                 mask_column: Optional[str] = typer.Option(None, help="parquet/arrow/hf: per-token loss flags "
+                                                           "(nonzero: counts), or labels with --ignore-index."),
+                 ignore_index: Optional[int] = typer.Option(None, help="A label value that masks its token (e.g. -100)."),
+                 split: str = typer.Option("train", help="hf: the split of a saved DatasetDict."),
+                 held_out: str = typer.Option("0", help="Samples held out for evaluation: a fraction (0.01) or a count (500)."),
+                 eos_id: Optional[int] = typer.Option(None, help="Appended after each document (none: documents abut)."),
+                 vocab_size: Optional[int] = typer.Option(None, help="The tokenizer's vocabulary (default: largest id + 1)."),
+                 seed: int = typer.Option(0, help="Keys which samples are held out."),
+                 samples_per_shard: Optional[int] = typer.Option(None, help="Default: about 64 MB of tokens a shard.")) -> None:
+    """Convert pre-tokenised data into Tensile's shard format: packed samples, loss masks, a held-out split."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tensile.data.prepare import HeldOut, prepare
+    from tensile.data.sources import SourceError, SourceSpec, guess_format
+
+    if dest.startswith("s3://"):
+        errors.print("[red]prepare writes to a directory[/] (s3fs cannot be installed beside Tensile's botocore); "
+                     f"write there, then upload it: aws s3 sync <directory> {dest}", highlight=False)
+        raise typer.Exit(2)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+                  TimeRemainingColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task({"scan": "scanning", "pack": "packing"}[phase], total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+        try:
+            spec = SourceSpec(path=src, format=format or guess_format(src), dtype=dtype, token_column=token_column,
+                              mask_column=mask_column, ignore_index=ignore_index, split=split)
+            result = prepare(spec, dest, seq_len=seq_len, vocab_size=vocab_size, eos_id=eos_id,
+                             held_out=HeldOut.parse(held_out), seed=seed, samples_per_shard=samples_per_shard,
+                             progress=progress)
+        except (SourceError, ValueError) as e:
+            errors.print(f"[red]cannot prepare {src}[/]: {e}", highlight=False)
+            raise typer.Exit(2) from None
+    console.print(f"[green]wrote[/] {result.url}: {result.samples} samples of {seq_len} + 1 tokens "
+                  f"({result.documents} documents, {result.tokens} tokens, {result.dropped_tokens} left over), "
+                  f"vocabulary {result.vocab_size}, loss masks {'yes' if result.loss_mask else 'no'}")
+    if result.held_out_url:
+        console.print(f"held out {result.held_out_samples} samples: {result.held_out_url}")
+
+
 def _repo_root() -> Path | None:
     """The checkout holding Pulumi.yaml and infra/: the working directory or one above it."""
     for directory in (Path.cwd(), *Path.cwd().parents):

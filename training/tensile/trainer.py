@@ -25,7 +25,7 @@ from tensile.checkpoint.engine import (CheckpointIdentity, EngineCheckpointer, G
 from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
 from tensile.checkpoint.trajectory import Trajectory, continue_trajectory
 from tensile.config import ConfigError, TrainingConfig
-from tensile.data import GlobalSampler, TokenDataset
+from tensile.data import GlobalSampler, PrefetchingReader, SampleBatch, StepRequest, TokenDataset, empty_batch
 from tensile.elastic.api import NodeOutcome
 from tensile.elastic.control import ControlPlane
 from tensile.elastic.ledger import RunLedger
@@ -171,6 +171,8 @@ class Trainer:
         self.tier = faults.wrap_tier(open_tier(config.checkpoint.shared_dir))
         self.ledger = RunLedger(config.checkpoint.ledger_path)
         self.dataset = TokenDataset(config.data.url)
+        self.reader = PrefetchingReader(self.dataset)
+        """Reads the next step's samples while this one trains."""
         self.plan = plan_batch(config.batch.global_batch_size, config.batch.micro_batch_sizes, world_size)
         self.state = TrainState(step=0, sampler=GlobalSampler(self.dataset.num_samples,
                                                               config.batch.global_batch_size, config.run.seed),
@@ -366,6 +368,7 @@ class Trainer:
                     raise StopForMembership(f"stop agreed at step {step} ({self.stop.reason or 'a peer asked'})")
         finally:
             watchdog.stop()
+            self.reader.close()
         if self.rank == 0:
             self.ledger.write_status("completed", step=step)
             self.ledger.record("completed", step=step)
@@ -404,24 +407,30 @@ class Trainer:
         self.ledger.record("checkpoint" if result.published else "checkpoint-failed", asynchronous=True, **fields)
         return result.error is not None
 
+    def _step_request(self, step: int) -> StepRequest:
+        sample_ids = self.sampler.sample_ids_for_step(step)
+        return StepRequest(step, sample_ids, [[sample_ids[p] for p in positions]
+                                              for positions, _ in self.plan.micro_batches(self.rank)])
+
     def _train_step(self, step: int) -> tuple[float, int, int]:
         self.faults.before_step(step=step, rank=self.rank)
-        sample_ids = self.sampler.sample_ids_for_step(step)
-        seq_len = self.dataset.seq_len
-        # Every position is a real token (the corpus is packed), so the step's global token
-        # count is known without communication.
-        global_tokens = len(sample_ids) * seq_len
+        request = self._step_request(step)
+        samples = self.reader.read(request)
+        if step + 1 < self.config.run.steps:
+            self.reader.prefetch(self._step_request(step + 1))
+        # The normaliser is the global batch's count of targets that count (loss masks), which
+        # every rank reads off the masks of all the step's samples (a bit per token) instead of
+        # all-reducing: no collective before the first micro-batch, and the same integer on every
+        # rank at any worker count, so the trajectory does not depend on how the batch is split.
+        global_tokens = max(1, samples.target_count)
         # DeepSpeed averages gradients over the data-parallel group; scaling by the world size
         # undoes that, so the update is the gradient of (sum of token losses / global tokens).
         scale = self.world_size / global_tokens
         loss_sum: torch.Tensor | None = None  # summed on the device, in micro-batch order
         to_device = self.placement.to_device
-        for positions, padding in self.plan.micro_batches(self.rank):
-            ids = [sample_ids[p] for p in positions]
-            tokens = self._read(ids, padding)
-            mask = torch.ones(tokens.shape[0], seq_len, dtype=torch.float32)
-            if padding:
-                mask[len(ids):] = 0
+        for (positions, padding), ids, batch in zip(self.plan.micro_batches(self.rank), request.micro_batches,
+                                                    samples.micro_batches):
+            tokens, mask = self._padded(batch, padding)
             keys = torch.tensor(ids + [0] * padding, dtype=torch.long)
             # Born on the host (the dataset's arrays); DeepSpeed's forward does not move inputs.
             tokens, mask, keys = to_device(tokens), to_device(mask), to_device(keys)
@@ -451,11 +460,12 @@ class Trainer:
             self.checkpointer.abandon(f"{int(parts_failed)} rank(s) failed their part")
         return total_loss / global_tokens, int(stop_votes), int(checkpoint_votes)
 
-    def _read(self, ids: list[int], padding: int) -> torch.Tensor:
-        tokens = self.dataset.read(ids) if ids else torch.zeros(0, self.dataset.sample_length, dtype=torch.long)
+    def _padded(self, batch: SampleBatch, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens and loss mask of a micro-batch, with padding samples that no target counts in."""
         if padding:
-            tokens = torch.cat([tokens, torch.zeros(padding, tokens.shape[1], dtype=torch.long)])
-        return tokens
+            pad = empty_batch(padding, self.dataset.sample_length)
+            return torch.cat([batch.tokens, pad.tokens]), torch.cat([batch.loss_mask, pad.loss_mask])
+        return batch.tokens, batch.loss_mask
 
     def _save(self, step: int, reason: str) -> None:
         blocked_since = time.monotonic()
