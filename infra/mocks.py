@@ -98,9 +98,20 @@ def _make_mocks(region: str):
                     "property_dependencies": {k: list(v.urns) for k, v in request.propertyDependencies.items()},
                     "ignore_changes": list(request.ignoreChanges),
                     "retain_on_delete": bool(request.retainOnDelete),
+                    "protect": bool(request.protect),
+                    # The URNs this resource was known by before (a rename with an alias is no
+                    # replacement): what the engine would match against its state.
+                    "aliases": [self._alias_urn(request, alias) for alias in request.aliases],
                     "inputs": json.loads(json.dumps(inputs, default=str)),
                 })
             return response
+
+        def _alias_urn(self, request, alias) -> str:
+            if alias.urn:
+                return alias.urn
+            spec = alias.spec
+            parent = "" if spec.noParent else (spec.parentUrn or request.parent)
+            return self.make_urn(parent, spec.type or request.type, spec.name or request.name)
 
         def RegisterResourceOutputs(self, request):
             from pulumi.runtime import rpc
