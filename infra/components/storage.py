@@ -13,10 +13,7 @@ import pulumi_aws as aws
 
 from infra.components import tagging
 from infra.config.types import StorageConfig, TeamConfig
-
-TEAM_UID_BASE = 50_000
-"""POSIX uid/gid of the first team's access point; each team gets its own."""
-
+from infra.plan import storage as storage_plan
 
 def tls_only_policy(bucket_arn: str) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": [{
@@ -89,15 +86,15 @@ class Storage(pulumi.ComponentResource):
             aws.efs.MountTarget(f"{name}-efs-{az}", file_system_id=file_system.id, subnet_id=subnet_id,
                                 security_groups=[efs_sg.id], opts=child)
         self.access_point_ids = {}
-        for i, team in enumerate(args.teams):
-            uid = TEAM_UID_BASE + i
+        for team in args.teams:
+            spec = storage_plan.team_access_point(team)
             self.access_point_ids[team.name] = aws.efs.AccessPoint(
                 f"{name}-efs-{team.name}", file_system_id=file_system.id,
-                posix_user=aws.efs.AccessPointPosixUserArgs(uid=uid, gid=uid),
+                posix_user=aws.efs.AccessPointPosixUserArgs(uid=spec.uid, gid=spec.gid),
                 root_directory=aws.efs.AccessPointRootDirectoryArgs(
-                    path=f"/teams/{team.name}",
+                    path=spec.path,
                     creation_info=aws.efs.AccessPointRootDirectoryCreationInfoArgs(
-                        owner_uid=uid, owner_gid=uid, permissions="0750")),
+                        owner_uid=spec.uid, owner_gid=spec.gid, permissions=spec.permissions)),
                 tags={"Name": f"{args.cluster_name}-{team.name}", tagging.TEAM_TAG: team.name}, opts=child).id
 
         self.bucket_name = bucket.bucket

@@ -34,9 +34,14 @@ class Reader:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        """What previews with a warning: allowed, but worth the operator's attention."""
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(Problem(path, reason))
+
+    def warning(self, path: str, reason: str) -> None:
+        self.warnings.append(f"{path}: {reason}")
 
     def section(self, raw: Any, path: str, known: set[str], *, required: bool = True) -> dict:
         if raw is None:

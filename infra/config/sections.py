@@ -258,11 +258,11 @@ def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[
         r.problem("teams", "must be a list of teams")
         return ()
     pool_models = {p.gpu_model for p in pools}
-    teams, names = [], set()
+    teams, names, uids = [], set(), {}
     for i, entry in enumerate(raw):
         path = f"teams[{i}]"
         obj = r.section(entry, path, {"name", "gpuQuota", "borrowingLimit", "monthlyBudgetUsd", "gpuModels",
-                                      "memberRoleArn"})
+                                      "memberRoleArn", "efsUid"})
         name = r.value(obj, "name", path, str,
                        check=lambda v: None if DNS_LABEL.match(v) else f"must be a DNS label, got {v!r}")
         if name in names:
@@ -274,16 +274,43 @@ def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[
         models = r.strings(obj, "gpuModels", path,
                            check=lambda v: None if v in pool_models else f"no GPU pool offers {v!r} (pools offer {', '.join(sorted(pool_models))})")
         member_role = r.value(obj, "memberRoleArn", path, str, check=role_arn_problem)
+        uid = r.value(obj, "efsUid", path, int, None, check=efs_uid_problem)
+        if obj.get("efsUid") is None:
+            # Stack files from before efsUid: the uid the team's access point was created with.
+            uid = positional_efs_uid(i)
+            r.warning(f"{path}.efsUid", f"not set, so team {name} keeps {uid}, the uid of its place in the list; "
+                                        f"write efsUid: {uid} so that removing or reordering teams cannot change it")
+        if uid is not None and uid in uids:
+            r.problem(f"{path}.efsUid", f"{uid} is team {uids[uid]}'s too: two teams with one uid can write each "
+                                        "other's files; give each team its own efsUid")
+        elif uid is not None:
+            uids[uid] = name
         if quota and models:
             ceiling = sum(p.max_gpus for p in pools if p.gpu_model in models)
             if quota + (borrow or 0) > ceiling:
                 r.problem(f"{path}.gpuQuota",
                           f"quota {quota} + borrowing {borrow} exceeds the {ceiling} GPUs its pools allow: lower it or raise gpuPools maxGpus")
-        if None in (name, quota, budget, member_role) or not models:
+        if None in (name, quota, budget, member_role, uid) or not models:
             continue
         teams.append(TeamConfig(name=name, gpu_quota=quota, borrowing_limit=borrow or 0,
-                                monthly_budget_usd=budget, gpu_models=models, member_role_arn=member_role))
+                                monthly_budget_usd=budget, gpu_models=models, member_role_arn=member_role,
+                                efs_uid=uid))
     return tuple(teams)
+
+
+EFS_UID_RANGE = (1000, 2_147_483_647)
+"""Above system accounts; within what Kubernetes' runAsUser and NFS both take."""
+POSITIONAL_EFS_UID_BASE = 50_000
+"""Before efsUid, team i's access point had uid 50000 + i."""
+
+
+def positional_efs_uid(index: int) -> int:
+    return POSITIONAL_EFS_UID_BASE + index
+
+
+def efs_uid_problem(value: int) -> str | None:
+    low, high = EFS_UID_RANGE
+    return None if low <= value <= high else f"must be a uid from {low} to {high}, got {value}"
 
 
 def parse_platform(r: Reader, raw: Any) -> PlatformConfig:

@@ -66,7 +66,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
 
     if caller is not None:
         check_identities(r, cluster=cluster, teams=teams, caller=caller)
-    warnings = spot_role_warnings(pools, karpenter)
+    warnings = r.warnings + spot_role_warnings(pools, karpenter)
     if not r.problems:
         warnings += checks.check_costs(r, stack=stack, pools=pools, teams=teams, budget=budget,
                                 cluster=cluster, network=network, prices=prices)

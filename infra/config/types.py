@@ -100,6 +100,10 @@ class TeamConfig:
     gpu_models: tuple[str, ...]
     member_role_arn: str = ""
     """IAM role the team's people assume; an EKS access entry binds it to the team's namespace only."""
+    efs_uid: int = 50_000
+    """POSIX uid and gid of the team's EFS access point, and owner of its directory: part of the
+    access point's identity (a new uid replaces it, and the old directory, mode 0750, is then
+    unwritable), so it is set per team, never derived from the team's place in the list."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
