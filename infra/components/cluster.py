@@ -70,8 +70,10 @@ class Cluster(pulumi.ComponentResource):
         cfg = args.config
         child = pulumi.ResourceOptions(parent=self)
 
+        # Protected, with the cluster: deleting either loses every Secret and workload (docs/upgrades.md).
+        protected = pulumi.ResourceOptions(parent=self, protect=True)
         secrets_key = aws.kms.Key(f"{name}-secrets-key", description=f"{args.cluster_name} Kubernetes secrets",
-                                  enable_key_rotation=True, deletion_window_in_days=30, opts=child)
+                                  enable_key_rotation=True, deletion_window_in_days=30, opts=protected)
         role = aws.iam.Role(f"{name}-role", assume_role_policy=assume_role_policy("eks.amazonaws.com"), opts=child)
         aws.iam.RolePolicyAttachment(f"{name}-role-cluster-policy", role=role.name,
                                      policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy", opts=child)
@@ -95,7 +97,7 @@ class Cluster(pulumi.ComponentResource):
             # At the end of standard support EKS upgrades the control plane instead of billing
             # extended support; validation already refuses versions that close to the end.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group], protect=True),
         )
         oidc = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc", url=cluster.identities[0].oidcs[0].issuer, client_id_lists=["sts.amazonaws.com"],
@@ -148,9 +150,12 @@ class Cluster(pulumi.ComponentResource):
 
         self.name = cluster.name
         self.endpoint = cluster.endpoint
+        self.certificate_authority = cluster.certificate_authority.data
+        self.kubeconfig = config_text
         self.security_group_id = cluster.vpc_config.cluster_security_group_id
         self.karpenter_node_role_name = karpenter_node_role.name
         self.karpenter_node_role_arn = karpenter_node_role.arn
+        self.system_node_role_arn = system_role.arn
         self.oidc_provider_arn = oidc.arn
         self.system_nodes = system_nodes
         self.register_outputs({"name": self.name, "endpoint": self.endpoint,

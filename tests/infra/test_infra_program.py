@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from infra import cost
+from infra import cost, mocks
 from infra.components import interruption, tagging
 
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
@@ -27,7 +27,7 @@ EXPECTED_COUNTS = {
         "kubernetes:helm.sh/v3:Release": 6, "aws:efs/mountTarget:MountTarget": 2, "aws:efs/accessPoint:AccessPoint": 1,
         "aws:cloudwatch/eventRule:EventRule": 5, "aws:cloudwatch/eventTarget:EventTarget": 5,
         "aws:eks/addon:Addon": 5, "aws:eks/nodeGroup:NodeGroup": 1, "aws:eks/accessEntry:AccessEntry": 2,
-        "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2,
+        "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2, "aws:efs/backupPolicy:BackupPolicy": 1,
     },
     "prod": {
         "aws:ec2/subnet:Subnet": 6, "aws:ec2/natGateway:NatGateway": 3, "aws:ec2/eip:Eip": 3,
@@ -36,10 +36,10 @@ EXPECTED_COUNTS = {
         "kubernetes:helm.sh/v3:Release": 7, "aws:efs/mountTarget:MountTarget": 3, "aws:efs/accessPoint:AccessPoint": 2,
         "aws:cloudwatch/eventRule:EventRule": 5, "aws:cloudwatch/eventTarget:EventTarget": 5,
         "aws:eks/addon:Addon": 5, "aws:eks/nodeGroup:NodeGroup": 1, "aws:eks/accessEntry:AccessEntry": 4,
-        "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2,
+        "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2, "aws:efs/backupPolicy:BackupPolicy": 1,
     },
 }
-EXPECTED_TOTALS = {"dev": 143, "prod": 196}
+EXPECTED_TOTALS = {"dev": 144, "prod": 197}
 COMPONENTS = {"tensile:infra:Network", "tensile:infra:Cluster", "tensile:infra:InterruptionQueue",
               "tensile:infra:Karpenter", "tensile:infra:GpuNodePools", "tensile:infra:Storage", "tensile:infra:Budgets",
               "tensile:infra:Addons", "tensile:infra:Teams", "tensile:infra:BudgetEnforcer"}
@@ -402,3 +402,39 @@ def test_resources_record_which_resources_feed_each_input(run):
     versioning = _one(run, "aws:s3/bucketVersioning:BucketVersioning")
     bucket = _one(run, "aws:s3/bucket:Bucket")
     assert versioning["property_dependencies"]["bucket"] == [bucket["urn"]]
+
+
+PROTECTED_TYPES = ("aws:kms/key:Key", "aws:s3/bucket:Bucket", "aws:efs/fileSystem:FileSystem", "aws:eks/cluster:Cluster")
+
+
+def test_what_holds_data_or_keys_is_protected_and_nothing_else(run):
+    """Issue 17 item 7: `pulumi destroy`, or a change that would replace them, stops at the
+    bucket, the file system, every KMS key and the cluster (docs/upgrades.md says how to lift it)."""
+    protected = {r["name"] for r in run.resources if r["protect"]}
+    expected = {r["name"] for r in run.resources if r["type"] in PROTECTED_TYPES}
+    assert protected == expected
+    assert {"storage-checkpoints", "storage-efs", "storage-key", "cluster-eks", "cluster-secrets-key",
+            "budgets-alerts-key"} == expected
+
+
+def test_efs_is_backed_up_by_aws_backup(run):
+    (policy,) = run.of_type("aws:efs/backupPolicy:BackupPolicy")
+    assert policy["inputs"]["backupPolicy"] == {"status": "ENABLED"}
+    assert policy["inputs"]["fileSystemId"] == "storage-efs-id"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_stack_exports_how_to_reach_the_cluster_and_its_identities(stack, stack_runs, raw_configs):
+    outputs = stack_runs[stack].outputs
+    kubeconfig = json.loads(outputs["kubeconfig"])
+    (cluster_entry,) = kubeconfig["clusters"]
+    assert cluster_entry["cluster"] == {"server": outputs["clusterEndpoint"],
+                                        "certificate-authority-data": outputs["clusterCertificateAuthority"]}
+    assert outputs["clusterEndpoint"].startswith("https://") and outputs["clusterCertificateAuthority"]
+    teams = [t["name"] for t in raw_configs[stack]["tensile:teams"]]
+    assert sorted(outputs["trainerRoleArns"]) == sorted(teams)
+    assert all(arn == f"arn:aws:iam::{mocks.MOCK_ACCOUNT_ID}:role/teams-{team}-trainer-role"
+               for team, arn in outputs["trainerRoleArns"].items())
+    assert outputs["karpenterControllerRoleArn"].endswith(":role/karpenter-controller-role")
+    assert outputs["karpenterNodeRoleArn"].endswith(":role/cluster-karpenter-node-role")
+    assert outputs["enforcerServiceAccount"] == "tensile-system/tensile-enforcer"
