@@ -9,8 +9,8 @@ import re
 from typing import Any, Mapping
 
 from infra import cost
-from infra.config.reader import (DNS_LABEL, DURATION, EMAIL, ISO_DATE, RESERVATION_ID, Reader, at_least, cidr_problem,
-                                 image_problem, one_of, positive, role_arn_problem)
+from infra.config.reader import (DNS_LABEL, DURATION, EMAIL, ISO_DATE, RESERVATION_ID, ZONE_ID, Reader, at_least,
+                                 cidr_problem, image_problem, one_of, positive, role_arn_problem)
 from infra.config.types import (BudgetConfig, ClusterConfig, GpuPoolConfig, JobConfig, KarpenterConfig,
                                 NetworkConfig, PlatformConfig, StorageConfig, SystemNodesConfig, TeamConfig)
 
@@ -28,7 +28,23 @@ CLUSTER_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "sche
 REQUIRED_ADDONS = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "eks-node-monitoring-agent")
 
 
-def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
+def resolve_zones(r: Reader, zones: tuple[str, ...], path: str, region: str,
+                  zone_names: Mapping[str, str] | None) -> tuple[str, ...]:
+    """Zone names, with each AZ ID (`use1-az1`) replaced by this account's name for it. Without
+    `zone_names` (readers of a stack file that never deploy) an ID stays as written."""
+    resolved = []
+    for i, zone in enumerate(zones):
+        if ZONE_ID.match(zone) and zone_names is not None:
+            if zone not in zone_names:
+                r.problem(f"{path}[{i}]", f"{zone} is no AZ ID of this account's zones in {region}: list the "
+                                          f"account's with aws ec2 describe-availability-zones --region {region}")
+            resolved.append(zone_names.get(zone, zone))
+        else:
+            resolved.append(zone)
+    return tuple(resolved)
+
+
+def parse_network(r: Reader, raw: Any, region: str, zone_names: Mapping[str, str] | None = None) -> NetworkConfig | None:
     path = "network"
     obj = r.section(raw, path, {"cidr", "availabilityZones", "natGateways", "interfaceEndpoints"})
     cidr = r.value(obj, "cidr", path, str, check=cidr_problem)
@@ -36,7 +52,7 @@ def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
         prefix = ipaddress.ip_network(cidr).prefixlen
         if not 16 <= prefix <= 20:
             r.problem(f"{path}.cidr", f"prefix must be /16 to /20 so every AZ gets room for pods (got /{prefix})")
-    azs = r.strings(obj, "availabilityZones", path)
+    azs = resolve_zones(r, r.strings(obj, "availabilityZones", path), f"{path}.availabilityZones", region, zone_names)
     if azs and len(azs) < 2:
         r.problem(f"{path}.availabilityZones", f"must list at least 2 AZs for a multi-AZ cluster (got {len(azs)})")
     if len(azs) > 6:
@@ -44,7 +60,7 @@ def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
     if len(set(azs)) != len(azs):
         r.problem(f"{path}.availabilityZones", "must not repeat an AZ")
     for i, az in enumerate(azs):
-        if region and not (az.startswith(region) and len(az) == len(region) + 1):
+        if region and not ZONE_ID.match(az) and not (az.startswith(region) and len(az) == len(region) + 1):
             r.problem(f"{path}.availabilityZones[{i}]", f"{az!r} is not an AZ of region {region}")
     nat = r.value(obj, "natGateways", path, str, "per-az", check=one_of("per-az", "single"))
     endpoints = r.value(obj, "interfaceEndpoints", path, bool, False)
@@ -155,7 +171,8 @@ def parse_prices(r: Reader, raw_prices: Any, raw_spot: Any) -> cost.PriceBook:
     return cost.price_book(overrides, discounts)
 
 
-def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBook) -> tuple[GpuPoolConfig, ...]:
+def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBook, region: str = "",
+                zone_names: Mapping[str, str] | None = None) -> tuple[GpuPoolConfig, ...]:
     if not isinstance(raw, list) or not raw:
         r.problem("gpuPools", "must list at least one GPU pool")
         return ()
@@ -191,7 +208,7 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
         reservations = r.strings(obj, "capacityReservationIds", path, (),
                                  check=lambda v: None if RESERVATION_ID.match(v) else f"must be a capacity reservation id cr-..., got {v!r}")
         zones = r.strings(obj, "zones", path, None)
-        zones = zones or azs
+        zones = resolve_zones(r, zones, f"{path}.zones", region, zone_names) if zones else azs
         for j, z in enumerate(zones):
             if azs and z not in azs:
                 r.problem(f"{path}.zones[{j}]", f"{z} is not one of network.availabilityZones ({', '.join(azs)})")

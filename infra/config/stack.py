@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import yaml
 
 from infra.config import checks, sections
-from infra.config.reader import Reader, one_of
+from infra.config.reader import ZONE_ID, Reader, one_of
 from infra.config.types import (CallerIdentity, ClusterConfig, ConfigError, GpuPoolConfig, JobConfig, KarpenterConfig,
                                 Problem, StackConfig, TeamConfig)
 
@@ -25,11 +25,12 @@ SPOT_ROLE_COMMAND = "aws iam create-service-linked-role --aws-service-name spot.
 
 
 def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
-          caller: CallerIdentity | None = None) -> StackConfig:
+          caller: CallerIdentity | None = None, zone_names: Mapping[str, str] | None = None) -> StackConfig:
     """Turn fully qualified raw config (`{"tensile:network": {...}, "aws:region": "..."}`, values
     already decoded from JSON) into a StackConfig, or raise ConfigError listing every problem.
     `caller` (who runs `up`) enables the checks against the identity; the program always passes
-    it, readers of stack files that never deploy may not."""
+    it, readers of stack files that never deploy may not. `zone_names` (AZ ID → this account's
+    name for it) resolves the AZ IDs the stack file may list instead of names."""
     today = today or dt.date.today()
     r = Reader()
     top: dict[str, Any] = {}
@@ -52,12 +53,12 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
     cost_centre = r.value(top, "costCentre", "", str,
                           check=lambda v: None if v.strip() else "must not be empty: it tags every resource")
 
-    network = sections.parse_network(r, top.get("network"), region)
+    network = sections.parse_network(r, top.get("network"), region, zone_names)
     azs = network.availability_zones if network else ()
     cluster = sections.parse_cluster(r, top.get("cluster"), environment, today)
     karpenter = sections.parse_karpenter(r, top.get("karpenter"))
     prices = sections.parse_prices(r, top.get("prices"), top.get("spotDiscounts"))
-    pools = sections.parse_pools(r, top.get("gpuPools"), azs, prices)
+    pools = sections.parse_pools(r, top.get("gpuPools"), azs, prices, region, zone_names)
     storage = sections.parse_storage(r, top.get("storage"))
     budget = sections.parse_budget(r, top.get("budget"))
     teams = sections.parse_teams(r, top.get("teams"), pools)
@@ -163,7 +164,29 @@ def load_from_pulumi() -> StackConfig:
     # A plain invoke: it resolves at preview as at up (from the credentials, no resource needed),
     # and the mocks answer it offline.
     identity = aws.get_caller_identity()
-    return parse(raw, stack=pulumi.get_stack(), caller=CallerIdentity(account_id=identity.account_id, arn=identity.arn))
+    zone_ids = zone_ids_in(raw)
+    zone_names = None
+    if zone_ids:
+        # Names, not IDs, go into the subnets and NodePools: a stack written with names keeps
+        # exactly the inputs it had, and one written with IDs gets this account's names for them.
+        zones = aws.get_availability_zones(filters=[{"name": "zone-id", "values": zone_ids}])
+        zone_names = dict(zip(zones.zone_ids, zones.names, strict=True))
+    return parse(raw, stack=pulumi.get_stack(), caller=CallerIdentity(account_id=identity.account_id, arn=identity.arn),
+                 zone_names=zone_names)
+
+
+def zone_ids_in(raw: Mapping[str, Any]) -> list[str]:
+    """The AZ IDs the config lists (network.availabilityZones, gpuPools[].zones), in order, once."""
+    network = raw.get(f"{NAMESPACE}:network")
+    lists = [network.get("availabilityZones")] if isinstance(network, Mapping) else []
+    pools = raw.get(f"{NAMESPACE}:gpuPools")
+    lists += [p.get("zones") for p in pools if isinstance(p, Mapping)] if isinstance(pools, list) else []
+    found: list[str] = []
+    for zones in lists:
+        for zone in zones if isinstance(zones, list) else []:
+            if isinstance(zone, str) and ZONE_ID.match(zone) and zone not in found:
+                found.append(zone)
+    return found
 
 
 class StackFileError(Exception):
