@@ -46,6 +46,9 @@ def _fake_outputs(typ: str, name: str, inputs: dict, region: str) -> dict:
         outputs["url"] = f"https://sqs.{region}.amazonaws.com/{MOCK_ACCOUNT_ID}/{inputs.get('name', name)}"
     elif typ == "aws:s3/bucket:Bucket":
         outputs["bucket"] = f"{inputs.get('bucketPrefix', name)}mock"
+    elif typ == "aws:eks/nodeGroup:NodeGroup":
+        # EKS names the group's Auto Scaling group itself: eks-<nodegroup>-<uuid>.
+        outputs["resources"] = [{"autoscalingGroups": [{"name": f"eks-{name}-mock"}], "remoteAccessSecurityGroupId": ""}]
     elif typ == "aws:iam/role:Role":
         outputs.setdefault("name", name)
         outputs["arn"] = f"arn:aws:iam::{MOCK_ACCOUNT_ID}:role/{outputs['name']}"

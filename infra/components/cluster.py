@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -56,6 +56,8 @@ class ClusterArgs:
     cluster_name: str
     region: str
     private_subnet_ids: Sequence[pulumi.Input[str]]
+    tags: Mapping[str, str]
+    """The stack tags, for what the tagging transformation cannot reach (the system nodes' ASG)."""
 
 
 class Cluster(pulumi.ComponentResource):
@@ -75,8 +77,11 @@ class Cluster(pulumi.ComponentResource):
         secrets_key = aws.kms.Key(f"{name}-secrets-key", description=f"{args.cluster_name} Kubernetes secrets",
                                   enable_key_rotation=True, deletion_window_in_days=30, opts=protected)
         role = aws.iam.Role(f"{name}-role", assume_role_policy=assume_role_policy("eks.amazonaws.com"), opts=child)
-        aws.iam.RolePolicyAttachment(f"{name}-role-cluster-policy", role=role.name,
-                                     policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy", opts=child)
+        # The cluster depends on it: EKS needs the policy to create the cluster, and to delete it
+        # (its ENIs and security group) before the attachment goes.
+        cluster_policy = aws.iam.RolePolicyAttachment(
+            f"{name}-role-cluster-policy", role=role.name, policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
+            opts=child)
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs", name=f"/aws/eks/{args.cluster_name}/cluster", retention_in_days=90, opts=child)
 
@@ -97,7 +102,7 @@ class Cluster(pulumi.ComponentResource):
             # At the end of standard support EKS upgrades the control plane instead of billing
             # extended support; validation already refuses versions that close to the end.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group], protect=True),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group, cluster_policy], protect=True),
         )
         oidc = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc", url=cluster.identities[0].oidcs[0].issuer, client_id_lists=["sts.amazonaws.com"],
@@ -134,6 +139,15 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=early_addons,
                                         ignore_changes=["scalingConfig.desiredSize"]),
         )
+        # A managed node group's tags reach neither its Auto Scaling group nor its instances
+        # (aws/containers-roadmap#608), so the stack budget, filtered on tensile.io/stack, would
+        # miss the system nodes: tag the group, propagated to every instance it launches. A launch
+        # template with tag specifications would do it too, but replaces the node group.
+        asg_name = system_nodes.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
+        for key, value in sorted(args.tags.items()):
+            aws.autoscaling.Tag(f"{name}-system-asg-{key.rsplit('/', 1)[-1]}", autoscaling_group_name=asg_name,
+                                tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=True),
+                                opts=child)
         for addon in ADDONS_AFTER_NODES:
             self._addon(name, cluster, addon, cfg, depends_on=[system_nodes])
 
