@@ -38,7 +38,8 @@ tagging.register(tags)
 
 network = Network("network", NetworkArgs(config=cfg.network, region=cfg.region, cluster_name=cfg.cluster_name))
 cluster = Cluster("cluster", ClusterArgs(config=cfg.cluster, cluster_name=cfg.cluster_name, region=cfg.region,
-                                         private_subnet_ids=network.private_subnet_ids, tags=tags))
+                                         private_subnet_ids=network.private_subnet_ids, tags=tags,
+                                         aws_profile=cfg.aws_profile, aws_role_arn=cfg.aws_role_arn))
 interruptions = InterruptionQueue("interruption", InterruptionQueueArgs(cluster_name=cfg.cluster_name))
 karpenter = Karpenter("karpenter", KarpenterArgs(
     cluster_name=cluster.name, cluster_endpoint=cluster.endpoint, region=cfg.region,

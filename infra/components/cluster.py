@@ -36,17 +36,24 @@ def addon_configuration(addon: str) -> str | None:
     return None
 
 
-def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> str:
-    """A kubeconfig that authenticates with `aws eks get-token` as whoever runs `pulumi up`."""
+def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str, *, profile: str = "",
+               role_arn: str = "") -> str:
+    """A kubeconfig that authenticates with `aws eks get-token` as the AWS provider does: with its
+    profile and the role it assumes, so the Kubernetes provider (and an operator using the stack
+    output) reach the cluster as the identity that created it, whatever the shell's defaults."""
+    args = ["eks", "get-token", "--cluster-name", cluster_name, "--region", region]
+    if role_arn:
+        args += ["--role-arn", role_arn]
+    exec_config = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws", "args": args,
+                   "interactiveMode": "Never"}
+    if profile:
+        exec_config["env"] = [{"name": "AWS_PROFILE", "value": profile}]
     return json.dumps({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
         "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
         "current-context": cluster_name,
-        "users": [{"name": cluster_name, "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws",
-            "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region],
-            "interactiveMode": "Never"}}}],
+        "users": [{"name": cluster_name, "user": {"exec": exec_config}}],
     })
 
 
@@ -58,6 +65,9 @@ class ClusterArgs:
     private_subnet_ids: Sequence[pulumi.Input[str]]
     tags: Mapping[str, str]
     """The stack tags, for what the tagging transformation cannot reach (the system nodes' ASG)."""
+    aws_profile: str = ""
+    aws_role_arn: str = ""
+    """The AWS provider's profile and assumed role, for the kubeconfig's token."""
 
 
 class Cluster(pulumi.ComponentResource):
@@ -99,9 +109,10 @@ class Cluster(pulumi.ComponentResource):
             access_config=aws.eks.ClusterAccessConfigArgs(
                 authentication_mode="API", bootstrap_cluster_creator_admin_permissions=True),
             bootstrap_self_managed_addons=False,
-            # At the end of standard support EKS upgrades the control plane instead of billing
-            # extended support; validation already refuses versions that close to the end.
-            upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
+            # EXTENDED (the default): past the end of standard support the cluster stays on the
+            # stack's version, billed $0.60/h instead of $0.10/h while it lags, rather than EKS
+            # upgrading it behind the stack (docs/design/infra.md, "Upgrades").
+            upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type=cfg.support_type),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group, cluster_policy], protect=True),
         )
         oidc = aws.iam.OpenIdConnectProvider(
@@ -128,6 +139,9 @@ class Cluster(pulumi.ComponentResource):
             # old group is deleted, and two groups cannot share a name.
             f"{name}-system", cluster_name=cluster.name, node_group_name_prefix="system-",
             node_role_arn=system_role.arn,
+            # Pinned with the control plane: a version change is a rolling in-place update of the
+            # group (UpdateNodegroupVersion) in the same `up`, after the cluster's.
+            version=cfg.kubernetes_version,
             subnet_ids=list(args.private_subnet_ids), capacity_type="ON_DEMAND",
             instance_types=[cfg.system_nodes.instance_type], ami_type="AL2023_x86_64_STANDARD",
             disk_size=cfg.system_nodes.disk_gib, labels=dict(SYSTEM_NODE_LABEL),
@@ -157,7 +171,8 @@ class Cluster(pulumi.ComponentResource):
                             principal_arn=karpenter_node_role.arn, type="EC2_LINUX", opts=child)
 
         config_text = pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority.data).apply(
-            lambda v: kubeconfig(v[0], v[1], v[2], args.region))
+            lambda v: kubeconfig(v[0], v[1], v[2], args.region, profile=args.aws_profile,
+                                 role_arn=args.aws_role_arn))
         self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=config_text,
                                      enable_server_side_apply=True, delete_unreachable=False,
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=[system_nodes]))

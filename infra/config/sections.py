@@ -22,7 +22,30 @@ EKS_STANDARD_SUPPORT_ENDS: dict[str, dt.date] = {
     "1.36": dt.date(2027, 8, 2),
 }
 MIN_SUPPORT_LEFT = dt.timedelta(days=60)
-"""A version leaving standard support sooner than this is refused: an upgrade is due first."""
+"""A version leaving standard support sooner than this is warned about at every preview: an upgrade
+is due. Never refused: an emergency fix must still ship on the version the cluster runs."""
+EKS_SUPPORT_TYPES = ("EXTENDED", "STANDARD")
+EKS_EXTENDED_USD_PER_HOUR = 0.60
+"""Control plane in extended support, against 0.10 in standard (aws.amazon.com/eks/pricing, 2026-11)."""
+
+
+def support_window_warning(version: str, ends: dt.date, today: dt.date, support_type: str) -> str:
+    """What to do about a version near or past the end of its standard support, with the date."""
+    later = sorted((v for v in EKS_STANDARD_SUPPORT_ENDS if _minor(v) > _minor(version)), key=_minor)
+    target = later[0] if later else "the next EKS version"
+    upgrade = (f"upgrade to {target}: refresh cluster.addonVersions (aws eks describe-addon-versions "
+               f"--kubernetes-version {target}), then pulumi config set --path 'tensile:cluster.kubernetesVersion' "
+               f"{target} and pulumi up (docs/upgrades.md)")
+    if today < ends:
+        return f"{version} leaves EKS standard support on {ends.isoformat()} ({(ends - today).days} days): {upgrade}"
+    after = (f"the control plane is in extended support, ${EKS_EXTENDED_USD_PER_HOUR:.2f}/h instead of $0.10/h"
+             if support_type == "EXTENDED" else "EKS upgrades the control plane itself (supportType STANDARD), "
+             "leaving the stack's version, add-ons and nodes behind")
+    return f"{version} left EKS standard support on {ends.isoformat()}: {after}; {upgrade}"
+
+
+def _minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 CLUSTER_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
 REQUIRED_ADDONS = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "eks-node-monitoring-agent")
@@ -72,7 +95,8 @@ def parse_network(r: Reader, raw: Any, region: str, zone_names: Mapping[str, str
 def parse_cluster(r: Reader, raw: Any, environment: str | None, today: dt.date) -> ClusterConfig | None:
     path = "cluster"
     obj = r.section(raw, path, {"kubernetesVersion", "endpointPublicAccessCidrs", "logTypes", "addonVersions",
-                                "systemNodes", "adminRoleArns"})
+                                "systemNodes", "adminRoleArns", "supportType"})
+    support_type = r.value(obj, "supportType", path, str, "EXTENDED", check=one_of(*EKS_SUPPORT_TYPES))
     version = r.value(obj, "kubernetesVersion", path, str)
     if version is not None:
         ends = EKS_STANDARD_SUPPORT_ENDS.get(version)
@@ -80,8 +104,7 @@ def parse_cluster(r: Reader, raw: Any, environment: str | None, today: dt.date) 
         if ends is None:
             r.problem(f"{path}.kubernetesVersion", f"{version!r} is not a known EKS version: use one of {supported}")
         elif ends - today < MIN_SUPPORT_LEFT:
-            r.problem(f"{path}.kubernetesVersion",
-                      f"{version} leaves EKS standard support on {ends.isoformat()}: use one of {supported}")
+            r.warning(f"{path}.kubernetesVersion", support_window_warning(version, ends, today, support_type or "EXTENDED"))
     cidrs = r.strings(obj, "endpointPublicAccessCidrs", path, (), check=cidr_problem)
     for i, c in enumerate(cidrs):
         if environment == "prod" and c in ("0.0.0.0/0", "::/0"):
@@ -102,7 +125,8 @@ def parse_cluster(r: Reader, raw: Any, environment: str | None, today: dt.date) 
     if version is None or system is None:
         return None
     return ClusterConfig(kubernetes_version=version, endpoint_public_access_cidrs=cidrs, log_types=logs,
-                         addon_versions=dict(addons), system_nodes=system, admin_role_arns=admins)
+                         addon_versions=dict(addons), system_nodes=system, admin_role_arns=admins,
+                         support_type=support_type or "EXTENDED")
 
 
 def parse_system_nodes(r: Reader, raw: Any, path: str) -> SystemNodesConfig | None:

@@ -67,6 +67,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
 
     if caller is not None:
         check_identities(r, cluster=cluster, teams=teams, caller=caller)
+    profile, role_arn = provider_credentials(r, raw)
     warnings = r.warnings + spot_role_warnings(pools, karpenter)
     if not r.problems:
         warnings += checks.check_costs(r, stack=stack, pools=pools, teams=teams, budget=budget,
@@ -77,7 +78,27 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
         stack=stack, environment=environment, region=region, cost_centre=cost_centre, network=network,
         cluster=cluster, karpenter=karpenter, gpu_pools=pools, storage=storage, budget=budget, teams=teams,
         prices=prices, platform=platform, jobs=jobs, warnings=tuple(warnings),
+        aws_profile=profile, aws_role_arn=role_arn,
     )
+
+
+def provider_credentials(r: Reader, raw: Mapping[str, Any]) -> tuple[str, str]:
+    """The AWS provider's profile and assumed role (`aws:profile`, `aws:assumeRoles`), so that the
+    kubeconfig's `aws eks get-token` signs as the identity that created the cluster, not as
+    whatever the shell's default credentials are."""
+    profile = raw.get("aws:profile")
+    if profile is not None and not isinstance(profile, str):
+        r.problem("aws:profile", f"must be a profile name, got {profile!r}")
+        profile = ""
+    roles = raw.get("aws:assumeRoles") or []
+    arns = [role.get("roleArn") for role in roles if isinstance(role, Mapping)] if isinstance(roles, list) else []
+    if not isinstance(roles, list) or not all(isinstance(a, str) and a for a in arns) or len(arns) != len(roles):
+        r.problem("aws:assumeRoles", "must be a list of {roleArn: ...} entries")
+        return profile or "", ""
+    if len(arns) > 1:
+        r.warning("aws:assumeRoles", f"a chain of {len(arns)} roles: the kubeconfig's aws eks get-token assumes only "
+                                     f"the last ({arns[-1]}) from the profile's credentials")
+    return profile or "", arns[-1] if arns else ""
 
 
 def _role_of(arn: str) -> tuple[str, str] | None:

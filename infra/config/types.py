@@ -42,6 +42,9 @@ class ClusterConfig:
     addon_versions: Mapping[str, str]
     system_nodes: SystemNodesConfig
     admin_role_arns: tuple[str, ...]
+    support_type: str = "EXTENDED"
+    """EKS upgrade policy at the end of standard support: EXTENDED stays on the version (extended
+    support, billed only while in it); STANDARD lets EKS upgrade the control plane itself."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -164,6 +167,10 @@ class StackConfig:
     jobs: tuple[JobConfig, ...] = ()
     warnings: tuple[str, ...] = ()
     """Problems that `budget.onWorstCaseOverBudget: warn` lets through; logged at preview."""
+    aws_profile: str = ""
+    """The AWS provider's profile (`aws:profile`): the kubeconfig's token is signed with it too."""
+    aws_role_arn: str = ""
+    """The role the AWS provider assumes (`aws:assumeRoles`, the last): the kubeconfig's too."""
 
     @property
     def cluster_name(self) -> str:
