@@ -22,16 +22,16 @@ MIGRATIONS = FIXTURES / "migrations.yaml"
 # Inputs whose change replaces the resource, by Pulumi type token, as the mocks record them
 # (camelCase, dotted into nested objects; `[]` marks a set, compared without order). Source: the
 # ForceNew marks of terraform-provider-aws, which pulumi-aws 7.x bridges (its schema.json does
-# not carry them: the bridge asks the provider at diff time). Read at the provider's main branch
-# for eks/cluster.go, eks/node_group.go and efs/access_point.go (2026-12-01); the rest from the
-# resources' schemas as documented in the provider's registry pages. Where an input's update is
+# not carry them: the bridge asks the provider at diff time). Read in the provider's source for
+# eks/cluster.go, eks/node_group.go and efs/access_point.go (a recent snapshot, read 2026-12-01);
+# the rest from the resources' documented schemas, not re-read here. Where an input's update is
 # possible only one way (EKS encryption can be added, never removed or changed) it counts as
 # forcing. An input listed here that is in fact updatable makes the check stricter, never blind.
 FORCING_INPUTS: dict[str, tuple[str, ...]] = {
     "aws:ec2/vpc:Vpc": ("cidrBlock", "ipv4IpamPoolId", "ipv4NetmaskLength"),
     "aws:ec2/subnet:Subnet": ("vpcId", "cidrBlock", "availabilityZone", "availabilityZoneId", "ipv6Native",
                               "outpostArn"),
-    # vpc_config.subnet_ids / security_group_ids are updatable since the provider's 2025 rework.
+    # vpc_config.subnet_ids / security_group_ids carry no ForceNew in the current provider.
     "aws:eks/cluster:Cluster": ("name", "roleArn", "bootstrapSelfManagedAddons",
                                 "accessConfig.bootstrapClusterCreatorAdminPermissions",
                                 "kubernetesNetworkConfig.ipFamily", "kubernetesNetworkConfig.serviceIpv4Cidr",
@@ -75,7 +75,10 @@ def record_of(resources: list[dict]) -> dict:
 
 
 def current_of(resources: list[dict]) -> tuple[dict, dict[str, str]]:
-    """The record of a run, and each alias URN → the URN that now carries it."""
+    """The record of a run, and each alias URN → the URN that now carries it. Only a resource's
+    own aliases count: children of a renamed component, which the engine matches through their
+    parent's alias, are reported gone (a false alarm, never a missed replacement); give them
+    their own alias."""
     aliases = {alias: r["urn"] for r in resources if r["type"] in FORCING_INPUTS for alias in r.get("aliases", [])}
     return record_of(resources), aliases
 
