@@ -43,12 +43,14 @@ def test_team_add_writes_one_entry_and_keeps_the_rest_of_the_file(root):
     # inserted in one place: at the end of the teams list.
     ops = difflib.SequenceMatcher(a=before.splitlines(), b=after.splitlines()).get_opcodes()
     changes = [op for op in ops if op[0] != "equal"]
-    assert [(tag, i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in changes] == [("insert", 0, 6)]
+    assert [(tag, i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in changes] == [("insert", 0, 7)]
     assert after.splitlines()[changes[0][3]] == "    - name: speech"
-    assert after.splitlines()[changes[0][3] - 1] == "      memberRoleArn: arn:aws:iam::111122223333:role/ml-llm"
+    assert after.splitlines()[changes[0][3] - 1] == "      efsUid: 50001"
     cfg = config.parse(yaml.safe_load(after)["config"], stack="prod")
     team = next(t for t in cfg.teams if t.name == "speech")
     assert (team.gpu_quota, team.monthly_budget_usd, team.gpu_models, team.member_role_arn) == (4, 12000.0, ("l40s",), ROLE)
+    # Its own uid, above every uid in use: no existing team's access point can be taken.
+    assert team.efs_uid == 50002 and "efsUid" in after.splitlines()[changes[0][4] - 1]
     assert "added team speech" in out and "the cost model allows 4 GPUs" in out
 
 
