@@ -46,6 +46,10 @@ LOSS_TOLERANCE = 2e-3
 """Largest |GPU loss - CPU loss| accepted per step after the resume (fp32 on both; TF32 off): the
 two differ only in the order of floating-point sums, about 1e-6 relative on a loss near 5."""
 
+STOP_AT_STEP = 25
+"""SIGTERM once this step is done: background saves at 10 and 20 before it, 15 steps of margin after
+it for the signal to land while the run still trains."""
+
 LARGE_MODEL = {"vocab_size": 32768, "seq_len": 1024, "d_model": 1024, "n_layers": 24, "n_heads": 16, "dropout": 0.0}
 SMALL_MODEL = {"vocab_size": 256, "seq_len": 64, "d_model": 64, "n_layers": 2, "n_heads": 4, "dropout": 0.0}
 
@@ -84,7 +88,7 @@ def run_one_node(run_dir: Path, config_path: Path, *, env: dict[str, str],
             if stop_at_step is not None and signalled_at is None and last_step(ledger.events()) >= stop_at_step:
                 signalled_at = time.time()
                 cluster.terminate("gpu-node")
-            time.sleep(0.2)
+            time.sleep(0.05)
     events = ledger.events()
     stop_saves = [e for e in events if e["event"] == "checkpoint" and e.get("reason") == "stop"]
     emergency_s = stop_saves[-1]["t"] - signalled_at if signalled_at is not None and stop_saves else None
@@ -130,7 +134,7 @@ def precision_job(model: dict[str, Any], precision: str, *, processes: int, step
         "zero": {"stage": 1},
         "elastic": {"min_nodes": 1, "max_nodes": 1, "processes_per_node": processes, "collective_timeout_s": 120,
                     "step_watchdog_s": 300, "startup_timeout_s": 300, "max_failures": 0},
-        "checkpoint": {"every_steps": max(2, steps // 3), "keep_last": 2, "asynchronous": True},
+        "checkpoint": {"every_steps": 10, "keep_last": 2, "asynchronous": True},
         "_tokens_per_step": 8 * processes * seq_len,
     }
 
@@ -226,6 +230,8 @@ def run(inputs: Path, out: Path, *, small: bool, work: Path) -> int:
     found = versions()
     processes = max(1, len(found["gpus"]))
     env = {} if found["gpus"] else {"DS_ACCELERATOR": "cpu"}
+    if small:  # a small model's step takes milliseconds: slowed, so the SIGTERM lands mid-run
+        env["TENSILE_FAULT_STEP_DELAY_S"] = "0.05"
     report: dict[str, Any] = {"versions": found, "world_size": processes, "runs": {}}
     if processes == 1 and found["gpus"]:
         report["note"] = ("one GPU: NCCL ran at world size 1, which proves nothing about ranks > 0 sharing a node "
@@ -234,7 +240,7 @@ def run(inputs: Path, out: Path, *, small: bool, work: Path) -> int:
     parameters = parameter_count(model)
     report["parameters"] = parameters
     precisions = ["bf16", "fp16"] if found["gpus"] else ["bf16"]  # CPU has no fp16 kernels
-    steps = 12 if small else 30
+    steps = 40
     for precision in precisions:
         job = precision_job(model, precision, processes=processes, steps=steps)
         tokens_per_step = job.pop("_tokens_per_step")
@@ -244,7 +250,7 @@ def run(inputs: Path, out: Path, *, small: bool, work: Path) -> int:
         began = time.monotonic()
         try:
             result = run_one_node(run_dir, write_job(run_dir, job), env=env,
-                                  stop_at_step=steps - 4, timeout_s=120 if small else 150)
+                                  stop_at_step=STOP_AT_STEP, timeout_s=120 if small else 150)
         except RuntimeError as e:
             report["runs"][precision] = {"error": str(e), "log_tail": _log_tail(run_dir)}
             continue
@@ -271,7 +277,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"# Tensile GPU check", "",
              f"torch {v['torch']}, DeepSpeed {v['deepspeed']}, CUDA {v['cuda']}, NCCL {v['nccl']}, "
              f"Python {v['python']}; GPUs: {', '.join(v['gpus']) or 'none (CPU run)'}; "
-             f"world size {report['world_size']}; model {report['parameters'] / 1e6:.0f} M parameters", ""]
+             f"world size {report['world_size']}; model {report['parameters'] / 1e6:.1f} M parameters", ""]
     if report.get("note"):
         lines += [f"Note: {report['note']}.", ""]
     lines += ["| precision | step s | tokens/s | MFU | ckpt stall s | emergency save s | steps | loss first → last |",
