@@ -2,7 +2,7 @@
 
 import sys
 
-from benchmarks import checkpoint_io, recovery, reshard, resume_verify
+from benchmarks import checkpoint_io, data_prefetch, recovery, reshard, resume_verify
 
 
 def main() -> int:
@@ -10,6 +10,7 @@ def main() -> int:
     checkpoint_io.main()
     recovery.main()
     resume_verify.main()
+    data_prefetch.main()
     return 0
 
 

@@ -32,7 +32,7 @@ JOB = {
     "model": {"vocab_size": 256, "seq_len": 64, "d_model": 96, "n_layers": 3, "n_heads": 4, "dropout": 0.1},
     "batch": {"global_batch_size": 16, "micro_batch_sizes": [1, 2, 4, 8]},
     "zero": {"stage": 0},
-    "elastic": {"min_workers": 1, "max_workers": 2, "collective_timeout_s": 5, "step_watchdog_s": 15,
+    "elastic": {"min_nodes": 1, "max_nodes": 2, "collective_timeout_s": 5, "step_watchdog_s": 15,
                 "keep_alive_interval_s": 2, "keep_alive_max_attempts": 3},
     "checkpoint": {"every_steps": 10, "keep_last": 3},
 }

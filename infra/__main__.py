@@ -38,7 +38,8 @@ tagging.register(tags)
 
 network = Network("network", NetworkArgs(config=cfg.network, region=cfg.region, cluster_name=cfg.cluster_name))
 cluster = Cluster("cluster", ClusterArgs(config=cfg.cluster, cluster_name=cfg.cluster_name, region=cfg.region,
-                                         private_subnet_ids=network.private_subnet_ids))
+                                         private_subnet_ids=network.private_subnet_ids, tags=tags,
+                                         aws_profile=cfg.aws_profile, aws_role_arn=cfg.aws_role_arn))
 interruptions = InterruptionQueue("interruption", InterruptionQueueArgs(cluster_name=cfg.cluster_name))
 karpenter = Karpenter("karpenter", KarpenterArgs(
     cluster_name=cluster.name, cluster_endpoint=cluster.endpoint, region=cfg.region,
@@ -63,7 +64,7 @@ teams = Teams("teams", TeamsArgs(
     teams=cfg.teams, pools=cfg.gpu_pools, prices=cfg.prices, platform=cfg.platform, cluster_name=cluster.name,
     bucket_arn=storage.bucket_arn, kms_key_arn=storage.kms_key_arn, file_system_id=storage.file_system_id,
     access_point_ids=storage.access_point_ids, provider=cluster.provider, kueue=(*addons.kueue_crds, addons.kueue)))
-BudgetEnforcer("enforcer", BudgetEnforcerArgs(
+enforcer_deploy = BudgetEnforcer("enforcer", BudgetEnforcerArgs(
     provider=cluster.provider, depends_on=(budgets.namespace, budgets.team_budgets, *addons.kueue_crds)))
 team_models = {t.name: t.gpu_models for t in cfg.teams}
 for job in (j for j in cfg.jobs if j.enabled):  # a disabled entry is an example: validated, not deployed
@@ -82,6 +83,15 @@ pulumi.export("fileSystemId", storage.file_system_id)
 pulumi.export("interruptionQueue", interruptions.queue_name)
 pulumi.export("nodePools", gpu_pools.node_pool_names)
 pulumi.export("budgetTopicArn", budgets.topic_arn)
+# What an operator needs after `up` (docs/upgrades.md): reach the cluster, and the identities
+# to grant or audit. The enforcer has no IAM role (it calls only the Kubernetes API).
+pulumi.export("kubeconfig", cluster.kubeconfig)
+pulumi.export("clusterEndpoint", cluster.endpoint)
+pulumi.export("clusterCertificateAuthority", cluster.certificate_authority)
+pulumi.export("trainerRoleArns", teams.trainer_role_arns)
+pulumi.export("karpenterControllerRoleArn", karpenter.controller_role_arn)
+pulumi.export("karpenterNodeRoleArn", cluster.karpenter_node_role_arn)
+pulumi.export("enforcerServiceAccount", enforcer_deploy.service_account)
 pulumi.export("costUsd", {
     "hourlyAtMin": round(estimate.hourly_at_min, 2),
     "hourlyAtMaxAllSpot": round(estimate.hourly_at_max_all_spot, 2),

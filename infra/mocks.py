@@ -46,12 +46,38 @@ def _fake_outputs(typ: str, name: str, inputs: dict, region: str) -> dict:
         outputs["url"] = f"https://sqs.{region}.amazonaws.com/{MOCK_ACCOUNT_ID}/{inputs.get('name', name)}"
     elif typ == "aws:s3/bucket:Bucket":
         outputs["bucket"] = f"{inputs.get('bucketPrefix', name)}mock"
+    elif typ == "aws:eks/nodeGroup:NodeGroup":
+        # EKS names the group's Auto Scaling group itself: eks-<nodegroup>-<uuid>.
+        outputs["resources"] = [{"autoscalingGroups": [{"name": f"eks-{name}-mock"}], "remoteAccessSecurityGroupId": ""}]
     elif typ == "aws:iam/role:Role":
         outputs.setdefault("name", name)
         outputs["arn"] = f"arn:aws:iam::{MOCK_ACCOUNT_ID}:role/{outputs['name']}"
     if "name" not in outputs and typ.startswith("aws:"):
         outputs["name"] = name
     return outputs
+
+
+MOCK_ZONE_NUMBERS = {"a": 1, "b": 2, "c": 4, "d": 6, "e": 3, "f": 5}
+"""This mock account's AZ ID number per zone letter: not in letter order, as in real accounts."""
+
+
+def _zone_id_prefix(region: str) -> str:
+    """`us-east-1` → `use1`, `ap-northeast-1` → `apne1`: how AWS writes a region in its AZ IDs."""
+    short = {"north": "n", "south": "s", "east": "e", "west": "w", "central": "c", "northeast": "ne",
+             "northwest": "nw", "southeast": "se", "southwest": "sw"}
+    area, direction, number = region.split("-")
+    return f"{area}{short.get(direction, direction[:2])}{number}"
+
+
+def _availability_zones(region: str, filters: list) -> dict:
+    zones = [(f"{region}{letter}", f"{_zone_id_prefix(region)}-az{n}") for letter, n in MOCK_ZONE_NUMBERS.items()]
+    for f in filters:
+        if f.get("name") == "zone-id":
+            zones = [z for z in zones if z[1] in f.get("values", [])]
+        elif f.get("name") == "zone-name":
+            zones = [z for z in zones if z[0] in f.get("values", [])]
+    zones.sort()  # by name, both lists in the same order, as the provider returns them
+    return {"names": [z[0] for z in zones], "zoneIds": [z[1] for z in zones]}
 
 
 def _make_mocks(region: str):
@@ -68,7 +94,7 @@ def _make_mocks(region: str):
             if args.token == "aws:index/getPartition:getPartition":
                 return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
             if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-                return {"names": [f"{region}{z}" for z in "abc"], "zoneIds": [f"use1-az{i}" for i in (1, 2, 4)]}
+                return _availability_zones(region, args.args.get("filters") or [])
             raise NotImplementedError(f"unmocked invoke {args.token}: add it to infra/mocks.py")
 
         def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -98,9 +124,20 @@ def _make_mocks(region: str):
                     "property_dependencies": {k: list(v.urns) for k, v in request.propertyDependencies.items()},
                     "ignore_changes": list(request.ignoreChanges),
                     "retain_on_delete": bool(request.retainOnDelete),
+                    "protect": bool(request.protect),
+                    # The URNs this resource was known by before (a rename with an alias is no
+                    # replacement): what the engine would match against its state.
+                    "aliases": [self._alias_urn(request, alias) for alias in request.aliases],
                     "inputs": json.loads(json.dumps(inputs, default=str)),
                 })
             return response
+
+        def _alias_urn(self, request, alias) -> str:
+            if alias.urn:
+                return alias.urn
+            spec = alias.spec
+            parent = "" if spec.noParent else (spec.parentUrn or request.parent)
+            return self.make_urn(parent, spec.type or request.type, spec.name or request.name)
 
         def RegisterResourceOutputs(self, request):
             from pulumi.runtime import rpc

@@ -32,7 +32,9 @@ DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 CAPACITY_TYPES = ("reserved", "spot", "on-demand")
 GPU_FAMILIES = frozenset(t.family for t in cost_model.CATALOGUE.values())
 SYSTEM_NAMESPACES = ("kube-system", "karpenter", "kueue-system", "tensile-system")
-GPU_QUOTA_KEYS = (f"requests.{GPU_RESOURCE}", f"limits.{GPU_RESOURCE}")
+GPU_QUOTA_KEYS = (f"requests.{GPU_RESOURCE}",)
+"""How a ResourceQuota caps an extended resource: Kubernetes counts `requests.` only (no overcommit,
+so no `limits.`); a `limits.nvidia.com/gpu` entry caps nothing."""
 
 SYSTEM_NAMESPACES_CONFIG = {"systemNamespaces": {
     "type": "array", "items": {"type": "string"}, "default": list(SYSTEM_NAMESPACES),

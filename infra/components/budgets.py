@@ -61,8 +61,10 @@ class Budgets(pulumi.ComponentResource):
         cfg = args.config
         account_id = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
 
+        # Protected: a deleted key cannot decrypt what the topic holds; `pulumi destroy` stops here.
         key = aws.kms.Key(f"{name}-alerts-key", description="budget alert topic", enable_key_rotation=True,
-                          policy=account_id.apply(alerts_key_policy), opts=child)
+                          policy=account_id.apply(alerts_key_policy),
+                          opts=pulumi.ResourceOptions(parent=self, protect=True))
         topic = aws.sns.Topic(f"{name}-alerts", kms_master_key_id=key.arn, opts=child)
         aws.sns.TopicPolicy(f"{name}-alerts-policy", arn=topic.arn,
                             policy=pulumi.Output.all(topic.arn, account_id).apply(lambda v: topic_policy(*v)),

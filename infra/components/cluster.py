@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -36,17 +36,24 @@ def addon_configuration(addon: str) -> str | None:
     return None
 
 
-def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> str:
-    """A kubeconfig that authenticates with `aws eks get-token` as whoever runs `pulumi up`."""
+def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str, *, profile: str = "",
+               role_arn: str = "") -> str:
+    """A kubeconfig that authenticates with `aws eks get-token` as the AWS provider does: with its
+    profile and the role it assumes, so the Kubernetes provider (and an operator using the stack
+    output) reach the cluster as the identity that created it, whatever the shell's defaults."""
+    args = ["eks", "get-token", "--cluster-name", cluster_name, "--region", region]
+    if role_arn:
+        args += ["--role-arn", role_arn]
+    exec_config = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws", "args": args,
+                   "interactiveMode": "Never"}
+    if profile:
+        exec_config["env"] = [{"name": "AWS_PROFILE", "value": profile}]
     return json.dumps({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
         "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
         "current-context": cluster_name,
-        "users": [{"name": cluster_name, "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws",
-            "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region],
-            "interactiveMode": "Never"}}}],
+        "users": [{"name": cluster_name, "user": {"exec": exec_config}}],
     })
 
 
@@ -56,6 +63,11 @@ class ClusterArgs:
     cluster_name: str
     region: str
     private_subnet_ids: Sequence[pulumi.Input[str]]
+    tags: Mapping[str, str]
+    """The stack tags, for what the tagging transformation cannot reach (the system nodes' ASG)."""
+    aws_profile: str = ""
+    aws_role_arn: str = ""
+    """The AWS provider's profile and assumed role, for the kubeconfig's token."""
 
 
 class Cluster(pulumi.ComponentResource):
@@ -70,11 +82,16 @@ class Cluster(pulumi.ComponentResource):
         cfg = args.config
         child = pulumi.ResourceOptions(parent=self)
 
+        # Protected, with the cluster: deleting either loses every Secret and workload (docs/upgrades.md).
+        protected = pulumi.ResourceOptions(parent=self, protect=True)
         secrets_key = aws.kms.Key(f"{name}-secrets-key", description=f"{args.cluster_name} Kubernetes secrets",
-                                  enable_key_rotation=True, deletion_window_in_days=30, opts=child)
+                                  enable_key_rotation=True, deletion_window_in_days=30, opts=protected)
         role = aws.iam.Role(f"{name}-role", assume_role_policy=assume_role_policy("eks.amazonaws.com"), opts=child)
-        aws.iam.RolePolicyAttachment(f"{name}-role-cluster-policy", role=role.name,
-                                     policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy", opts=child)
+        # The cluster depends on it: EKS needs the policy to create the cluster, and to delete it
+        # (its ENIs and security group) before the attachment goes.
+        cluster_policy = aws.iam.RolePolicyAttachment(
+            f"{name}-role-cluster-policy", role=role.name, policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
+            opts=child)
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs", name=f"/aws/eks/{args.cluster_name}/cluster", retention_in_days=90, opts=child)
 
@@ -92,10 +109,11 @@ class Cluster(pulumi.ComponentResource):
             access_config=aws.eks.ClusterAccessConfigArgs(
                 authentication_mode="API", bootstrap_cluster_creator_admin_permissions=True),
             bootstrap_self_managed_addons=False,
-            # At the end of standard support EKS upgrades the control plane instead of billing
-            # extended support; validation already refuses versions that close to the end.
-            upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group]),
+            # EXTENDED (the default): past the end of standard support the cluster stays on the
+            # stack's version, billed $0.60/h instead of $0.10/h while it lags, rather than EKS
+            # upgrading it behind the stack (docs/design/infra.md, "Upgrades").
+            upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type=cfg.support_type),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group, cluster_policy], protect=True),
         )
         oidc = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc", url=cluster.identities[0].oidcs[0].issuer, client_id_lists=["sts.amazonaws.com"],
@@ -121,6 +139,9 @@ class Cluster(pulumi.ComponentResource):
             # old group is deleted, and two groups cannot share a name.
             f"{name}-system", cluster_name=cluster.name, node_group_name_prefix="system-",
             node_role_arn=system_role.arn,
+            # Pinned with the control plane: a version change is a rolling in-place update of the
+            # group (UpdateNodegroupVersion) in the same `up`, after the cluster's.
+            version=cfg.kubernetes_version,
             subnet_ids=list(args.private_subnet_ids), capacity_type="ON_DEMAND",
             instance_types=[cfg.system_nodes.instance_type], ami_type="AL2023_x86_64_STANDARD",
             disk_size=cfg.system_nodes.disk_gib, labels=dict(SYSTEM_NODE_LABEL),
@@ -132,6 +153,15 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=early_addons,
                                         ignore_changes=["scalingConfig.desiredSize"]),
         )
+        # A managed node group's tags reach neither its Auto Scaling group nor its instances
+        # (aws/containers-roadmap#608), so the stack budget, filtered on tensile.io/stack, would
+        # miss the system nodes: tag the group, propagated to every instance it launches. A launch
+        # template with tag specifications would do it too, but replaces the node group.
+        asg_name = system_nodes.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
+        for key, value in sorted(args.tags.items()):
+            aws.autoscaling.Tag(f"{name}-system-asg-{key.rsplit('/', 1)[-1]}", autoscaling_group_name=asg_name,
+                                tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=True),
+                                opts=child)
         for addon in ADDONS_AFTER_NODES:
             self._addon(name, cluster, addon, cfg, depends_on=[system_nodes])
 
@@ -141,16 +171,20 @@ class Cluster(pulumi.ComponentResource):
                             principal_arn=karpenter_node_role.arn, type="EC2_LINUX", opts=child)
 
         config_text = pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority.data).apply(
-            lambda v: kubeconfig(v[0], v[1], v[2], args.region))
+            lambda v: kubeconfig(v[0], v[1], v[2], args.region, profile=args.aws_profile,
+                                 role_arn=args.aws_role_arn))
         self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=config_text,
                                      enable_server_side_apply=True, delete_unreachable=False,
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=[system_nodes]))
 
         self.name = cluster.name
         self.endpoint = cluster.endpoint
+        self.certificate_authority = cluster.certificate_authority.data
+        self.kubeconfig = config_text
         self.security_group_id = cluster.vpc_config.cluster_security_group_id
         self.karpenter_node_role_name = karpenter_node_role.name
         self.karpenter_node_role_arn = karpenter_node_role.arn
+        self.system_node_role_arn = system_role.arn
         self.oidc_provider_arn = oidc.arn
         self.system_nodes = system_nodes
         self.register_outputs({"name": self.name, "endpoint": self.endpoint,

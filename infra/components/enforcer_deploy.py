@@ -93,4 +93,6 @@ class BudgetEnforcer(pulumi.ComponentResource):
         objects = enforcer_objects(SOURCE.read_text())
         for manifest in objects:
             declare(f"{name}-{manifest['kind'].lower()}", manifest, opts_k8s)
-        self.register_outputs({"image": IMAGE, "objects": [f"{m['kind']}/{m['metadata']['name']}" for m in objects]})
+        # Its only identity: it calls the Kubernetes API alone, so it has RBAC and no IAM role.
+        self.service_account = f"{enforcer.NAMESPACE}/{NAME}"
+        self.register_outputs({"image": IMAGE, "serviceAccount": self.service_account, "objects": [f"{m['kind']}/{m['metadata']['name']}" for m in objects]})

@@ -41,6 +41,7 @@ class GpuNodePools(pulumi.ComponentResource):
         node_role = pulumi.Output.from_input(args.node_role_name)
         classes, node_pools = pool_plan.plan_gpu_pools(
             args.pools, cluster_name=args.cluster_name, node_role="", karpenter=args.karpenter, tags=args.tags)
+        efa_sg = None
         if any(p.efa for p in node_pools):
             # EFA needs all traffic between members of one group, in and out (EFA user guide).
             efa_sg = aws.ec2.SecurityGroup(
@@ -69,17 +70,21 @@ class GpuNodePools(pulumi.ComponentResource):
                 description="EC2 Spot (created by Tensile; tensile:karpenter.createSpotServiceLinkedRole)",
                 opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True)))
 
-        crd_opts = pulumi.ResourceOptions(parent=self, provider=args.provider,
-                                          depends_on=[*args.crds, args.controller])
         node_classes: dict[str, k8s.apiextensions.CustomResource] = {}
         for plan in classes:
+            # A class selects its placement group and EFA security group by name and tag, so
+            # nothing orders them: without these dependencies `up` could create the class first,
+            # and `destroy` delete the group while Karpenter still launches into it.
+            selected: list[pulumi.Resource] = [efa_sg] if plan.efa and efa_sg is not None else []
             if plan.placement_group:
-                aws.ec2.PlacementGroup(f"{name}-{plan.name}-pg", name=plan.placement_group, strategy="cluster",
-                                       opts=child)
+                selected.append(aws.ec2.PlacementGroup(f"{name}-{plan.name}-pg", name=plan.placement_group,
+                                                       strategy="cluster", opts=child))
             spec = node_role.apply(lambda role, s=plan.spec: {**s, "role": role})
             node_classes[plan.name] = k8s.apiextensions.CustomResource(
                 f"{name}-{plan.name}-nodeclass", api_version="karpenter.k8s.aws/v1", kind="EC2NodeClass",
-                metadata={"name": plan.name}, spec=spec, opts=crd_opts)
+                metadata={"name": plan.name}, spec=spec,
+                opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
+                                            depends_on=[*args.crds, args.controller, *selected]))
 
         self.node_pool_names = []
         for plan in node_pools:

@@ -13,10 +13,7 @@ import pulumi_aws as aws
 
 from infra.components import tagging
 from infra.config.types import StorageConfig, TeamConfig
-
-TEAM_UID_BASE = 50_000
-"""POSIX uid/gid of the first team's access point; each team gets its own."""
-
+from infra.plan import storage as storage_plan
 
 def tls_only_policy(bucket_arn: str) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": [{
@@ -46,10 +43,13 @@ class Storage(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         cfg = args.config
 
+        # Protected: the bucket and EFS hold every team's checkpoints and files, and the key is
+        # the only way to read them; `pulumi destroy` or a replacement stops at these.
+        protected = pulumi.ResourceOptions(parent=self, protect=True)
         key = aws.kms.Key(f"{name}-key", description=f"{args.cluster_name} checkpoints and shared files",
-                          enable_key_rotation=True, deletion_window_in_days=30, opts=child)
+                          enable_key_rotation=True, deletion_window_in_days=30, opts=protected)
         bucket = aws.s3.Bucket(f"{name}-checkpoints", bucket_prefix=f"{args.cluster_name}-ckpt-",
-                               force_destroy=False, opts=child)
+                               force_destroy=False, opts=protected)
         block = aws.s3.BucketPublicAccessBlock(
             f"{name}-checkpoints-public-access", bucket=bucket.id, block_public_acls=True, block_public_policy=True,
             ignore_public_acls=True, restrict_public_buckets=True, opts=child)
@@ -84,20 +84,23 @@ class Storage(pulumi.ComponentResource):
             tags={"Name": f"{args.cluster_name}-efs"}, opts=child)
         file_system = aws.efs.FileSystem(
             f"{name}-efs", encrypted=True, kms_key_id=key.arn, performance_mode="generalPurpose",
-            throughput_mode="elastic", tags={"Name": f"{args.cluster_name}-shared"}, opts=child)
+            throughput_mode="elastic", tags={"Name": f"{args.cluster_name}-shared"}, opts=protected)
+        # AWS Backup's default EFS plan: daily, kept 35 days (billed per GB-month of backup).
+        aws.efs.BackupPolicy(f"{name}-efs-backup", file_system_id=file_system.id,
+                             backup_policy=aws.efs.BackupPolicyBackupPolicyArgs(status="ENABLED"), opts=child)
         for az, subnet_id in zip(args.availability_zones, args.private_subnet_ids):
             aws.efs.MountTarget(f"{name}-efs-{az}", file_system_id=file_system.id, subnet_id=subnet_id,
                                 security_groups=[efs_sg.id], opts=child)
         self.access_point_ids = {}
-        for i, team in enumerate(args.teams):
-            uid = TEAM_UID_BASE + i
+        for team in args.teams:
+            spec = storage_plan.team_access_point(team)
             self.access_point_ids[team.name] = aws.efs.AccessPoint(
                 f"{name}-efs-{team.name}", file_system_id=file_system.id,
-                posix_user=aws.efs.AccessPointPosixUserArgs(uid=uid, gid=uid),
+                posix_user=aws.efs.AccessPointPosixUserArgs(uid=spec.uid, gid=spec.gid),
                 root_directory=aws.efs.AccessPointRootDirectoryArgs(
-                    path=f"/teams/{team.name}",
+                    path=spec.path,
                     creation_info=aws.efs.AccessPointRootDirectoryCreationInfoArgs(
-                        owner_uid=uid, owner_gid=uid, permissions="0750")),
+                        owner_uid=spec.uid, owner_gid=spec.gid, permissions=spec.permissions)),
                 tags={"Name": f"{args.cluster_name}-{team.name}", tagging.TEAM_TAG: team.name}, opts=child).id
 
         self.bucket_name = bucket.bucket

@@ -58,6 +58,7 @@ class Teams(pulumi.ComponentResource):
         cohort = declare(f"{name}-cohort", team_plan.cohort(), kueue_opts)
 
         self.namespaces = {}
+        self.trainer_role_arns = {}
         self.local_queues: dict[str, dict[str, pulumi.Resource]] = {}
         quotas = {}
         for team in args.teams:
@@ -91,6 +92,7 @@ class Teams(pulumi.ComponentResource):
             # The trainer's AWS identity: the team's checkpoint prefix only.
             role = aws.iam.Role(f"{prefix}-trainer-role", assume_role_policy=assume_role_policy(
                 "pods.eks.amazonaws.com", tag_session=True), tags={tagging.TEAM_TAG: team.name}, opts=child)
+            self.trainer_role_arns[team.name] = role.arn
             policy = pulumi.Output.all(args.bucket_arn, args.kms_key_arn).apply(
                 lambda v, t=team.name: team_plan.checkpoint_policy(team=t, bucket_arn=v[0], kms_key_arn=v[1]))
             aws.iam.RolePolicy(f"{prefix}-trainer-s3", role=role.id, policy=policy, opts=child)

@@ -13,6 +13,8 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
+ZONE_ID = re.compile(r"^[a-z]+[0-9]+(-[a-z]+[0-9]+)?-az[0-9]+$")
+"""An AZ ID (`use1-az1`): the same physical zone in every account, unlike a zone's name."""
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 DURATION = re.compile(r"^\d+(s|m|h)$")
 # An image reference pinned to a tag or digest (never `:latest`, never untagged).
@@ -34,9 +36,14 @@ class Reader:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        """What previews with a warning: allowed, but worth the operator's attention."""
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(Problem(path, reason))
+
+    def warning(self, path: str, reason: str) -> None:
+        self.warnings.append(f"{path}: {reason}")
 
     def section(self, raw: Any, path: str, known: set[str], *, required: bool = True) -> dict:
         if raw is None:

@@ -9,8 +9,8 @@ import re
 from typing import Any, Mapping
 
 from infra import cost
-from infra.config.reader import (DNS_LABEL, DURATION, EMAIL, ISO_DATE, RESERVATION_ID, Reader, at_least, cidr_problem,
-                                 image_problem, one_of, positive, role_arn_problem)
+from infra.config.reader import (DNS_LABEL, DURATION, EMAIL, ISO_DATE, RESERVATION_ID, ZONE_ID, Reader, at_least,
+                                 cidr_problem, image_problem, one_of, positive, role_arn_problem)
 from infra.config.types import (BudgetConfig, ClusterConfig, GpuPoolConfig, JobConfig, KarpenterConfig,
                                 NetworkConfig, PlatformConfig, StorageConfig, SystemNodesConfig, TeamConfig)
 
@@ -22,13 +22,52 @@ EKS_STANDARD_SUPPORT_ENDS: dict[str, dt.date] = {
     "1.36": dt.date(2027, 8, 2),
 }
 MIN_SUPPORT_LEFT = dt.timedelta(days=60)
-"""A version leaving standard support sooner than this is refused: an upgrade is due first."""
+"""A version leaving standard support sooner than this is warned about at every preview: an upgrade
+is due. Never refused: an emergency fix must still ship on the version the cluster runs."""
+EKS_SUPPORT_TYPES = ("EXTENDED", "STANDARD")
+EKS_EXTENDED_USD_PER_HOUR = 0.60
+"""Control plane in extended support, against 0.10 in standard (aws.amazon.com/eks/pricing, 2026-11)."""
+
+
+def support_window_warning(version: str, ends: dt.date, today: dt.date, support_type: str) -> str:
+    """What to do about a version near or past the end of its standard support, with the date."""
+    later = sorted((v for v in EKS_STANDARD_SUPPORT_ENDS if _minor(v) > _minor(version)), key=_minor)
+    target = later[0] if later else "the next EKS version"
+    upgrade = (f"upgrade to {target}: refresh cluster.addonVersions (aws eks describe-addon-versions "
+               f"--kubernetes-version {target}), then pulumi config set --path 'tensile:cluster.kubernetesVersion' "
+               f"{target} and pulumi up (docs/upgrades.md)")
+    if today < ends:
+        return f"{version} leaves EKS standard support on {ends.isoformat()} ({(ends - today).days} days): {upgrade}"
+    after = (f"the control plane is in extended support, ${EKS_EXTENDED_USD_PER_HOUR:.2f}/h instead of $0.10/h"
+             if support_type == "EXTENDED" else "EKS upgrades the control plane itself (supportType STANDARD), "
+             "leaving the stack's version, add-ons and nodes behind")
+    return f"{version} left EKS standard support on {ends.isoformat()}: {after}; {upgrade}"
+
+
+def _minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 CLUSTER_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
 REQUIRED_ADDONS = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "eks-node-monitoring-agent")
 
 
-def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
+def resolve_zones(r: Reader, zones: tuple[str, ...], path: str, region: str,
+                  zone_names: Mapping[str, str] | None) -> tuple[str, ...]:
+    """Zone names, with each AZ ID (`use1-az1`) replaced by this account's name for it. Without
+    `zone_names` (readers of a stack file that never deploy) an ID stays as written."""
+    resolved = []
+    for i, zone in enumerate(zones):
+        if ZONE_ID.match(zone) and zone_names is not None:
+            if zone not in zone_names:
+                r.problem(f"{path}[{i}]", f"{zone} is no AZ ID of this account's zones in {region}: list the "
+                                          f"account's with aws ec2 describe-availability-zones --region {region}")
+            resolved.append(zone_names.get(zone, zone))
+        else:
+            resolved.append(zone)
+    return tuple(resolved)
+
+
+def parse_network(r: Reader, raw: Any, region: str, zone_names: Mapping[str, str] | None = None) -> NetworkConfig | None:
     path = "network"
     obj = r.section(raw, path, {"cidr", "availabilityZones", "natGateways", "interfaceEndpoints"})
     cidr = r.value(obj, "cidr", path, str, check=cidr_problem)
@@ -36,7 +75,7 @@ def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
         prefix = ipaddress.ip_network(cidr).prefixlen
         if not 16 <= prefix <= 20:
             r.problem(f"{path}.cidr", f"prefix must be /16 to /20 so every AZ gets room for pods (got /{prefix})")
-    azs = r.strings(obj, "availabilityZones", path)
+    azs = resolve_zones(r, r.strings(obj, "availabilityZones", path), f"{path}.availabilityZones", region, zone_names)
     if azs and len(azs) < 2:
         r.problem(f"{path}.availabilityZones", f"must list at least 2 AZs for a multi-AZ cluster (got {len(azs)})")
     if len(azs) > 6:
@@ -44,7 +83,7 @@ def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
     if len(set(azs)) != len(azs):
         r.problem(f"{path}.availabilityZones", "must not repeat an AZ")
     for i, az in enumerate(azs):
-        if region and not (az.startswith(region) and len(az) == len(region) + 1):
+        if region and not ZONE_ID.match(az) and not (az.startswith(region) and len(az) == len(region) + 1):
             r.problem(f"{path}.availabilityZones[{i}]", f"{az!r} is not an AZ of region {region}")
     nat = r.value(obj, "natGateways", path, str, "per-az", check=one_of("per-az", "single"))
     endpoints = r.value(obj, "interfaceEndpoints", path, bool, False)
@@ -56,7 +95,8 @@ def parse_network(r: Reader, raw: Any, region: str) -> NetworkConfig | None:
 def parse_cluster(r: Reader, raw: Any, environment: str | None, today: dt.date) -> ClusterConfig | None:
     path = "cluster"
     obj = r.section(raw, path, {"kubernetesVersion", "endpointPublicAccessCidrs", "logTypes", "addonVersions",
-                                "systemNodes", "adminRoleArns"})
+                                "systemNodes", "adminRoleArns", "supportType"})
+    support_type = r.value(obj, "supportType", path, str, "EXTENDED", check=one_of(*EKS_SUPPORT_TYPES))
     version = r.value(obj, "kubernetesVersion", path, str)
     if version is not None:
         ends = EKS_STANDARD_SUPPORT_ENDS.get(version)
@@ -64,8 +104,7 @@ def parse_cluster(r: Reader, raw: Any, environment: str | None, today: dt.date) 
         if ends is None:
             r.problem(f"{path}.kubernetesVersion", f"{version!r} is not a known EKS version: use one of {supported}")
         elif ends - today < MIN_SUPPORT_LEFT:
-            r.problem(f"{path}.kubernetesVersion",
-                      f"{version} leaves EKS standard support on {ends.isoformat()}: use one of {supported}")
+            r.warning(f"{path}.kubernetesVersion", support_window_warning(version, ends, today, support_type or "EXTENDED"))
     cidrs = r.strings(obj, "endpointPublicAccessCidrs", path, (), check=cidr_problem)
     for i, c in enumerate(cidrs):
         if environment == "prod" and c in ("0.0.0.0/0", "::/0"):
@@ -86,7 +125,8 @@ def parse_cluster(r: Reader, raw: Any, environment: str | None, today: dt.date) 
     if version is None or system is None:
         return None
     return ClusterConfig(kubernetes_version=version, endpoint_public_access_cidrs=cidrs, log_types=logs,
-                         addon_versions=dict(addons), system_nodes=system, admin_role_arns=admins)
+                         addon_versions=dict(addons), system_nodes=system, admin_role_arns=admins,
+                         support_type=support_type or "EXTENDED")
 
 
 def parse_system_nodes(r: Reader, raw: Any, path: str) -> SystemNodesConfig | None:
@@ -155,7 +195,8 @@ def parse_prices(r: Reader, raw_prices: Any, raw_spot: Any) -> cost.PriceBook:
     return cost.price_book(overrides, discounts)
 
 
-def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBook) -> tuple[GpuPoolConfig, ...]:
+def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBook, region: str = "",
+                zone_names: Mapping[str, str] | None = None) -> tuple[GpuPoolConfig, ...]:
     if not isinstance(raw, list) or not raw:
         r.problem("gpuPools", "must list at least one GPU pool")
         return ()
@@ -191,7 +232,7 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
         reservations = r.strings(obj, "capacityReservationIds", path, (),
                                  check=lambda v: None if RESERVATION_ID.match(v) else f"must be a capacity reservation id cr-..., got {v!r}")
         zones = r.strings(obj, "zones", path, None)
-        zones = zones or azs
+        zones = resolve_zones(r, zones, f"{path}.zones", region, zone_names) if zones else azs
         for j, z in enumerate(zones):
             if azs and z not in azs:
                 r.problem(f"{path}.zones[{j}]", f"{z} is not one of network.availabilityZones ({', '.join(azs)})")
@@ -258,11 +299,11 @@ def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[
         r.problem("teams", "must be a list of teams")
         return ()
     pool_models = {p.gpu_model for p in pools}
-    teams, names = [], set()
+    teams, names, uids = [], set(), {}
     for i, entry in enumerate(raw):
         path = f"teams[{i}]"
         obj = r.section(entry, path, {"name", "gpuQuota", "borrowingLimit", "monthlyBudgetUsd", "gpuModels",
-                                      "memberRoleArn"})
+                                      "memberRoleArn", "efsUid"})
         name = r.value(obj, "name", path, str,
                        check=lambda v: None if DNS_LABEL.match(v) else f"must be a DNS label, got {v!r}")
         if name in names:
@@ -274,16 +315,43 @@ def parse_teams(r: Reader, raw: Any, pools: tuple[GpuPoolConfig, ...]) -> tuple[
         models = r.strings(obj, "gpuModels", path,
                            check=lambda v: None if v in pool_models else f"no GPU pool offers {v!r} (pools offer {', '.join(sorted(pool_models))})")
         member_role = r.value(obj, "memberRoleArn", path, str, check=role_arn_problem)
+        uid = r.value(obj, "efsUid", path, int, None, check=efs_uid_problem)
+        if obj.get("efsUid") is None:
+            # Stack files from before efsUid: the uid the team's access point was created with.
+            uid = positional_efs_uid(i)
+            r.warning(f"{path}.efsUid", f"not set, so team {name} keeps {uid}, the uid of its place in the list; "
+                                        f"write efsUid: {uid} so that removing or reordering teams cannot change it")
+        if uid is not None and uid in uids:
+            r.problem(f"{path}.efsUid", f"{uid} is team {uids[uid]}'s too: two teams with one uid can write each "
+                                        "other's files; give each team its own efsUid")
+        elif uid is not None:
+            uids[uid] = name
         if quota and models:
             ceiling = sum(p.max_gpus for p in pools if p.gpu_model in models)
             if quota + (borrow or 0) > ceiling:
                 r.problem(f"{path}.gpuQuota",
                           f"quota {quota} + borrowing {borrow} exceeds the {ceiling} GPUs its pools allow: lower it or raise gpuPools maxGpus")
-        if None in (name, quota, budget, member_role) or not models:
+        if None in (name, quota, budget, member_role, uid) or not models:
             continue
         teams.append(TeamConfig(name=name, gpu_quota=quota, borrowing_limit=borrow or 0,
-                                monthly_budget_usd=budget, gpu_models=models, member_role_arn=member_role))
+                                monthly_budget_usd=budget, gpu_models=models, member_role_arn=member_role,
+                                efs_uid=uid))
     return tuple(teams)
+
+
+EFS_UID_RANGE = (1000, 2_147_483_647)
+"""Above system accounts; within what Kubernetes' runAsUser and NFS both take."""
+POSITIONAL_EFS_UID_BASE = 50_000
+"""Before efsUid, team i's access point had uid 50000 + i."""
+
+
+def positional_efs_uid(index: int) -> int:
+    return POSITIONAL_EFS_UID_BASE + index
+
+
+def efs_uid_problem(value: int) -> str | None:
+    low, high = EFS_UID_RANGE
+    return None if low <= value <= high else f"must be a uid from {low} to {high}, got {value}"
 
 
 def parse_platform(r: Reader, raw: Any) -> PlatformConfig:

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import yaml
 
 from infra.config import checks, sections
-from infra.config.reader import Reader, one_of
+from infra.config.reader import ZONE_ID, Reader, one_of
 from infra.config.types import (CallerIdentity, ClusterConfig, ConfigError, GpuPoolConfig, JobConfig, KarpenterConfig,
                                 Problem, StackConfig, TeamConfig)
 
@@ -25,11 +25,12 @@ SPOT_ROLE_COMMAND = "aws iam create-service-linked-role --aws-service-name spot.
 
 
 def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
-          caller: CallerIdentity | None = None) -> StackConfig:
+          caller: CallerIdentity | None = None, zone_names: Mapping[str, str] | None = None) -> StackConfig:
     """Turn fully qualified raw config (`{"tensile:network": {...}, "aws:region": "..."}`, values
     already decoded from JSON) into a StackConfig, or raise ConfigError listing every problem.
     `caller` (who runs `up`) enables the checks against the identity; the program always passes
-    it, readers of stack files that never deploy may not."""
+    it, readers of stack files that never deploy may not. `zone_names` (AZ ID → this account's
+    name for it) resolves the AZ IDs the stack file may list instead of names."""
     today = today or dt.date.today()
     r = Reader()
     top: dict[str, Any] = {}
@@ -52,12 +53,12 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
     cost_centre = r.value(top, "costCentre", "", str,
                           check=lambda v: None if v.strip() else "must not be empty: it tags every resource")
 
-    network = sections.parse_network(r, top.get("network"), region)
+    network = sections.parse_network(r, top.get("network"), region, zone_names)
     azs = network.availability_zones if network else ()
     cluster = sections.parse_cluster(r, top.get("cluster"), environment, today)
     karpenter = sections.parse_karpenter(r, top.get("karpenter"))
     prices = sections.parse_prices(r, top.get("prices"), top.get("spotDiscounts"))
-    pools = sections.parse_pools(r, top.get("gpuPools"), azs, prices)
+    pools = sections.parse_pools(r, top.get("gpuPools"), azs, prices, region, zone_names)
     storage = sections.parse_storage(r, top.get("storage"))
     budget = sections.parse_budget(r, top.get("budget"))
     teams = sections.parse_teams(r, top.get("teams"), pools)
@@ -66,7 +67,8 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
 
     if caller is not None:
         check_identities(r, cluster=cluster, teams=teams, caller=caller)
-    warnings = spot_role_warnings(pools, karpenter)
+    profile, role_arn = provider_credentials(r, raw)
+    warnings = r.warnings + spot_role_warnings(pools, karpenter)
     if not r.problems:
         warnings += checks.check_costs(r, stack=stack, pools=pools, teams=teams, budget=budget,
                                 cluster=cluster, network=network, prices=prices)
@@ -76,7 +78,27 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
         stack=stack, environment=environment, region=region, cost_centre=cost_centre, network=network,
         cluster=cluster, karpenter=karpenter, gpu_pools=pools, storage=storage, budget=budget, teams=teams,
         prices=prices, platform=platform, jobs=jobs, warnings=tuple(warnings),
+        aws_profile=profile, aws_role_arn=role_arn,
     )
+
+
+def provider_credentials(r: Reader, raw: Mapping[str, Any]) -> tuple[str, str]:
+    """The AWS provider's profile and assumed role (`aws:profile`, `aws:assumeRoles`), so that the
+    kubeconfig's `aws eks get-token` signs as the identity that created the cluster, not as
+    whatever the shell's default credentials are."""
+    profile = raw.get("aws:profile")
+    if profile is not None and not isinstance(profile, str):
+        r.problem("aws:profile", f"must be a profile name, got {profile!r}")
+        profile = ""
+    roles = raw.get("aws:assumeRoles") or []
+    arns = [role.get("roleArn") for role in roles if isinstance(role, Mapping)] if isinstance(roles, list) else []
+    if not isinstance(roles, list) or not all(isinstance(a, str) and a for a in arns) or len(arns) != len(roles):
+        r.problem("aws:assumeRoles", "must be a list of {roleArn: ...} entries")
+        return profile or "", ""
+    if len(arns) > 1:
+        r.warning("aws:assumeRoles", f"a chain of {len(arns)} roles: the kubeconfig's aws eks get-token assumes only "
+                                     f"the last ({arns[-1]}) from the profile's credentials")
+    return profile or "", arns[-1] if arns else ""
 
 
 def _role_of(arn: str) -> tuple[str, str] | None:
@@ -163,7 +185,29 @@ def load_from_pulumi() -> StackConfig:
     # A plain invoke: it resolves at preview as at up (from the credentials, no resource needed),
     # and the mocks answer it offline.
     identity = aws.get_caller_identity()
-    return parse(raw, stack=pulumi.get_stack(), caller=CallerIdentity(account_id=identity.account_id, arn=identity.arn))
+    zone_ids = zone_ids_in(raw)
+    zone_names = None
+    if zone_ids:
+        # Names, not IDs, go into the subnets and NodePools: a stack written with names keeps
+        # exactly the inputs it had, and one written with IDs gets this account's names for them.
+        zones = aws.get_availability_zones(filters=[{"name": "zone-id", "values": zone_ids}])
+        zone_names = dict(zip(zones.zone_ids, zones.names, strict=True))
+    return parse(raw, stack=pulumi.get_stack(), caller=CallerIdentity(account_id=identity.account_id, arn=identity.arn),
+                 zone_names=zone_names)
+
+
+def zone_ids_in(raw: Mapping[str, Any]) -> list[str]:
+    """The AZ IDs the config lists (network.availabilityZones, gpuPools[].zones), in order, once."""
+    network = raw.get(f"{NAMESPACE}:network")
+    lists = [network.get("availabilityZones")] if isinstance(network, Mapping) else []
+    pools = raw.get(f"{NAMESPACE}:gpuPools")
+    lists += [p.get("zones") for p in pools if isinstance(p, Mapping)] if isinstance(pools, list) else []
+    found: list[str] = []
+    for zones in lists:
+        for zone in zones if isinstance(zones, list) else []:
+            if isinstance(zone, str) and ZONE_ID.match(zone) and zone not in found:
+                found.append(zone)
+    return found
 
 
 class StackFileError(Exception):

@@ -42,6 +42,9 @@ class ClusterConfig:
     addon_versions: Mapping[str, str]
     system_nodes: SystemNodesConfig
     admin_role_arns: tuple[str, ...]
+    support_type: str = "EXTENDED"
+    """EKS upgrade policy at the end of standard support: EXTENDED stays on the version (extended
+    support, billed only while in it); STANDARD lets EKS upgrade the control plane itself."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,6 +103,10 @@ class TeamConfig:
     gpu_models: tuple[str, ...]
     member_role_arn: str = ""
     """IAM role the team's people assume; an EKS access entry binds it to the team's namespace only."""
+    efs_uid: int = 50_000
+    """POSIX uid and gid of the team's EFS access point, and owner of its directory: part of the
+    access point's identity (a new uid replaces it, and the old directory, mode 0750, is then
+    unwritable), so it is set per team, never derived from the team's place in the list."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -160,6 +167,10 @@ class StackConfig:
     jobs: tuple[JobConfig, ...] = ()
     warnings: tuple[str, ...] = ()
     """Problems that `budget.onWorstCaseOverBudget: warn` lets through; logged at preview."""
+    aws_profile: str = ""
+    """The AWS provider's profile (`aws:profile`): the kubeconfig's token is signed with it too."""
+    aws_role_arn: str = ""
+    """The role the AWS provider assumes (`aws:assumeRoles`, the last): the kubeconfig's too."""
 
     @property
     def cluster_name(self) -> str:

@@ -1,4 +1,4 @@
-"""The elastic training job as plain manifests: an Indexed Job of N..M workers admitted by the
+"""The elastic training job as plain manifests: an Indexed Job of N..M worker pods (nodes) admitted by the
 team's Kueue queue (partial admission down to N), a headless Service for the workers, and the
 rendezvous store as its own small Deployment + Service on the on-demand system nodes.
 Pure: `tensile job render` prints these, the TrainingJob component declares them."""
@@ -85,19 +85,14 @@ def checkpoint_url(bucket: str, job: JobConfig) -> str:
 
 def training_config_document(raw: dict, *, job: JobConfig, bucket: str) -> tuple[str, int, int]:
     """The trainer's config as the pods see it: checkpoints in the team's S3 prefix, the run's
-    ledger on the team's EFS share, node-local staging on the pod's disk, relative data paths under the work directory. Returns the YAML
-    text and the elastic bounds (min, max workers)."""
+    ledger on the team's EFS share, node-local staging on the pod's disk, relative data paths
+    under the work directory, one process per GPU of the pod. Returns the YAML text and the
+    elastic bounds in nodes (pods: min, max)."""
     if not isinstance(raw, dict):
-        raise JobPlanError("the training config must be a YAML mapping")
+        raise JobPlanError(f"{job.training_config}: the training config must be a YAML mapping")
     doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    elastic = doc.get(contract.ELASTIC) or {}
-    try:
-        low = int(elastic.get(contract.MIN_WORKERS, contract.DEFAULT_MIN_WORKERS))
-        high = int(elastic.get(contract.MAX_WORKERS, contract.DEFAULT_MAX_WORKERS))
-    except (TypeError, ValueError) as e:
-        raise JobPlanError(f"elastic.min_workers/max_workers must be integers: {e}") from e
-    if not 1 <= low <= high:
-        raise JobPlanError(f"elastic bounds must satisfy 1 <= min_workers <= max_workers (got {low}..{high})")
+    elastic, low, high = _elastic_section(doc, job)
+    doc[contract.ELASTIC] = elastic
     checkpoint = dict(doc.get(contract.CHECKPOINT) or {})
     checkpoint[contract.SHARED_DIR] = checkpoint_url(bucket, job)
     checkpoint[contract.LOCAL_DIR] = f"{WORK_DIR}/local"
@@ -113,6 +108,49 @@ def training_config_document(raw: dict, *, job: JobConfig, bucket: str) -> tuple
     run[contract.NAME] = job.name
     doc[contract.RUN] = run
     return yaml.safe_dump(doc, sort_keys=False), low, high
+
+
+def _elastic_section(doc: dict, job: JobConfig) -> tuple[dict, int, int]:
+    """The elastic section by its current names, with processes_per_node = the pod's GPUs, and
+    its node bounds; refused (every problem together, naming the file and key) where the global
+    batch cannot be split over max nodes × GPUs per node, which the trainer would refuse at
+    every round's start."""
+    where = job.training_config
+    given = dict(doc.get(contract.ELASTIC) or {})
+    elastic, problems, _notes = contract.adopt_legacy_node_keys(given)
+    # Each bound is named as the file names it (an old name is still read).
+    name = {new: f"{contract.ELASTIC}.{old if old in given and new not in given else new}"
+            for old, new in contract.LEGACY_NODE_KEYS.items()}
+    messages = [f"{path} {message}" for path, message in problems]
+    low = elastic.get(contract.MIN_NODES, contract.DEFAULT_MIN_NODES)
+    high = elastic.get(contract.MAX_NODES, contract.DEFAULT_MAX_NODES)
+    batch = doc.get(contract.BATCH) if isinstance(doc.get(contract.BATCH), dict) else {}
+    global_batch = batch.get(contract.GLOBAL_BATCH_SIZE, contract.DEFAULT_GLOBAL_BATCH_SIZE)
+    processes = elastic.get(contract.PROCESSES_PER_NODE, job.gpus_per_worker)
+    whole = {name[contract.MIN_NODES]: low, name[contract.MAX_NODES]: high,
+             f"{contract.BATCH}.{contract.GLOBAL_BATCH_SIZE}": global_batch}
+    for key, value in whole.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            messages.append(f"{key} must be an integer, got {value!r}")
+    if not messages and not 1 <= low <= high:
+        messages.append(f"elastic bounds must satisfy 1 <= {name[contract.MIN_NODES]} <= {name[contract.MAX_NODES]} "
+                        f"(got {low}..{high})")
+    if processes != job.gpus_per_worker:
+        messages.append(f"{contract.ELASTIC}.{contract.PROCESSES_PER_NODE} is {processes!r}, but the job gives each "
+                        f"pod {job.gpus_per_worker} GPU(s) (gpusPerWorker) and runs one process per GPU: "
+                        f"set it to {job.gpus_per_worker} or leave it out")
+    world = high * job.gpus_per_worker if not messages else 0
+    if world and global_batch < world:
+        fits = global_batch // job.gpus_per_worker
+        lower = f" or lower {name[contract.MAX_NODES]} to {fits}" if fits >= low else ""
+        messages.append(f"{contract.BATCH}.{contract.GLOBAL_BATCH_SIZE} ({global_batch}) cannot be split over "
+                        f"{name[contract.MAX_NODES]} ({high}) × {job.gpus_per_worker} GPU(s) per node "
+                        f"= world size {world}: every process needs at least one sample; raise "
+                        f"{contract.BATCH}.{contract.GLOBAL_BATCH_SIZE} to {world}{lower}")
+    if messages:
+        raise JobPlanError(f"training config {where} of job {job.name}: " + "; ".join(messages))
+    elastic[contract.PROCESSES_PER_NODE] = job.gpus_per_worker
+    return elastic, low, high
 
 
 def _labels(job: JobConfig, role: str) -> dict:
@@ -160,7 +198,8 @@ def rendezvous_objects(job: JobConfig) -> list[dict]:
     return [deployment, service]
 
 
-def worker_job(job: JobConfig, shape: WorkerShape, *, min_workers: int, max_workers: int, bucket: str) -> dict:
+def worker_job(job: JobConfig, shape: WorkerShape, *, min_nodes: int, max_nodes: int, bucket: str) -> dict:
+    """The Indexed Job of worker pods (one pod is one node: Kueue's parallelism counts pods)."""
     labels = _labels(job, "worker")
     rdzv = f"{job.name}-rdzv.{job.team}.svc.cluster.local:{RDZV_PORT}"
     requests = {"cpu": str(shape.cpu), "memory": f"{shape.memory_gib}Gi", GPU: str(shape.gpus)}
@@ -224,16 +263,16 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_workers: int, max_work
         "metadata": {"name": job.name, "namespace": job.team, "labels": {**labels, QUEUE_LABEL: LOCAL_QUEUE},
                      "annotations": {
                          # Partial admission: Kueue may start the job with N..M workers.
-                         MIN_PARALLELISM: str(min_workers),
+                         MIN_PARALLELISM: str(min_nodes),
                          # An Indexed Job's completions follow its admitted parallelism.
                          COMPLETIONS_EQUAL_PARALLELISM: "true",
                          # Pulumi must not wait for a training run to finish.
                          "pulumi.com/skipAwait": "true"}},
         "spec": {
-            "completionMode": "Indexed", "parallelism": max_workers, "completions": max_workers,
+            "completionMode": "Indexed", "parallelism": max_nodes, "completions": max_nodes,
             # Preemptions (SIGTERM after a save, node drains) do not use up the failure budget;
             # the Job controller recreates the worker and Karpenter finds it a node.
-            "backoffLimit": 3 * max_workers,
+            "backoffLimit": 3 * max_nodes,
             "podFailurePolicy": {"rules": [
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In",
@@ -265,4 +304,4 @@ def job_objects(job: JobConfig, *, training_config: dict, team_models: tuple[str
                   "metadata": {"name": f"{job.name}-config", "namespace": job.team, "labels": _labels(job, "config")},
                   "data": {"train.yaml": text}}
     return [config_map, *rendezvous_objects(job), headless_service(job),
-            worker_job(job, shape, min_workers=low, max_workers=high, bucket=bucket)]
+            worker_job(job, shape, min_nodes=low, max_nodes=high, bucket=bucket)]

@@ -198,7 +198,8 @@ def resource_quota(quota: TeamQuota) -> dict:
     memory = sum((f.nominal_gpus + f.borrowing_gpus) * f.memory_gib_per_gpu for f in quota.flavors) + SUPPORT_MEMORY_GIB
     return {"apiVersion": "v1", "kind": "ResourceQuota",
             "metadata": {"name": "team-quota", "namespace": quota.team},
-            "spec": {"hard": {f"requests.{GPU}": str(gpus), f"limits.{GPU}": str(gpus),
+            # Extended resources are counted under `requests.` only; `limits.` would cap nothing.
+            "spec": {"hard": {f"requests.{GPU}": str(gpus),
                               "requests.cpu": str(cpu), "limits.cpu": str(cpu),
                               "requests.memory": f"{memory}Gi", "limits.memory": f"{memory}Gi",
                               "pods": str(gpus + 20), "services.loadbalancers": "0", "services.nodeports": "0"}}}
@@ -292,9 +293,15 @@ def checkpoint_policy(*, team: str, bucket_arn: str, kms_key_arn: str) -> str:
     checkpoints; the bucket key to encrypt and decrypt them."""
     prefix = team_prefix(team)
     return json.dumps({"Version": "2012-10-17", "Statement": [
-        # Unfinished multipart uploads are listed when a checkpoint is deleted, to abort them.
-        {"Sid": "ListTeamPrefix", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+        {"Sid": "ListTeamPrefix", "Effect": "Allow", "Action": "s3:ListBucket",
          "Resource": bucket_arn, "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+        # Unfinished multipart uploads are listed when a checkpoint is deleted, to abort them.
+        # ListBucketMultipartUploads has no s3:prefix condition key (AWS sends none, so a prefix
+        # condition denies it always): it is granted on the bucket, which shows a team the keys
+        # and upload ids of other teams' unfinished uploads, never their data; aborting or
+        # listing their parts stays limited to the team's prefix below.
+        {"Sid": "ListUnfinishedUploads", "Effect": "Allow", "Action": "s3:ListBucketMultipartUploads",
+         "Resource": bucket_arn},
         {"Sid": "ReadWriteTeamObjects", "Effect": "Allow",
          "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
                     "s3:ListMultipartUploadParts", "s3:GetObjectVersion"],

@@ -16,6 +16,7 @@ import yaml
 from infra import cost
 from infra.config.stack import REPO_ROOT, StackFileError, parse_document, read_stack_document
 from infra.config.types import ConfigError
+from infra.plan import storage as storage_plan
 from infra.plan import teams as team_plan
 
 EXIT_OK, EXIT_REFUSED = 0, 2
@@ -45,14 +46,15 @@ def gpu_models_for(families: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def team_entry_text(*, name: str, gpus: int, budget_usd: float, gpu_models: Sequence[str], member_role_arn: str,
-                    indent: str) -> str:
+                    efs_uid: int, indent: str) -> str:
     budget = int(budget_usd) if float(budget_usd).is_integer() else budget_usd
     return (f"{indent}- name: {name}\n"
             f"{indent}  gpuQuota: {gpus}\n"
             f"{indent}  borrowingLimit: 0\n"
             f"{indent}  monthlyBudgetUsd: {budget}\n"
             f"{indent}  gpuModels: [{', '.join(gpu_models)}]\n"
-            f"{indent}  memberRoleArn: {member_role_arn}\n")
+            f"{indent}  memberRoleArn: {member_role_arn}\n"
+            f"{indent}  efsUid: {efs_uid}\n")
 
 
 def insert_team(text: str, entry_for_indent) -> str:
@@ -119,7 +121,8 @@ def team_add(stack: str, name: str, gpus: int, budget_usd: float, gpu_families: 
         return error(f"{path.name} writes tensile:teams in flow style ([...]); write it as a block list "
                       "(one `- name: ...` entry per team) so an entry can be added without rewriting the file", err)
     new_text = insert_team(text, lambda indent: team_entry_text(
-        name=name, gpus=gpus, budget_usd=budget_usd, gpu_models=models, member_role_arn=member_role_arn, indent=indent))
+        name=name, gpus=gpus, budget_usd=budget_usd, gpu_models=models, member_role_arn=member_role_arn,
+        efs_uid=storage_plan.next_efs_uid(current.teams), indent=indent))
     try:
         cfg = parse_document(yaml.safe_load(new_text), stack)
     except ConfigError as e:

@@ -20,7 +20,7 @@ def test_preview_renders_dev_as_plain_text(dev):
     out = io.StringIO()
     preview._render_plain(dev, out, REPO_ROOT)
     text = out.getvalue()
-    assert "Stack dev: 149 resources (mocked, no cloud)" in text
+    assert "Stack dev: 154 resources (mocked, no cloud)" in text
     assert ("    - kubernetes:karpenter.sh/v1:NodePool  gpu-l4  [capacity=spot>on-demand gpu=l4 "
             "types=g6.xlarge,g6.2xlarge,g6.4xlarge,g6.12xlarge zones=us-east-1a,us-east-1b limit=4 GPUs]") in text
     assert "  - tensile:infra:GpuNodePools  gpu\n" in text
@@ -87,7 +87,7 @@ def test_preview_end_to_end_shows_the_tree_and_the_over_budget_warning(tmp_path)
     assert preview.run_preview("tight", root=tmp_path, out=out, err=err, plain=True) == 0
     assert ("warning: budget.monthlyUsd: stack tight: worst-case monthly cost $4,190 exceeds the budget $4,000; "
             "lower the GPU limits/quotas or raise the budget") in out.getvalue()
-    assert "Stack tight: 143 resources (mocked, no cloud)" in out.getvalue()
+    assert "Stack tight: 148 resources (mocked, no cloud)" in out.getvalue()
     assert "kubernetes:karpenter.sh/v1:NodePool  gpu-l4  [capacity=spot>on-demand" in out.getvalue()
     assert re.search(r"previewed in [0-9.]+ s \(program [0-9.]+ s\)", out.getvalue())
     assert err.getvalue() == ""

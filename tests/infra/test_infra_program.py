@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from infra import cost
+from infra import cost, mocks
 from infra.components import interruption, tagging
 
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
@@ -27,7 +27,8 @@ EXPECTED_COUNTS = {
         "kubernetes:helm.sh/v3:Release": 6, "aws:efs/mountTarget:MountTarget": 2, "aws:efs/accessPoint:AccessPoint": 1,
         "aws:cloudwatch/eventRule:EventRule": 5, "aws:cloudwatch/eventTarget:EventTarget": 5,
         "aws:eks/addon:Addon": 5, "aws:eks/nodeGroup:NodeGroup": 1, "aws:eks/accessEntry:AccessEntry": 2,
-        "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2,
+        "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2, "aws:efs/backupPolicy:BackupPolicy": 1,
+        "aws:autoscaling/tag:Tag": 4,
     },
     "prod": {
         "aws:ec2/subnet:Subnet": 6, "aws:ec2/natGateway:NatGateway": 3, "aws:ec2/eip:Eip": 3,
@@ -36,10 +37,11 @@ EXPECTED_COUNTS = {
         "kubernetes:helm.sh/v3:Release": 7, "aws:efs/mountTarget:MountTarget": 3, "aws:efs/accessPoint:AccessPoint": 2,
         "aws:cloudwatch/eventRule:EventRule": 5, "aws:cloudwatch/eventTarget:EventTarget": 5,
         "aws:eks/addon:Addon": 5, "aws:eks/nodeGroup:NodeGroup": 1, "aws:eks/accessEntry:AccessEntry": 4,
-        "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2,
+        "aws:budgets/budget:Budget": 1, "aws:sqs/queue:Queue": 2, "aws:efs/backupPolicy:BackupPolicy": 1,
+        "aws:autoscaling/tag:Tag": 4,
     },
 }
-EXPECTED_TOTALS = {"dev": 143, "prod": 196}
+EXPECTED_TOTALS = {"dev": 148, "prod": 201}
 COMPONENTS = {"tensile:infra:Network", "tensile:infra:Cluster", "tensile:infra:InterruptionQueue",
               "tensile:infra:Karpenter", "tensile:infra:GpuNodePools", "tensile:infra:Storage", "tensile:infra:Budgets",
               "tensile:infra:Addons", "tensile:infra:Teams", "tensile:infra:BudgetEnforcer"}
@@ -402,3 +404,77 @@ def test_resources_record_which_resources_feed_each_input(run):
     versioning = _one(run, "aws:s3/bucketVersioning:BucketVersioning")
     bucket = _one(run, "aws:s3/bucket:Bucket")
     assert versioning["property_dependencies"]["bucket"] == [bucket["urn"]]
+
+
+PROTECTED_TYPES = ("aws:kms/key:Key", "aws:s3/bucket:Bucket", "aws:efs/fileSystem:FileSystem", "aws:eks/cluster:Cluster")
+
+
+def test_what_holds_data_or_keys_is_protected_and_nothing_else(run):
+    """Issue 17 item 7: `pulumi destroy`, or a change that would replace them, stops at the
+    bucket, the file system, every KMS key and the cluster (docs/upgrades.md says how to lift it)."""
+    protected = {r["name"] for r in run.resources if r["protect"]}
+    expected = {r["name"] for r in run.resources if r["type"] in PROTECTED_TYPES}
+    assert protected == expected
+    assert {"storage-checkpoints", "storage-efs", "storage-key", "cluster-eks", "cluster-secrets-key",
+            "budgets-alerts-key"} == expected
+
+
+def test_efs_is_backed_up_by_aws_backup(run):
+    (policy,) = run.of_type("aws:efs/backupPolicy:BackupPolicy")
+    assert policy["inputs"]["backupPolicy"] == {"status": "ENABLED"}
+    assert policy["inputs"]["fileSystemId"] == "storage-efs-id"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_stack_exports_how_to_reach_the_cluster_and_its_identities(stack, stack_runs, raw_configs):
+    outputs = stack_runs[stack].outputs
+    kubeconfig = json.loads(outputs["kubeconfig"])
+    (cluster_entry,) = kubeconfig["clusters"]
+    assert cluster_entry["cluster"] == {"server": outputs["clusterEndpoint"],
+                                        "certificate-authority-data": outputs["clusterCertificateAuthority"]}
+    assert outputs["clusterEndpoint"].startswith("https://") and outputs["clusterCertificateAuthority"]
+    teams = [t["name"] for t in raw_configs[stack]["tensile:teams"]]
+    assert sorted(outputs["trainerRoleArns"]) == sorted(teams)
+    assert all(arn == f"arn:aws:iam::{mocks.MOCK_ACCOUNT_ID}:role/teams-{team}-trainer-role"
+               for team, arn in outputs["trainerRoleArns"].items())
+    assert outputs["karpenterControllerRoleArn"].endswith(":role/karpenter-controller-role")
+    assert outputs["karpenterNodeRoleArn"].endswith(":role/cluster-karpenter-node-role")
+    assert outputs["enforcerServiceAccount"] == "tensile-system/tensile-enforcer"
+
+
+def test_node_classes_wait_for_the_placement_group_and_efa_security_group_they_select(run):
+    """Issue 17 item 8: a class names its placement group and finds the EFA group by tag, so only
+    an explicit dependency orders them (create before the class, delete after it)."""
+    urns = {r["name"]: r["urn"] for r in run.resources}
+    groups = {g["inputs"]["name"]: g["urn"] for g in run.of_type("aws:ec2/placementGroup:PlacementGroup")}
+    checked = 0
+    for node_class in run.of_type(NODE_CLASS):
+        spec = node_class["inputs"]["spec"]
+        if "placementGroupSelector" in spec:
+            assert groups[spec["placementGroupSelector"]["name"]] in node_class["dependencies"]
+            checked += 1
+        if any("tensile.io/efa" in term.get("tags", {}) for term in spec["securityGroupSelectorTerms"]):
+            assert urns["gpu-efa-sg"] in node_class["dependencies"]
+            checked += 1
+    assert checked == (0 if run.stack == "dev" else 6)
+
+
+def test_cluster_waits_for_its_role_policy_attachment(run):
+    cluster = run.named("cluster-eks")
+    assert run.named("cluster-role-cluster-policy")["urn"] in cluster["dependencies"]
+
+
+def test_system_node_instances_carry_the_stack_tags_the_budget_filters_on(run):
+    """Issue 17 item 8: tags on a managed node group reach neither its ASG nor its instances; the
+    ASG is tagged, propagated at launch, with every stack tag, the budget's filter among them."""
+    group = run.named("cluster-system")
+    tags = {t["inputs"]["tag"]["key"]: t for t in run.of_type("aws:autoscaling/tag:Tag")}
+    stack_tags = {k: v for k, v in run.named("cluster-role")["inputs"]["tags"].items()}
+    assert {k: t["inputs"]["tag"]["value"] for k, t in tags.items()} == stack_tags
+    for tag in tags.values():
+        assert tag["inputs"]["tag"]["propagateAtLaunch"] is True
+        assert tag["inputs"]["autoscalingGroupName"] == "eks-cluster-system-mock"
+        assert group["urn"] in tag["dependencies"]
+    (budget,) = run.of_type("aws:budgets/budget:Budget")
+    (tag_filter,) = [f for f in budget["inputs"]["costFilters"] if f["name"] == "TagKeyValue"]
+    assert tag_filter["values"] == [f"user:{tagging.STACK_TAG}${tags[tagging.STACK_TAG]['inputs']['tag']['value']}"]

@@ -43,12 +43,14 @@ def test_team_add_writes_one_entry_and_keeps_the_rest_of_the_file(root):
     # inserted in one place: at the end of the teams list.
     ops = difflib.SequenceMatcher(a=before.splitlines(), b=after.splitlines()).get_opcodes()
     changes = [op for op in ops if op[0] != "equal"]
-    assert [(tag, i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in changes] == [("insert", 0, 6)]
+    assert [(tag, i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in changes] == [("insert", 0, 7)]
     assert after.splitlines()[changes[0][3]] == "    - name: speech"
-    assert after.splitlines()[changes[0][3] - 1] == "      memberRoleArn: arn:aws:iam::111122223333:role/ml-llm"
+    assert after.splitlines()[changes[0][3] - 1] == "      efsUid: 50001"
     cfg = config.parse(yaml.safe_load(after)["config"], stack="prod")
     team = next(t for t in cfg.teams if t.name == "speech")
     assert (team.gpu_quota, team.monthly_budget_usd, team.gpu_models, team.member_role_arn) == (4, 12000.0, ("l40s",), ROLE)
+    # Its own uid, above every uid in use: no existing team's access point can be taken.
+    assert team.efs_uid == 50002 and "efsUid" in after.splitlines()[changes[0][4] - 1]
     assert "added team speech" in out and "the cost model allows 4 GPUs" in out
 
 
@@ -123,6 +125,21 @@ def test_job_render_refuses_bad_input_without_a_traceback(root, kwargs, message)
     out, err = io.StringIO(), io.StringIO()
     assert render_tool.job_render("dev", **args, root=root, out=out, err=err) == 2
     assert message in err.getvalue() and "Traceback" not in err.getvalue() and out.getvalue() == ""
+
+
+def test_job_render_refuses_a_batch_that_cannot_split_over_max_nodes_times_gpus(root):
+    """8 samples over 3 pods × 4 GPUs (world size 12): the trainer would refuse it at every
+    round's start, so the renderer refuses it first, naming the training config and its keys."""
+    (root / "training/tensile/configs/small.yaml").write_text(
+        "batch: {global_batch_size: 8}\nelastic: {min_nodes: 1, max_nodes: 3}\n")
+    out, err = io.StringIO(), io.StringIO()
+    code = render_tool.job_render("dev", name="trial", team="sandbox", training_config="training/tensile/configs/small.yaml",
+                                  image="111122223333.dkr.ecr.us-east-1.amazonaws.com/tensile-training:0.1.0",
+                                  bucket="b", gpus_per_worker=4, root=root, out=out, err=err)
+    assert code == 2 and out.getvalue() == "" and "Traceback" not in err.getvalue()
+    assert "training config training/tensile/configs/small.yaml of job trial" in err.getvalue()
+    assert "batch.global_batch_size (8) cannot be split over elastic.max_nodes (3) × 4 GPU(s) per node" in err.getvalue()
+    assert "lower elastic.max_nodes to 2" in err.getvalue()
 
 
 def test_team_add_refuses_a_flow_style_team_list_rather_than_rewrite_it(root):

@@ -3,6 +3,8 @@ and its training config as the pods see it, the stack-file edit of `tensile team
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -94,12 +96,39 @@ def test_training_config_points_checkpoints_at_the_team_prefix():
 
 
 @pytest.mark.parametrize("elastic, message", [
-    ({"min_workers": 3, "max_workers": 2}, "1 <= min_workers <= max_workers"),
-    ({"min_workers": "two"}, "must be integers"),
+    ({"min_workers": 3, "max_workers": 2}, "1 <= elastic.min_workers <= elastic.max_workers"),
+    ({"min_nodes": 3, "max_nodes": 2}, "1 <= elastic.min_nodes <= elastic.max_nodes"),
+    ({"min_workers": "two"}, "elastic.min_workers must be an integer, got 'two'"),
+    ({"max_workers": 4, "max_nodes": 2}, "elastic.max_workers is the old name of elastic.max_nodes"),
+    ({"processes_per_node": 2}, "processes_per_node is 2, but the job gives each pod 1 GPU"),
 ])
 def test_training_config_with_bad_elastic_bounds_is_refused(elastic, message):
-    with pytest.raises(job_plan.JobPlanError, match=message):
+    with pytest.raises(job_plan.JobPlanError, match=message) as caught:
         job_plan.training_config_document({"elastic": elastic}, job=_job(), bucket="b")
+    assert "training config x.yaml of job run" in str(caught.value)
+
+
+def test_training_config_counts_nodes_and_runs_one_process_per_gpu():
+    raw = {"batch": {"global_batch_size": 64}, "elastic": {"min_workers": 1, "max_workers": 4}}
+    text, low, high = job_plan.training_config_document(raw, job=_job(gpus_per_worker=8), bucket="b")
+    assert (low, high) == (1, 4)
+    assert yaml.safe_load(text)["elastic"] == {"min_nodes": 1, "max_nodes": 4, "processes_per_node": 8}
+
+
+@pytest.mark.parametrize("raw, gpus, fix", [
+    # The case: 16 samples over 4 nodes × 8 GPUs; the trainer refuses world size 32 each round.
+    ({"batch": {"global_batch_size": 16}, "elastic": {"min_nodes": 1, "max_nodes": 4}}, 8,
+     re.escape("batch.global_batch_size (16) cannot be split over elastic.max_nodes (4) × 8 GPU(s) per node = "
+               "world size 32: every process needs at least one sample; raise batch.global_batch_size to 32 or "
+               "lower elastic.max_nodes to 2")),
+    ({"elastic": {"max_workers": 3}}, 8, r"\(16\) cannot be split over elastic.max_workers \(3\) × 8"),
+    ({"batch": {"global_batch_size": 4}, "elastic": {"min_nodes": 2, "max_nodes": 2}}, 4,
+     "world size 8: every process needs at least one sample; raise batch.global_batch_size to 8$"),
+])
+def test_training_config_whose_batch_cannot_split_over_max_nodes_times_gpus_is_refused(raw, gpus, fix):
+    with pytest.raises(job_plan.JobPlanError, match=fix) as caught:
+        job_plan.training_config_document(raw, job=_job(gpus_per_worker=gpus), bucket="b")
+    assert str(caught.value).startswith("training config x.yaml of job run: ")
 
 
 def test_grace_period_covers_the_measured_checkpoint_with_a_margin():

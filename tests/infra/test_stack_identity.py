@@ -28,6 +28,7 @@ def identity(run) -> dict:
             "provider": r["provider"], "dependencies": sorted(r["dependencies"]),
             "property_dependencies": {k: sorted(v) for k, v in sorted(r["property_dependencies"].items())},
             "ignore_changes": sorted(r["ignore_changes"]), "retain_on_delete": r["retain_on_delete"],
+            "protect": r["protect"],
             "inputs": r["inputs"],
         }
     return {"stack": run.stack, "resources": resources, "outputs": run.outputs}

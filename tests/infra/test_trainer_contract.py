@@ -20,7 +20,7 @@ from infra.plan import job as job_plan
 
 # The trainer's side, as the trainer itself reads a pod's config and command line.
 from tensile.cli import app as trainer_cli
-from tensile.config import ElasticConfig, TrainingConfig, load_config
+from tensile.config import BatchConfig, ConfigError, ElasticConfig, TrainingConfig, config_from_dict, load_config
 from tensile.elastic.api import NodeOutcome
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,12 +60,14 @@ def test_rendered_train_yaml_loads_with_the_trainers_own_config_loader(rendered,
     assert cfg.checkpoint.local_dir == "/var/lib/tensile/local"
     assert cfg.checkpoint.ledger_path == f"/mnt/shared/runs/{job.name}"
     assert cfg.data.url == "/var/lib/tensile/work/data"
-    # The bounds Kueue admits (N..M) are the bounds the trainer's rendezvous uses.
+    # The bounds Kueue admits (N..M pods) are the node bounds the trainer's rendezvous uses, and
+    # each pod runs one process per GPU: the world size the trainer's batch plan is checked at.
     worker = _worker_job(rendered)
-    assert int(worker["metadata"]["annotations"][job_plan.MIN_PARALLELISM]) == cfg.elastic.min_workers
-    assert worker["spec"]["parallelism"] == cfg.elastic.max_workers
-    assert (cfg.elastic.min_workers, cfg.elastic.max_workers) == (rendered["raw"]["elastic"]["min_workers"],
-                                                                  rendered["raw"]["elastic"]["max_workers"])
+    assert int(worker["metadata"]["annotations"][job_plan.MIN_PARALLELISM]) == cfg.elastic.min_nodes
+    assert worker["spec"]["parallelism"] == cfg.elastic.max_nodes
+    assert (cfg.elastic.min_nodes, cfg.elastic.max_nodes) == (rendered["raw"]["elastic"]["min_nodes"],
+                                                              rendered["raw"]["elastic"]["max_nodes"])
+    assert cfg.elastic.processes_per_node == job.gpus_per_worker
     # The variable the job sets names the same tier, and the trainer reads it.
     env = {e["name"]: e.get("value") for e in _trainer_container(rendered)["env"]}
     assert env[contract.ENV_CHECKPOINT_URL] == url
@@ -80,9 +82,32 @@ def test_rendered_train_yaml_takes_the_trainers_defaults_for_what_the_config_lea
     text, low, high = job_plan.training_config_document({}, job=cfg.jobs[0], bucket=BUCKET)
     (tmp_path / "train.yaml").write_text(text)
     loaded = load_config(tmp_path / "train.yaml")
-    assert (low, high) == (loaded.elastic.min_workers, loaded.elastic.max_workers) == \
-        (ElasticConfig().min_workers, ElasticConfig().max_workers)
+    assert (low, high) == (loaded.elastic.min_nodes, loaded.elastic.max_nodes) == \
+        (ElasticConfig().min_nodes, ElasticConfig().max_nodes)
+    assert loaded.batch.global_batch_size == BatchConfig().global_batch_size == contract.DEFAULT_GLOBAL_BATCH_SIZE
     assert loaded.data.url == f"/var/lib/tensile/work/{contract.DEFAULT_DATA_URL}"
+
+
+@pytest.mark.parametrize("global_batch, max_nodes, gpus", [
+    (16, 4, 8), (16, 2, 8), (32, 4, 8), (3, 3, 1), (3, 4, 1), (12, 3, 4), (11, 3, 4),
+])
+def test_renderer_refuses_exactly_the_batches_the_trainer_refuses_to_split(global_batch, max_nodes, gpus):
+    raw = {"batch": {"global_batch_size": global_batch}, "elastic": {"min_nodes": 1, "max_nodes": max_nodes}}
+    job = dataclasses.replace(stack_config.parse_document(stack_config.read_stack_document("prod")[2], "prod").jobs[0],
+                              gpus_per_worker=gpus)
+    try:
+        text, _low, _high = job_plan.training_config_document(raw, job=job, bucket=BUCKET)
+        rendered = yaml.safe_load(text)
+    except job_plan.JobPlanError:
+        rendered = None
+    try:
+        config_from_dict({**raw, "elastic": {**raw["elastic"], "processes_per_node": gpus}})
+        trainer_accepts = True
+    except ConfigError:
+        trainer_accepts = False
+    assert (rendered is not None) == trainer_accepts
+    if rendered is not None:
+        config_from_dict({k: v for k, v in rendered.items() if k != "checkpoint"})  # what the pods load
 
 
 def _parse_with_the_trainers_cli(command: list[str]):
@@ -121,8 +146,8 @@ def test_contract_config_keys_are_fields_of_the_trainers_config():
         assert section in sections, section
         section_type = next(c for c in _config_classes() if c.__name__ == str(hints[section]).split(".")[-1])
         assert key in {f.name for f in dataclasses.fields(section_type)}, (section, key)
-    assert (ElasticConfig().min_workers, ElasticConfig().max_workers) == \
-        (contract.DEFAULT_MIN_WORKERS, contract.DEFAULT_MAX_WORKERS)
+    assert (ElasticConfig().min_nodes, ElasticConfig().max_nodes, ElasticConfig().processes_per_node) == \
+        (contract.DEFAULT_MIN_NODES, contract.DEFAULT_MAX_NODES, contract.DEFAULT_PROCESSES_PER_NODE)
 
 
 def _config_classes() -> list[type]:

@@ -27,12 +27,12 @@ def dataset(tmp_path_factory) -> str:
 class _FixedSizeRuns(dict):
     """Runs each stage's pair on first use, so `make test` pays only for the stages it tests."""
 
-    def __init__(self, root: Path, dataset: str):
+    def __init__(self, root: Path, dataset: str, precision: str = "fp32"):
         super().__init__()
-        self.root, self.dataset = root, dataset
+        self.root, self.dataset, self.precision = root, dataset, precision
 
     def __missing__(self, stage: int) -> dict[str, Path]:
-        self[stage] = _run_pair(self.root, self.dataset, stage)
+        self[stage] = _run_pair(self.root, self.dataset, stage, self.precision)
         return self[stage]
 
 
@@ -43,13 +43,19 @@ def fixed_size_runs(tmp_path_factory, dataset) -> dict[int, dict[str, Path]]:
     return _FixedSizeRuns(tmp_path_factory.mktemp("fixed"), dataset)
 
 
-def _run_pair(root: Path, dataset: str, stage: int) -> dict[str, Path]:
+@pytest.fixture(scope="session")
+def bf16_fixed_size_runs(tmp_path_factory, dataset) -> dict[int, dict[str, Path]]:
+    """The same pairs, trained in bf16."""
+    return _FixedSizeRuns(tmp_path_factory.mktemp("fixed-bf16"), dataset, precision="bf16")
+
+
+def _run_pair(root: Path, dataset: str, stage: int, precision: str = "fp32") -> dict[str, Path]:
     pair = {"uninterrupted": root / f"stage{stage}-uninterrupted",
             "interrupted": root / f"stage{stage}-interrupted"}
     with ThreadPoolExecutor(2) as pool:
         jobs = []
         for kind, run_dir in pair.items():
-            config = write_job(run_dir, dataset, zero={"stage": stage})
+            config = write_job(run_dir, dataset, zero={"stage": stage}, precision={"dtype": precision})
             env = {"TENSILE_FAULTS": "raise@7"} if kind == "interrupted" else {}
             jobs.append(pool.submit(run_nodes, run_dir, config, ["node-a", "node-b"], env=env))
         for job in jobs:

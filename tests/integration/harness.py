@@ -25,7 +25,7 @@ TINY_JOB: dict[str, Any] = {
     "optimizer": {"lr": 3e-3, "warmup_steps": 2},
     "batch": {"global_batch_size": 12, "micro_batch_sizes": [1, 2, 4]},
     "zero": {"stage": 0},
-    "elastic": {"min_workers": 1, "max_workers": 3, "collective_timeout_s": 4, "step_watchdog_s": 12,
+    "elastic": {"min_nodes": 1, "max_nodes": 3, "collective_timeout_s": 4, "step_watchdog_s": 12,
                 "startup_timeout_s": 60,
                 "max_failures": 3, "keep_alive_interval_s": 1, "keep_alive_max_attempts": 3},
     "checkpoint": {"every_steps": 3, "keep_last": 3},

@@ -90,7 +90,7 @@ def rounds_of(events):
 
 @pytest.mark.full
 def test_below_minimum_the_job_parks_until_a_node_arrives(tmp_path, dataset):
-    config = write_job(tmp_path, dataset, elastic={"min_workers": 2, "max_workers": 2},
+    config = write_job(tmp_path, dataset, elastic={"min_nodes": 2, "max_nodes": 2},
                        run={"name": "itest", "seed": 11, "steps": 6, "log_every": 3})
     arrived: list[float] = []
 

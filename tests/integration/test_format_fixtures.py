@@ -106,3 +106,31 @@ def test_parameters_that_differ_found_only_while_loading_end_the_run_with_the_re
     assert status["state"] == "failed" and "other parameters than this model" in status["reason"], status
     assert ledger.failures_spent() == 0
     assert [e["event"] for e in ledger.events() if e["event"] in ("incompatible", "failure")] == ["incompatible"]
+
+
+def test_an_fp32_checkpoint_from_before_precision_resumes_in_bf16(tmp_path, fixture_dataset):
+    # Its manifest and meta file have no precision field: they read as fp32. Tensile's sharded
+    # layout holds fp32 masters and moments, which a bf16 engine takes as they are.
+    name = "zero2-sharded-2workers"
+    expected = _expected(name)
+    _copy_shared(name, tmp_path)
+    config = write_job(tmp_path, fixture_dataset, **expected["job"], precision={"dtype": "bf16"})
+    assert run_nodes(tmp_path, config, ["node-a"], timeout_s=240) == {"node-a": 0}
+    starts = [e for e in RunLedger(tmp_path / "shared").events() if e["event"] == "round-start"]
+    assert [e["resumed_step"] for e in starts] == [expected["resume_step"]]
+    losses = step_losses(tmp_path / "shared")
+    worst = max(abs(losses[int(step)] - loss) / loss for step, loss in expected["losses"].items())
+    print(f"fp32 checkpoint resumed in bf16: max relative loss difference from the fp32 losses {worst:.2e}")
+    assert worst <= 2e-2, "the fp32 state was taken, not retrained from scratch (bf16 rounding only)"
+    assert Catalog(open_tier(tmp_path / "shared")).find_resume_point().manifest.precision == "bf16"
+
+
+def test_an_fp32_zero0_checkpoint_is_refused_in_bf16_naming_both(tmp_path, fixture_dataset):
+    name = "zero0-deepspeed-1worker"
+    _copy_shared(name, tmp_path)
+    config = write_job(tmp_path, fixture_dataset, **_expected(name)["job"], precision={"dtype": "bf16"})
+    assert run_nodes(tmp_path, config, ["node-a"], timeout_s=240) == {"node-a": 3}
+    ledger = RunLedger(tmp_path / "shared")
+    status = ledger.status()
+    assert status["state"] == "failed" and "was saved in fp32 and this config trains in bf16" in status["reason"]
+    assert ledger.failures_spent() == 0

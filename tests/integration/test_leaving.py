@@ -19,7 +19,7 @@ from tensile.local.metadata_server import MetadataServer
 KEEP_ALIVE = {"keep_alive_interval_s": 60, "keep_alive_max_attempts": 3}
 HEARTBEAT_EXPIRY_S = 60 * 3
 JOB = {"run": {"name": "itest", "seed": 11, "steps": 18, "log_every": 6},
-       "elastic": {"min_workers": 1, "max_workers": 2, **KEEP_ALIVE},
+       "elastic": {"min_nodes": 1, "max_nodes": 2, **KEEP_ALIVE},
        "checkpoint": {"every_steps": 100}, "signals": {"imds_enabled": True, "imds_poll_s": 0.1}}
 
 

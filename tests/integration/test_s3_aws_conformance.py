@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from tensile.checkpoint import CommitRecord, FencingError
-from tensile.checkpoint.s3_objects import S3Settings
+from tensile.s3.objects import S3Settings
 from tensile.checkpoint.s3_tier import S3Tier
 
 URL = os.environ.get("TENSILE_S3_CONFORMANCE_URL", "")

@@ -251,6 +251,9 @@ CASES = [
     Case("team-has-budget", "mandatory", UNLABELLED_TEAM, note="forgot-label"),
     Case("team-has-budget", "pass", replace(UNLABELLED_TEAM, UNLABELLED_QUOTA, edit(
         UNLABELLED_QUOTA, "spec.hard", {"requests.nvidia.com/gpu": "0", "pods": "10"})), note="gpus-capped-at-0"),
+    # Kubernetes counts an extended resource's quota under `requests.` only: `limits.` caps nothing.
+    Case("team-has-budget", "mandatory", replace(UNLABELLED_TEAM, UNLABELLED_QUOTA, edit(
+        UNLABELLED_QUOTA, "spec.hard", {"limits.nvidia.com/gpu": "0", "pods": "10"})), note="gpu-limits-cap-nothing"),
     Case("team-has-budget", "pass", UNLABELLED_TEAM, {"systemNamespaces": ["research"]}, "config"),
     Case("team-has-budget", "advisory", replace(UNLABELLED_TEAM, UNLABELLED_QUOTA, edit(
         UNLABELLED_QUOTA, "spec.hard", {"requests.nvidia.com/gpu": U})), note="gpu-cap-unknown"),

@@ -94,8 +94,8 @@ def test_plan_batch_prefers_less_padding_over_fewer_steps(global_batch, micro_ba
 
 
 @pytest.mark.parametrize(("global_batch", "world_size", "fix"), [
-    (8, 9, "lower elastic.max_workers or raise batch.global_batch_size"),
-    (1, 2, "lower elastic.max_workers or raise batch.global_batch_size"),
+    (8, 9, "lower elastic.max_nodes or elastic.processes_per_node, or raise batch.global_batch_size"),
+    (1, 2, "lower elastic.max_nodes or elastic.processes_per_node, or raise batch.global_batch_size"),
     (8, 0, "world size must be >= 1"),
     (8, -1, "world size must be >= 1"),
 ])
@@ -157,6 +157,14 @@ def test_plans_for_range_covers_min_to_max():
 
     assert [p.world_size for p in plans] == [2, 3, 4, 5]
     assert all(isinstance(p, BatchPlan) for p in plans)
+
+
+def test_plans_for_range_counts_nodes_times_processes_per_node():
+    plans = plans_for_range(16, [1, 2, 4, 8], 1, 2, processes_per_node=8)
+
+    assert [p.world_size for p in plans] == [8, 16]
+    with pytest.raises(BatchPlanError, match="world size 24"):
+        plans_for_range(16, [1, 2, 4, 8], 1, 3, processes_per_node=8)
 
 
 # --- end to end with GlobalSampler: an elastic run consumes the same data --------------------------

@@ -10,7 +10,19 @@ from tensile import cli
 GOOD = """\
 run: {name: cli-test, steps: 10}
 batch: {global_batch_size: 12, micro_batch_sizes: [1, 2, 4]}
+elastic: {min_nodes: 2, max_nodes: 5}
+"""
+
+LEGACY = """\
+run: {name: cli-test, steps: 10}
+batch: {global_batch_size: 12, micro_batch_sizes: [1, 2, 4]}
 elastic: {min_workers: 2, max_workers: 5}
+"""
+
+GPU_NODES = """\
+run: {name: cli-test, steps: 10}
+batch: {global_batch_size: 16, micro_batch_sizes: [1, 2, 4, 8]}
+elastic: {min_nodes: 1, max_nodes: 4, processes_per_node: 8}
 """
 
 BAD = """\
@@ -38,8 +50,8 @@ def _config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def _row(output: str, workers: int) -> str:
-    (line,) = [line for line in output.splitlines() if re.match(rf"│ {workers}\s+│", line)]
+def _row(output: str, nodes: int) -> str:
+    (line,) = [line for line in output.splitlines() if re.match(rf"│ {nodes}\s+│", line)]
     return line
 
 
@@ -47,7 +59,27 @@ def test_cli_validate_accepts_a_good_config(tmp_path):
     result = _invoke("validate", _config(tmp_path, GOOD))
 
     assert result.exit_code == 0, result.output
-    assert "ok" in result.output and "cli-test" in result.output and "2..5 workers" in result.output
+    assert "ok" in result.output and "cli-test" in result.output
+    assert "2..5 node(s) × 1 process(es) = world size 2..5" in result.output
+    assert "note" not in result.output
+
+
+def test_cli_validate_reads_the_old_worker_keys_as_nodes_with_a_note(tmp_path):
+    result = _invoke("validate", _config(tmp_path, LEGACY))
+
+    assert result.exit_code == 0, result.output
+    assert "2..5 node(s)" in result.output
+    assert "elastic.min_workers is deprecated" in result.output and "rename it to max_nodes" in result.output
+
+
+def test_cli_validate_refuses_more_processes_than_samples_naming_the_field_and_fix(tmp_path):
+    """16 samples over 4 nodes × 8 GPUs: the trainer's batch plan refuses world size 32, so
+    validation must too (it passed before, and every round then failed at start)."""
+    result = _invoke("validate", _config(tmp_path, GPU_NODES))
+
+    assert result.exit_code == 2
+    assert "elastic.max_nodes:" in result.output and "world size 32" in result.output
+    assert "lower elastic.max_nodes to 2" in result.output
 
 
 def test_cli_validate_names_every_bad_field_without_a_traceback(tmp_path):
@@ -69,31 +101,49 @@ def test_cli_validate_unreadable_config_exits_2_without_a_traceback(tmp_path, ta
     assert "Traceback" not in result.output
 
 
-def test_cli_plan_lists_every_worker_count_as_valid(tmp_path):
+def test_cli_plan_lists_every_node_count_as_valid(tmp_path):
     result = _invoke("plan", _config(tmp_path, GOOD))
 
     assert result.exit_code == 0, result.output
-    rows = re.findall(r"^│ (\d+)\s+│.*│ (\S+)\s+│$", result.output, flags=re.MULTILINE)
-    assert rows == [(str(workers), "valid") for workers in range(2, 6)]
+    rows = re.findall(r"^│ (\d+)\s+│ (\d+)\s+│.*│ (\S+)\s+│$", result.output, flags=re.MULTILINE)
+    assert rows == [(str(nodes), str(nodes), "valid") for nodes in range(2, 6)]
+
+
+def test_cli_plan_shows_the_world_size_and_split_per_node_count(tmp_path):
+    config = _config(tmp_path, GPU_NODES.replace("max_nodes: 4", "max_nodes: 2"))
+    result = _invoke("plan", config)
+
+    assert result.exit_code == 0, result.output
+    assert "8 process(es) per node" in result.output
+    # 2 nodes × 8 processes share 16 samples: one each, micro-batch 1, one step, nothing padded.
+    assert [c.strip() for c in _row(result.output, 2).strip("│ ").split("│")] == ["2", "16", "1", "1", "1", "0", "valid"]
+    assert [c.strip() for c in _row(result.output, 1).strip("│ ").split("│")] == ["1", "8", "2", "1", "2", "0", "valid"]
 
 
 def test_cli_plan_shows_the_split_for_an_uneven_count(tmp_path):
-    result = _invoke("plan", _config(tmp_path, GOOD), "--workers", 5)
+    result = _invoke("plan", _config(tmp_path, GOOD), "--nodes", 5)
 
     # 12 over 5: shares 3,3,2,2,2; micro-batch 1 × 3 steps pads least: 5×3 − 12 = 3 padded.
     cells = [c.strip() for c in _row(result.output, 5).strip("│ ").split("│")]
-    assert cells == ["5", "1", "3", "2,3", "3", "valid"]
+    assert cells == ["5", "5", "1", "3", "2,3", "3", "valid"]
 
 
-def test_cli_plan_below_min_workers_parks(tmp_path):
-    result = _invoke("plan", _config(tmp_path, GOOD), "--workers", 1)
+def test_cli_plan_still_takes_the_old_workers_flag(tmp_path):
+    result = _invoke("plan", _config(tmp_path, LEGACY), "--workers", 5)
 
     assert result.exit_code == 0, result.output
-    assert "parks: waits for 1 more worker(s)" in _row(result.output, 1)
+    assert [c.strip() for c in _row(result.output, 5).strip("│ ").split("│")][-1] == "valid"
 
 
-def test_cli_plan_above_max_workers_spares_wait(tmp_path):
-    result = _invoke("plan", _config(tmp_path, GOOD), "--workers", 7)
+def test_cli_plan_below_min_nodes_parks(tmp_path):
+    result = _invoke("plan", _config(tmp_path, GOOD), "--nodes", 1)
+
+    assert result.exit_code == 0, result.output
+    assert "parks: waits for 1 more node(s)" in _row(result.output, 1)
+
+
+def test_cli_plan_above_max_nodes_spares_wait(tmp_path):
+    result = _invoke("plan", _config(tmp_path, GOOD), "--nodes", 7)
 
     assert result.exit_code == 0, result.output
     assert "2 node(s) wait as spares" in _row(result.output, 7)

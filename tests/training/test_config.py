@@ -41,12 +41,21 @@ BAD_CONFIGS = [
     ("bad nested section value", {"data": {"generate": {"num_samples": 0}}}, "data.generate.num_samples"),
     ("max workers above global batch",
      {"batch": {"global_batch_size": 4}, "elastic": {"max_workers": 8}}, "elastic.max_workers"),
+    ("min nodes above max", {"elastic": {"min_nodes": 3, "max_nodes": 2}}, "elastic.max_nodes"),
+    ("zero min nodes", {"elastic": {"min_nodes": 0}}, "elastic.min_nodes"),
+    ("zero processes per node", {"elastic": {"processes_per_node": 0}}, "elastic.processes_per_node"),
+    ("world size above global batch",
+     {"batch": {"global_batch_size": 16}, "elastic": {"max_nodes": 4, "processes_per_node": 8}}, "elastic.max_nodes"),
+    ("old and new node names disagree", {"elastic": {"min_workers": 1, "min_nodes": 2}}, "elastic.min_workers"),
     ("d_model not divisible by n_heads", {"model": {"d_model": 100, "n_heads": 3}}, "model"),
     ("sequence too short to predict", {"model": {"seq_len": 1}}, "model.seq_len"),
     ("section is not a mapping", {"zero": 5}, "zero"),
     ("section is a list", {"elastic": [1, 2]}, "elastic"),
     ("top level is not a mapping", ["run", "model"], "<top>"),
     ("bad run name", {"run": {"name": "my run!"}}, "run.name"),
+    ("train longer to fewer steps", {"run": {"steps": 10, "extend_from_steps": 20}}, "run.extend_from_steps"),
+    ("train longer to the same steps", {"run": {"steps": 10, "extend_from_steps": 10}}, "run.extend_from_steps"),
+    ("negative extend_from_steps", {"run": {"extend_from_steps": -1}}, "run.extend_from_steps"),
 ]
 
 
@@ -74,7 +83,39 @@ def test_config_from_dict_cross_check_names_the_global_batch():
         config_from_dict({"batch": {"global_batch_size": 4}, "elastic": {"max_workers": 8}})
 
     (message,) = [m for _, m in caught.value.problems]
-    assert "batch.global_batch_size (4)" in message and "got 8" in message
+    assert "batch.global_batch_size (4)" in message and "world size 8" in message
+
+
+@pytest.mark.parametrize(("elastic", "fix"), [
+    ({"min_nodes": 1, "max_nodes": 4, "processes_per_node": 8}, "lower elastic.max_nodes to 2 or raise "
+                                                                 "batch.global_batch_size to 32"),
+    ({"min_nodes": 3, "max_nodes": 4, "processes_per_node": 8}, "lower elastic.processes_per_node to 4 or raise"),
+    ({"min_nodes": 1, "max_nodes": 1, "processes_per_node": 32}, "lower elastic.processes_per_node to 16"),
+])
+def test_config_from_dict_world_size_check_counts_processes_and_names_a_fix_that_works(elastic, fix):
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"batch": {"global_batch_size": 16}, "elastic": elastic})
+
+    ((path, message),) = caught.value.problems
+    assert path == "elastic.max_nodes" and fix in message, message
+
+
+def test_config_from_dict_reads_old_node_names_and_notes_them():
+    notes: list[tuple[str, str]] = []
+    config = config_from_dict({"elastic": {"min_workers": 2, "max_workers": 3, "max_nodes": 3}}, notes=notes)
+
+    assert (config.elastic.min_nodes, config.elastic.max_nodes, config.elastic.processes_per_node) == (2, 3, 1)
+    assert [path for path, _ in notes] == ["elastic.min_workers", "elastic.max_workers"]
+    assert "rename it to min_nodes" in notes[0][1]
+    assert config_from_dict({"elastic": {"min_nodes": 2, "max_nodes": 3}}) == config
+
+
+def test_config_from_dict_old_and_new_name_with_different_values_is_refused_naming_both():
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"elastic": {"max_workers": 4, "max_nodes": 2}})
+
+    ((path, message),) = caught.value.problems
+    assert path == "elastic.max_workers" and "elastic.max_nodes" in message and "remove max_workers" in message
 
 
 def test_config_from_dict_unknown_key_lists_the_known_keys():
@@ -214,7 +255,14 @@ def test_load_config_overrides_apply_to_missing_and_empty_sections(tmp_path):
 
     config = load_config(path, overrides={"zero.stage": 2, "run.steps": 7, "elastic.max_workers": 2})
 
-    assert (config.zero.stage, config.run.steps, config.elastic.max_workers) == (2, 7, 2)
+    assert (config.zero.stage, config.run.steps, config.elastic.max_nodes) == (2, 7, 2)
+
+
+@pytest.mark.parametrize("override", ["elastic.max_nodes", "elastic.max_workers"])
+def test_load_config_node_override_wins_over_the_file_by_either_name(tmp_path, override):
+    path = _write(tmp_path, "elastic: {max_workers: 3}\n")
+
+    assert load_config(path, overrides={override: 2}).elastic.max_nodes == 2
 
 
 def test_load_config_overrides_are_validated(tmp_path):
@@ -237,7 +285,7 @@ def test_load_config_packaged_demo_config_loads_cleanly():
     config = load_config(resources.files("tensile.configs").joinpath("demo.yaml"))
 
     assert config.run.name == "tensile-demo"
-    assert (config.elastic.min_workers, config.elastic.max_workers) == (1, 3)
+    assert (config.elastic.min_nodes, config.elastic.max_nodes, config.elastic.processes_per_node) == (1, 3, 1)
     assert config.batch.global_batch_size == 16
     assert Path(config.checkpoint.shared_dir).is_absolute()
 
@@ -249,12 +297,13 @@ def _hash(**sections):
     return config_from_dict(sections).trajectory_hash()
 
 
-def test_trajectory_hash_ignores_paths_and_worker_counts():
+def test_trajectory_hash_ignores_paths_and_node_and_process_counts():
     base = _hash()
 
     assert _hash(data={"url": "s3://other/corpus"}) == base
     assert _hash(checkpoint={"shared_dir": "/mnt/x", "local_dir": "/tmp/y", "every_steps": 3}) == base
     assert _hash(elastic={"min_workers": 2, "max_workers": 8, "max_failures": 9}) == base
+    assert _hash(elastic={"min_nodes": 1, "max_nodes": 2, "processes_per_node": 8}) == base
     assert _hash(batch={"micro_batch_sizes": [2, 16]}) == base
     assert _hash(run={"name": "renamed", "log_every": 1}) == base
 

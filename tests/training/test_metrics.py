@@ -17,6 +17,16 @@ def test_trainer_metrics_expose_every_figure():
         assert line in text, line
 
 
+def test_trainer_metrics_count_nodes_apart_from_processes():
+    metrics = TrainerMetrics("demo")
+    metrics.group_shape(nodes=2, processes_per_node=8)
+    metrics.round_started(world_size=16, restarts=0, preemptions=0, steps_lost=0, failures_spent=0, resumed_step=0)
+    text = generate_latest(metrics.registry).decode()
+    for line in ('tensile_nodes{run="demo"} 2.0', 'tensile_processes_per_node{run="demo"} 8.0',
+                 'tensile_world_size{run="demo"} 16.0'):
+        assert line in text, line
+
+
 def test_run_history_counts_restarts_preemptions_and_lost_steps():
     events = [
         {"event": "round-start", "t": 0, "resumed_step": 0},
@@ -28,3 +38,52 @@ def test_run_history_counts_restarts_preemptions_and_lost_steps():
         {"event": "round-start", "t": 20, "resumed_step": 6},  # nothing lost
     ]
     assert run_history(events) == {"restarts": 2, "preemptions": 1, "steps_lost": 2}
+
+
+def _history_by_definition(events: list[dict]) -> dict[str, int]:
+    """Restarts, preemptions and lost steps as first written: every pair of rounds against every step."""
+    rounds = [e for e in events if e["event"] == "round-start"]
+    steps = [e for e in events if e["event"] == "step"]
+    lost = 0
+    for previous, current in zip(rounds, rounds[1:]):
+        done = max((e["step"] for e in steps if previous["t"] < e["t"] < current["t"]), default=0)
+        lost += max(0, done - current["resumed_step"])
+    preemptions = sum(1 for e in events if e["event"] == "checkpoint" and e.get("reason") == "stop")
+    return {"restarts": max(0, len(rounds) - 1), "preemptions": preemptions, "steps_lost": lost}
+
+
+def _ledger_of_rounds(rng, rounds: int) -> list[list[dict]]:
+    """Events of `rounds` rounds, each a list starting with its round start, at increasing times."""
+    t, step, out = 0.0, 0, []
+    for _ in range(rounds):
+        resumed = max(0, step - rng.randint(0, 3))
+        t += 1
+        events = [{"event": "round-start", "t": t, "resumed_step": resumed}]
+        step = resumed
+        for _ in range(rng.randint(0, 6)):
+            step += 1
+            t += 1
+            events.append({"event": "step", "t": t, "step": step})
+        if rng.random() < 0.5:
+            t += 0.5
+            events.append({"event": "checkpoint", "t": t, "step": step,
+                           "reason": rng.choice(["stop", "periodic"])})
+        out.append(events)
+    return out
+
+
+def test_run_history_advanced_round_by_round_equals_the_whole_ledger_read_at_once():
+    import random
+
+    from tensile.metrics import RunHistory
+
+    rng = random.Random(7)
+    for _ in range(50):
+        rounds = _ledger_of_rounds(rng, rng.randint(1, 8))
+        history, seen = RunHistory(), []
+        for events in rounds:  # each round start advances the last summary by what came since
+            start, rest = events[0], events[1:]
+            history = RunHistory.from_json(history.to_json()).advanced(
+                [e for e in seen + [start] if history.as_of is None or e["t"] > history.as_of], as_of=start["t"])
+            assert history.counts() == _history_by_definition(seen + [start])
+            seen += [start] + rest

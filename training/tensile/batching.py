@@ -1,7 +1,8 @@
-"""Elastic batch math: split a fixed global batch over whatever number of workers is present.
+"""Elastic batch math: split a fixed global batch over whatever number of processes is present.
 
-Every worker count from 1 to the global batch size is valid: ranks may carry uneven shares,
-padded with masked samples so every rank runs the same number of micro-steps.
+The world size is nodes × processes per node; every world size from 1 to the global batch size
+is valid: ranks may carry uneven shares, padded with masked samples so every rank runs the same
+number of micro-steps.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 
 class BatchPlanError(ValueError):
-    """No plan exists for this worker count (a configuration, not a transient, problem)."""
+    """No plan exists for this world size (a configuration, not a transient, problem)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +61,13 @@ class BatchPlan:
     def describe(self) -> str:
         uneven = "" if len(set(self.shares)) == 1 else f", shares {list(self.shares)}"
         pad = f", {self.padded_samples} padded" if self.padded_samples else ""
-        return (f"{self.world_size} worker(s): micro-batch {self.micro_batch_size} × "
+        return (f"world size {self.world_size}: micro-batch {self.micro_batch_size} × "
                 f"{self.accumulation_steps} accumulation step(s){uneven}{pad} "
                 f"= global batch {self.global_batch_size}")
 
 
 def plan_batch(global_batch_size: int, micro_batch_sizes: list[int], world_size: int) -> BatchPlan:
-    """Choose micro-batch and accumulation for `world_size` workers.
+    """Choose micro-batch and accumulation for `world_size` processes (all nodes' together).
 
     Least padding first (padded slots are compute spent on nothing), then the fewest
     accumulation steps (the largest micro-batch) among the plans that pad that little.
@@ -75,8 +76,9 @@ def plan_batch(global_batch_size: int, micro_batch_sizes: list[int], world_size:
         raise BatchPlanError(f"world size must be >= 1, got {world_size}")
     if world_size > global_batch_size:
         raise BatchPlanError(
-            f"{world_size} workers cannot share a global batch of {global_batch_size}: each needs at "
-            f"least one sample; lower elastic.max_workers or raise batch.global_batch_size")
+            f"world size {world_size} (nodes × processes per node) cannot share a global batch of "
+            f"{global_batch_size}: each process needs at least one sample; lower elastic.max_nodes or "
+            f"elastic.processes_per_node, or raise batch.global_batch_size")
     if not micro_batch_sizes or min(micro_batch_sizes) < 1:
         raise BatchPlanError(f"micro-batch sizes must be positive, got {micro_batch_sizes}")
     base, extra = divmod(global_batch_size, world_size)
@@ -92,7 +94,8 @@ def plan_batch(global_batch_size: int, micro_batch_sizes: list[int], world_size:
                      shares=shares)
 
 
-def plans_for_range(global_batch_size: int, micro_batch_sizes: list[int],
-                    min_workers: int, max_workers: int) -> list[BatchPlan]:
-    """Plans for every worker count the job accepts."""
-    return [plan_batch(global_batch_size, micro_batch_sizes, w) for w in range(min_workers, max_workers + 1)]
+def plans_for_range(global_batch_size: int, micro_batch_sizes: list[int], min_nodes: int, max_nodes: int,
+                    processes_per_node: int = 1) -> list[BatchPlan]:
+    """Plans for every node count the job accepts, at that many nodes × processes_per_node."""
+    return [plan_batch(global_batch_size, micro_batch_sizes, nodes * processes_per_node)
+            for nodes in range(min_nodes, max_nodes + 1)]

@@ -19,51 +19,62 @@ console = Console()
 errors = Console(stderr=True)
 
 
-def _load(config: Path):
+def _load(config: Path, overrides: dict | None = None):
+    """The validated config; exits 2 listing every problem. Deprecated keys are noted on stderr."""
     from tensile.config import ConfigError, load_config
 
+    notes: list[tuple[str, str]] = []
     try:
-        return load_config(config)
+        cfg = load_config(config, overrides, notes=notes)
     except ConfigError as e:
         errors.print(f"[bold red]config error[/]: {e}", highlight=False)
         raise typer.Exit(2) from None
+    for path, message in notes:
+        errors.print(f"[yellow]note[/]: {config}: {path} {message}", highlight=False)
+    return cfg
 
 
 @app.command()
 def validate(config: Path = typer.Argument(..., help="Training config (YAML).")) -> None:
     """Check a training config; every problem is listed with its field and the fix."""
     cfg = _load(config)
+    elastic = cfg.elastic
     console.print(f"[green]ok[/]: {config} ({cfg.run.name}, ZeRO {cfg.zero.stage}, "
-                  f"{cfg.elastic.min_workers}..{cfg.elastic.max_workers} workers)")
+                  f"{elastic.min_nodes}..{elastic.max_nodes} node(s) × {elastic.processes_per_node} "
+                  f"process(es) = world size {elastic.world_size(elastic.min_nodes)}..{elastic.max_world_size})")
 
 
 @app.command()
 def plan(config: Path = typer.Argument(..., help="Training config (YAML)."),
-         workers: Optional[int] = typer.Option(None, help="Show the plan for this count only.")) -> None:
-    """List the worker counts the job accepts and the batch split for each."""
+         nodes: Optional[int] = typer.Option(None, "--nodes", "--workers",
+                                             help="Show the plan for this node count only (--workers: its old name).")) -> None:
+    """List the node counts the job accepts, the world size (nodes × processes per node) and the
+    batch split for each."""
     from tensile.batching import BatchPlanError, plan_batch
 
     cfg = _load(config)
     elastic, batch = cfg.elastic, cfg.batch
-    counts = [workers] if workers else range(elastic.min_workers, elastic.max_workers + 1)
-    table = Table(title=f"global batch {batch.global_batch_size}, micro-batch sizes {batch.micro_batch_sizes}")
-    for column in ("workers", "micro-batch", "accumulation", "samples per worker", "padded", "status"):
+    counts = [nodes] if nodes else elastic.node_counts()
+    table = Table(title=f"global batch {batch.global_batch_size}, micro-batch sizes {batch.micro_batch_sizes}, "
+                        f"{elastic.processes_per_node} process(es) per node")
+    for column in ("nodes", "world size", "micro-batch", "accumulation", "samples per process", "padded", "status"):
         table.add_column(column)
     for count in counts:
-        if count < elastic.min_workers:
-            table.add_row(str(count), "-", "-", "-", "-",
-                          f"parks: waits for {elastic.min_workers - count} more worker(s)")
+        world = str(elastic.world_size(count))
+        if count < elastic.min_nodes:
+            table.add_row(str(count), world, "-", "-", "-", "-",
+                          f"parks: waits for {elastic.min_nodes - count} more node(s)")
             continue
-        if count > elastic.max_workers:
-            table.add_row(str(count), "-", "-", "-", "-",
-                          f"{count - elastic.max_workers} node(s) wait as spares")
+        if count > elastic.max_nodes:
+            table.add_row(str(count), world, "-", "-", "-", "-",
+                          f"{count - elastic.max_nodes} node(s) wait as spares")
             continue
         try:
-            p = plan_batch(batch.global_batch_size, batch.micro_batch_sizes, count)
+            p = plan_batch(batch.global_batch_size, batch.micro_batch_sizes, elastic.world_size(count))
         except BatchPlanError as e:
-            table.add_row(str(count), "-", "-", "-", "-", f"invalid: {e}")
+            table.add_row(str(count), world, "-", "-", "-", "-", f"invalid: {e}")
             continue
-        table.add_row(str(count), str(p.micro_batch_size), str(p.accumulation_steps),
+        table.add_row(str(count), world, str(p.micro_batch_size), str(p.accumulation_steps),
                       ",".join(map(str, sorted(set(p.shares)))), str(p.padded_samples), "valid")
     console.print(table)
 
@@ -73,14 +84,16 @@ def launch(config: Path = typer.Option(..., contract.LAUNCH_CONFIG, help="Traini
            node_id: str = typer.Option(..., contract.LAUNCH_NODE_ID, help="This node's name in logs."),
            local_dir: Path = typer.Option(..., contract.LAUNCH_LOCAL_DIR, help="This node's own disk for checkpoint staging."),
            rdzv_endpoint: str = typer.Option(..., contract.LAUNCH_RDZV_ENDPOINT, help="host:port of the rendezvous store."),
-           nproc_per_node: int = typer.Option(contract.DEFAULT_NPROC_PER_NODE, contract.LAUNCH_NPROC_PER_NODE,
-                                              help="Worker processes on this node.")) -> None:
+           nproc_per_node: Optional[int] = typer.Option(
+               None, contract.LAUNCH_NPROC_PER_NODE,
+               help="Worker processes on this node (default: the config's elastic.processes_per_node, "
+                    "which this overrides and is validated as).")) -> None:
     """Run this node's part of an elastic job under torchrun, until the run ends for it."""
     from tensile.elastic.launcher import NodeSpec, run_node
 
-    cfg = _load(config)
+    cfg = _load(config, None if nproc_per_node is None else {"elastic.processes_per_node": nproc_per_node})
     spec = NodeSpec(config_path=config.resolve(), node_id=node_id, local_dir=local_dir.resolve(),
-                    rdzv_endpoint=rdzv_endpoint, nproc_per_node=nproc_per_node)
+                    rdzv_endpoint=rdzv_endpoint, nproc_per_node=cfg.elastic.processes_per_node)
     outcome, code = run_node(cfg, spec)
     console.print(f"{node_id}: {outcome}")
     raise typer.Exit(code)
@@ -114,7 +127,7 @@ def _print_demo(result: dict) -> None:
     timeline = " → ".join(f"{w} (from step {r})" for _, w, r in s.timeline)
     console.print(f"worker-count timeline: {timeline}")
     table = Table(title="disruptions")
-    for column in ("event", "node", "at step", "resumed at", "steps lost", "recovery (s)", "workers after"):
+    for column in ("event", "node", "at step", "resumed at", "steps lost", "recovery (s)", "world size after"):
         table.add_column(column)
     for e in s.events:
         table.add_row(e.kind, e.node, str(e.at_step), str(e.resumed_step), str(e.steps_lost),
@@ -211,12 +224,12 @@ def _checkpoint_errors(function, *args):
 def checkpoint_ls(shared_dir: str = SHARED,
                   verify: bool = typer.Option(False, help="Check every file's sha256 too."),
                   all_commits: bool = typer.Option(False, "--all", help="Include commits whose checkpoint retention deleted.")) -> None:
-    """The commit log, newest first: lineage, steps, sizes, worker count, stage, validity."""
+    """The commit log, newest first: lineage, steps, sizes, world size, stage, validity."""
     from tensile.checkpoint.tools import list_checkpoints
 
     rows = list_checkpoints(shared_dir, verify=verify)
     table = Table(title=f"checkpoints in {shared_dir}")
-    for column in ("seq", "checkpoint", "step", "workers", "ZeRO", "size", "parent", "branch", "reason", "state"):
+    for column in ("seq", "checkpoint", "step", "world size", "ZeRO", "size", "parent", "branch", "reason", "state"):
         table.add_column(column)
     for row in rows:
         if row.problem == "deleted by retention" and not all_commits:
@@ -261,16 +274,17 @@ def checkpoint_export(shared_dir: str = SHARED,
 
 @checkpoint_app.command("reshard")
 def checkpoint_reshard(shared_dir: str = SHARED,
-                       world_size: int = typer.Option(..., help="The worker count the job will resume at."),
+                       world_size: int = typer.Option(..., help="The world size the job will resume at: "
+                                                                     "nodes × elastic.processes_per_node."),
                        checkpoint: Optional[str] = CHECKPOINT_ID) -> None:
-    """Prepare a checkpoint for another worker count ahead of a planned resize."""
+    """Prepare a checkpoint for another world size ahead of a planned resize."""
     from tensile.checkpoint.tools import reshard_ahead
 
     manifest, seconds = _checkpoint_errors(reshard_ahead, shared_dir, checkpoint, world_size)
     if seconds:
-        console.print(f"{manifest.checkpoint_id}: universal layout ready for {world_size} workers ({seconds:.1f} s)")
+        console.print(f"{manifest.checkpoint_id}: universal layout ready for world size {world_size} ({seconds:.1f} s)")
     else:
-        console.print(f"{manifest.checkpoint_id}: loads at {world_size} workers as it is")
+        console.print(f"{manifest.checkpoint_id}: loads at world size {world_size} as it is")
 
 
 @checkpoint_app.command("rollback")
@@ -282,6 +296,63 @@ def checkpoint_rollback(shared_dir: str = SHARED,
     manifest = _checkpoint_errors(rollback, shared_dir, checkpoint)
     console.print(f"pinned {manifest.checkpoint_id} (step {manifest.step}): the next start resumes from it; "
                   f"retention keeps it and its lineage")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Token datasets: bring your own.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(src: Path = typer.Argument(..., help="Pre-tokenised input: .npy, a raw memmap, parquet or arrow "
+                                            "file(s), a saved Hugging Face dataset, or a Megatron .bin/.idx."),
+                 dest: str = typer.Argument(..., help="Where the dataset goes (a directory); the held-out split "
+                                            "goes to DEST/heldout."),
+                 seq_len: int = typer.Option(..., help="Tokens a sample trains on (model.max_seq_len or less)."),
+                 format: Optional[str] = typer.Option(None, "--format", help="npy, raw, parquet, arrow, hf or "
+                                                      "megatron (default: from the name)."),
+                 dtype: Optional[str] = typer.Option(None, help="raw only: the memmap's element type (uint16, int32...)."),
+                 token_column: str = typer.Option("input_ids", help="parquet/arrow/hf: the token-list column."),
+                 mask_column: Optional[str] = typer.Option(None, help="parquet/arrow/hf: per-token loss flags "
+                                                           "(nonzero: counts), or labels with --ignore-index."),
+                 ignore_index: Optional[int] = typer.Option(None, help="A label value that masks its token (e.g. -100)."),
+                 split: str = typer.Option("train", help="hf: the split of a saved DatasetDict."),
+                 held_out: str = typer.Option("0", help="Samples held out for evaluation: a fraction (0.01) or a count (500)."),
+                 eos_id: Optional[int] = typer.Option(None, help="Appended after each document (none: documents abut)."),
+                 vocab_size: Optional[int] = typer.Option(None, help="The tokenizer's vocabulary (default: largest id + 1)."),
+                 seed: int = typer.Option(0, help="Keys which samples are held out."),
+                 samples_per_shard: Optional[int] = typer.Option(None, help="Default: about 64 MB of tokens a shard.")) -> None:
+    """Convert pre-tokenised data into Tensile's shard format: packed samples, loss masks, a held-out split."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tensile.data.prepare import HeldOut, prepare
+    from tensile.data.sources import SourceError, SourceSpec, guess_format
+
+    if dest.startswith("s3://"):
+        errors.print("[red]prepare writes to a directory[/] (s3fs cannot be installed beside Tensile's botocore); "
+                     f"write there, then upload it: aws s3 sync <directory> {dest}", highlight=False)
+        raise typer.Exit(2)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+                  TimeRemainingColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task({"scan": "scanning", "pack": "packing"}[phase], total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+        try:
+            spec = SourceSpec(path=src, format=format or guess_format(src), dtype=dtype, token_column=token_column,
+                              mask_column=mask_column, ignore_index=ignore_index, split=split)
+            result = prepare(spec, dest, seq_len=seq_len, vocab_size=vocab_size, eos_id=eos_id,
+                             held_out=HeldOut.parse(held_out), seed=seed, samples_per_shard=samples_per_shard,
+                             progress=progress)
+        except (SourceError, ValueError) as e:
+            errors.print(f"[red]cannot prepare {src}[/]: {e}", highlight=False)
+            raise typer.Exit(2) from None
+    console.print(f"[green]wrote[/] {result.url}: {result.samples} samples of {seq_len} + 1 tokens "
+                  f"({result.documents} documents, {result.tokens} tokens, {result.dropped_tokens} left over), "
+                  f"vocabulary {result.vocab_size}, loss masks {'yes' if result.loss_mask else 'no'}")
+    if result.held_out_url:
+        console.print(f"held out {result.held_out_samples} samples: {result.held_out_url}")
 
 
 def _repo_root() -> Path | None:

@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 from tensile import contract
+from tensile.errors import NotRetryable
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, NotRetryable):
     """One or more problems in a training config, each as (property path, message)."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
@@ -100,7 +101,14 @@ class RunConfig:
     seed: int = 1234
     """Seeds model initialisation, data order and per-sample dropout."""
     steps: int = 100
-    """Optimizer steps to train for; the run completes after this many."""
+    """Optimizer steps to train for; the run completes after this many. It sets the length of the
+    cosine schedule, so a checkpoint trained toward another run.steps is refused (see
+    extend_from_steps)."""
+    extend_from_steps: int = 0
+    """Train longer: the run.steps the resume checkpoint was trained toward, when run.steps now
+    asks for more. The cosine schedule is recomputed over the new run.steps from the resume step;
+    the change is recorded in the ledger (`train-longer`) and in every later checkpoint. 0: a
+    checkpoint trained toward another run.steps is refused as incompatible."""
     log_every: int = 10
     """Print a progress line every this many steps (every step is still recorded)."""
     metrics_port: int = 0
@@ -111,6 +119,9 @@ class RunConfig:
         p.check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
                 "name", f"must be letters, digits, '-' or '_', got {self.name!r}")
         p.check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        p.check(0 <= self.extend_from_steps < max(self.steps, 1), "extend_from_steps",
+                f"must be 0 (off) or the earlier run.steps, below run.steps ({self.steps}) to train longer, "
+                f"got {self.extend_from_steps}")
         p.check(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
         p.check(0 <= self.metrics_port < 65536, "metrics_port", f"must be a port number or 0, got {self.metrics_port}")
         p.raise_if_any()
@@ -175,10 +186,11 @@ class OptimizerConfig:
 
 @dataclass(kw_only=True, slots=True)
 class BatchConfig:
-    global_batch_size: int = 16
-    """Samples per optimizer step, whatever the number of workers."""
+    global_batch_size: int = contract.DEFAULT_GLOBAL_BATCH_SIZE
+    """Samples per optimizer step, whatever the number of nodes; split over every process
+    (nodes × elastic.processes_per_node), so it must be at least the largest world size."""
     micro_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    """Micro-batch sizes that fit a worker's memory; Tensile picks one per worker count."""
+    """Micro-batch sizes that fit one process's (one GPU's) memory; Tensile picks one per world size."""
 
     def __post_init__(self) -> None:
         p = _Problems()
@@ -201,12 +213,63 @@ class ZeroConfig:
         p.raise_if_any()
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(kw_only=True, slots=True)
+class PrecisionConfig:
+    """`precision: bf16` is short for `precision: {dtype: bf16}`. docs/design/precision.md has
+    the support table per ZeRO stage."""
+
+    dtype: str = "fp32"
+    """fp32, bf16 or fp16: the dtype of the model's weights, activations and gradients in forward
+    and backward. The optimizer keeps fp32 master weights and fp32 Adam moments in every case
+    (what checkpoints store), so a run resumes in another precision under ZeRO 1–3. fp16 scales
+    its loss dynamically (the scaler's state is checkpointed) and needs a GPU."""
+    accumulate_grads_in_fp32: bool = False
+    """Accumulate bf16/fp16 gradients across micro-batches in fp32. Only ZeRO-3 honours it in
+    DeepSpeed 0.19.8; other stages accumulate in `dtype` (refused otherwise, naming why)."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.dtype in PRECISIONS, "dtype", f"must be one of {', '.join(PRECISIONS)}, got {self.dtype!r}")
+        p.raise_if_any()
+
+    @property
+    def low_precision(self) -> bool:
+        return self.dtype != "fp32"
+
+    def refusal_for(self, zero_stage: int) -> str | None:
+        """Why DeepSpeed 0.19.8 cannot train this precision at `zero_stage` the way Tensile
+        checkpoints it, naming the alternative; None if it can."""
+        if not (self.low_precision and self.accumulate_grads_in_fp32) or zero_stage == 3:
+            return None
+        why = {0: "DeepSpeed 0.19.8 has no optimizer for it without ZeRO (it raises NotImplementedError)",
+               1: ("DeepSpeed 0.19.8 switches to its BF16_Optimizer, whose partitions Tensile's sharded "
+                   "checkpoints do not read" if self.dtype == "bf16" else
+                   "DeepSpeed 0.19.8's ZeRO-1 optimizer ignores it and accumulates in fp16"),
+               2: f"DeepSpeed 0.19.8's ZeRO-2 optimizer ignores it and accumulates in {self.dtype}"}[zero_stage]
+        return (f"{self.dtype} with fp32 gradient accumulation is not supported at ZeRO stage {zero_stage}: "
+                f"{why}; set zero.stage to 3, or precision.accumulate_grads_in_fp32 to false")
+
+    def refusal_on(self, device_type: str) -> str | None:
+        """Why this precision cannot run on a worker whose device is of `device_type`, or None."""
+        if self.dtype == "fp16" and device_type != "cuda":
+            return (f"fp16 needs a CUDA GPU: this worker computes on the {device_type}, which has no fp16 "
+                    f"kernels here; use bf16 (or fp32) on CPU workers")
+        return None
+
+
 @dataclass(kw_only=True, slots=True)
 class ElasticConfig:
-    min_workers: int = contract.DEFAULT_MIN_WORKERS
-    """Fewest workers the job trains with; below it the job parks and waits."""
-    max_workers: int = contract.DEFAULT_MAX_WORKERS
-    """Most workers the job uses; more nodes wait as spares."""
+    min_nodes: int = contract.DEFAULT_MIN_NODES
+    """Fewest nodes (pods: what Kueue admits and Karpenter buys) the job trains with; below it
+    the job parks and waits. The old name `min_workers` is still read."""
+    max_nodes: int = contract.DEFAULT_MAX_NODES
+    """Most nodes the job uses; more wait as spares. The old name `max_workers` is still read."""
+    processes_per_node: int = contract.DEFAULT_PROCESSES_PER_NODE
+    """Worker processes on each node, one per GPU (torchrun's --nproc-per-node; the job renderer
+    sets it to the pod's GPUs). The world size, which the batch is split over, is nodes × this."""
     collective_timeout_s: float = 15.0
     """A collective that waits this long fails: how fast a silently vanished peer is seen."""
     min_tier_mb_per_s: float = 10.0
@@ -231,9 +294,11 @@ class ElasticConfig:
 
     def __post_init__(self) -> None:
         p = _Problems()
-        p.check(self.min_workers >= 1, "min_workers", f"must be >= 1, got {self.min_workers}")
-        p.check(self.max_workers >= self.min_workers, "max_workers",
-                f"must be >= min_workers ({self.min_workers}), got {self.max_workers}")
+        p.check(self.min_nodes >= 1, "min_nodes", f"must be >= 1, got {self.min_nodes}")
+        p.check(self.max_nodes >= self.min_nodes, "max_nodes",
+                f"must be >= min_nodes ({self.min_nodes}), got {self.max_nodes}")
+        p.check(self.processes_per_node >= 1, "processes_per_node",
+                f"must be >= 1 (one process per GPU), got {self.processes_per_node}")
         p.check(self.collective_timeout_s > 0, "collective_timeout_s",
                 f"must be > 0, got {self.collective_timeout_s}")
         p.check(self.min_tier_mb_per_s > 0, "min_tier_mb_per_s",
@@ -247,6 +312,18 @@ class ElasticConfig:
         p.check(self.keep_alive_max_attempts >= 1, "keep_alive_max_attempts",
                 f"must be >= 1, got {self.keep_alive_max_attempts}")
         p.raise_if_any()
+
+    def node_counts(self) -> range:
+        """Every node count the job trains at."""
+        return range(self.min_nodes, self.max_nodes + 1)
+
+    def world_size(self, nodes: int) -> int:
+        """Processes (ranks) in a group of this many nodes."""
+        return nodes * self.processes_per_node
+
+    @property
+    def max_world_size(self) -> int:
+        return self.world_size(self.max_nodes)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -316,6 +393,7 @@ class TrainingConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     zero: ZeroConfig = field(default_factory=ZeroConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
@@ -323,12 +401,25 @@ class TrainingConfig:
     def cross_checks(self) -> list[tuple[str, str]]:
         """Invariants between sections."""
         problems = []
-        if self.elastic.max_workers > self.batch.global_batch_size:
-            problems.append(("elastic.max_workers",
-                             f"must be <= batch.global_batch_size ({self.batch.global_batch_size}) so every "
-                             f"worker gets at least one sample, got {self.elastic.max_workers}"))
+        elastic, batch = self.elastic, self.batch
+        if elastic.max_world_size > batch.global_batch_size:
+            # The batch plan (tensile.batching.plan_batch) needs one sample per process at every
+            # world size in range; the largest is the one to check.
+            fixes = [f"raise batch.global_batch_size to {elastic.max_world_size}"]
+            if (nodes := batch.global_batch_size // elastic.processes_per_node) >= elastic.min_nodes:
+                fixes.insert(0, f"lower elastic.max_nodes to {nodes}")
+            elif processes := batch.global_batch_size // elastic.max_nodes:
+                fixes.insert(0, f"lower elastic.processes_per_node to {processes}")
+            problems.append(("elastic.max_nodes",
+                             f"{elastic.max_nodes} node(s) × {elastic.processes_per_node} process(es) per node "
+                             f"= world size {elastic.max_world_size}, more than batch.global_batch_size "
+                             f"({batch.global_batch_size}): every process needs at least one sample; "
+                             + " or ".join(fixes)))
         if self.model.seq_len < 2:
             problems.append(("model.seq_len", f"must be >= 2, got {self.model.seq_len}"))
+        refusal = self.precision.refusal_for(self.zero.stage)
+        if refusal:
+            problems.append(("precision.accumulate_grads_in_fp32", refusal))
         return problems
 
     def to_dict(self) -> dict[str, Any]:
@@ -340,7 +431,9 @@ class TrainingConfig:
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     def trajectory_hash(self) -> str:
-        """Hash of everything that shapes the training trajectory (not paths or worker counts)."""
+        """Hash of everything that shapes the training trajectory (not paths, node or process counts).
+        Precision is left out: a run may resume in another one (checkpoints record theirs and
+        the checkpointer judges the change), and leaving it out keeps older runs' hashes."""
         d = self.to_dict()
         relevant = {k: d[k] for k in ("model", "optimizer", "zero")}
         relevant["seed"] = d["run"]["seed"]
@@ -426,19 +519,37 @@ def _build(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -> 
     return None
 
 
-def config_from_dict(data: Any, *, source: str | None = None) -> TrainingConfig:
-    """Validate a parsed config mapping; raises ConfigError listing every problem."""
+def config_from_dict(data: Any, *, source: str | None = None,
+                     notes: list[tuple[str, str]] | None = None) -> TrainingConfig:
+    """Validate a parsed config mapping; raises ConfigError listing every problem. Deprecated
+    keys it still reads are added to notes (property path, what to do), if given."""
     problems: list[tuple[str, str]] = []
+    given_as: dict[str, str] = {}
+    if isinstance(data, dict) and isinstance(data.get(contract.ELASTIC), dict):
+        elastic, legacy_problems, legacy_notes = contract.adopt_legacy_node_keys(data[contract.ELASTIC])
+        # A problem of a key read by its old name is reported at the name the file uses.
+        given_as = {f"{contract.ELASTIC}.{new}": f"{contract.ELASTIC}.{old}"
+                    for old, new in contract.LEGACY_NODE_KEYS.items()
+                    if old in data[contract.ELASTIC] and new not in data[contract.ELASTIC]}
+        data = {**data, contract.ELASTIC: elastic}
+        problems.extend(legacy_problems)
+        if notes is not None:
+            notes.extend(legacy_notes)
+    if isinstance(data, dict) and isinstance(data.get("precision"), str):  # `precision: bf16`
+        data = {**data, "precision": {"dtype": data["precision"]}}
     config = _build(TrainingConfig, data, "", problems)
     if config is not None:
         problems.extend(config.cross_checks())
+    problems = [(given_as.get(path, path), message) for path, message in problems]
     if problems:
         raise ConfigError(problems, source)
     return config
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainingConfig:
-    """Load a YAML config file. Relative data/checkpoint paths resolve against its directory."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, *,
+                notes: list[tuple[str, str]] | None = None) -> TrainingConfig:
+    """Load a YAML config file. Relative data/checkpoint paths resolve against its directory.
+    Deprecated keys it still reads are added to notes, if given."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -457,8 +568,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
             if data.get(section) is None:  # missing, or an empty `section:` line
                 data[section] = {}
             if isinstance(data[section], dict):  # anything else is reported by validation
+                if section == contract.ELASTIC:  # an override wins over the file's key by either name
+                    key = contract.LEGACY_NODE_KEYS.get(key, key)
+                    for old, new in contract.LEGACY_NODE_KEYS.items():
+                        if new == key:
+                            data[section].pop(old, None)
                 data[section][key] = value
-    config = config_from_dict(data, source=str(path))
+    config = config_from_dict(data, source=str(path), notes=notes)
     base = path.resolve().parent
     config.data.url = _resolve(config.data.url, base)
     config.checkpoint.shared_dir = _resolve(config.checkpoint.shared_dir, base)

@@ -60,10 +60,39 @@ ENV_CHECKPOINT_URL = "TENSILE_CHECKPOINT_URL"
 # ---------------------------------------------------------------------------------------------
 
 ELASTIC = "elastic"
-MIN_WORKERS = "min_workers"
-MAX_WORKERS = "max_workers"
-DEFAULT_MIN_WORKERS = 1
-DEFAULT_MAX_WORKERS = 4
+MIN_NODES = "min_nodes"
+MAX_NODES = "max_nodes"
+PROCESSES_PER_NODE = "processes_per_node"
+"""Nodes are pods (what Kueue admits and Karpenter buys); each runs this many worker processes,
+one per GPU. The world size (ranks, the batch split) is nodes × processes per node."""
+DEFAULT_MIN_NODES = 1
+DEFAULT_MAX_NODES = 4
+DEFAULT_PROCESSES_PER_NODE = DEFAULT_NPROC_PER_NODE
+LEGACY_NODE_KEYS = {"min_workers": MIN_NODES, "max_workers": MAX_NODES}
+"""Old names of the node bounds, still read: they always counted nodes (torchrun's --nnodes, the
+Job's parallelism), though the batch split counted processes."""
+
+
+def adopt_legacy_node_keys(elastic: dict) -> tuple[dict, list[tuple[str, str]], list[tuple[str, str]]]:
+    """The elastic section with `min_workers`/`max_workers` read as `min_nodes`/`max_nodes`.
+
+    Returns (section, problems, notes): a problem where an old and a new name are both given
+    with different values, a note (rename it) for each old name used. The caller's mapping is
+    not modified."""
+    section = dict(elastic)
+    problems: list[tuple[str, str]] = []
+    notes: list[tuple[str, str]] = []
+    for old, new in LEGACY_NODE_KEYS.items():
+        if old not in section:
+            continue
+        value = section.pop(old)
+        if new in section and section[new] != value:
+            problems.append((f"{ELASTIC}.{old}", f"is the old name of {ELASTIC}.{new}, which is also given with "
+                                                 f"another value ({value!r} vs {section[new]!r}): remove {old}"))
+            continue
+        section[new] = value
+        notes.append((f"{ELASTIC}.{old}", f"is deprecated: it counts nodes; rename it to {new}"))
+    return section, problems, notes
 CHECKPOINT = "checkpoint"
 SHARED_DIR = "shared_dir"
 LOCAL_DIR = "local_dir"
@@ -76,6 +105,10 @@ the pod's work directory."""
 RUN = "run"
 NAME = "name"
 
-RENDERED_KEYS = ((ELASTIC, MIN_WORKERS), (ELASTIC, MAX_WORKERS), (CHECKPOINT, SHARED_DIR), (CHECKPOINT, LOCAL_DIR),
-                 (CHECKPOINT, LEDGER_DIR), (DATA, URL), (RUN, NAME))
+BATCH = "batch"
+GLOBAL_BATCH_SIZE = "global_batch_size"
+DEFAULT_GLOBAL_BATCH_SIZE = 16
+
+RENDERED_KEYS = ((ELASTIC, MIN_NODES), (ELASTIC, MAX_NODES), (ELASTIC, PROCESSES_PER_NODE), (BATCH, GLOBAL_BATCH_SIZE),
+                 (CHECKPOINT, SHARED_DIR), (CHECKPOINT, LOCAL_DIR), (CHECKPOINT, LEDGER_DIR), (DATA, URL), (RUN, NAME))
 """Every (section, key) the renderer reads or writes: each must be a field of the trainer's config."""

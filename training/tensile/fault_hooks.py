@@ -23,6 +23,13 @@ class FaultHooks:
     def before_step(self, *, step: int, rank: int) -> None:
         """At the start of every training step (a test may raise, or stretch the step)."""
 
+    def before_build(self, *, rank: int) -> None:
+        """Before a rank builds its model (a test may make one rank slow)."""
+
+    def on_error(self, error: BaseException) -> None:
+        """When an error reaches the worker, before it is classified (a test may abort there, as
+        NCCL's watchdog ends a process whose collective timed out)."""
+
     def before_persist(self, *, step: int, rank: int) -> None:
         """On the background thread, before a background save writes anything."""
 

@@ -23,20 +23,23 @@ from tensile.checkpoint import Catalog, CorruptOnLoad, FencingError, ResumePoint
 from tensile.checkpoint.engine import (CheckpointIdentity, EngineCheckpointer, GroupLease, SavePolicy,
                                        incompatibility)
 from tensile.checkpoint.legacy_v1 import ensure_universal, needs_reshard
-from tensile.config import TrainingConfig
-from tensile.data import GlobalSampler, TokenDataset
+from tensile.checkpoint.trajectory import Trajectory, continue_trajectory
+from tensile.config import ConfigError, TrainingConfig
+from tensile.data import GlobalSampler, PrefetchingReader, SampleBatch, StepRequest, TokenDataset, empty_batch
 from tensile.elastic.api import NodeOutcome
 from tensile.elastic.control import ControlPlane
 from tensile.elastic.ledger import RunLedger
 from tensile.elastic.signals import CheckpointRequest, StepWatchdog, StopRequest
+from tensile.errors import MembershipChange
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
-from tensile.metrics import TrainerMetrics, run_history
+from tensile.metrics import RunHistory, TrainerMetrics
 from tensile.model import build_model, parameter_groups, token_loss_sum
+from tensile.placement import CPU_PLACEMENT, Placement
 
 log = logging.getLogger(__name__)
 
 
-class StopForMembership(Exception):
+class StopForMembership(MembershipChange):
     """The group stops so it can re-form (a stop request was agreed, or a peer is gone)."""
 
 
@@ -60,18 +63,31 @@ class RoundStart:
 @dataclass(slots=True)
 class TrainState:
     """What the trainer saves of its own beside the engine (DeepSpeed's `client_state`): the
-    steps done and the data order's position. Its dict's keys are part of the checkpoint format."""
+    steps done, the data order's position and the trajectory it trains toward. Its dict's keys
+    are part of the checkpoint format (`trajectory` is absent from checkpoints before it)."""
 
     step: int
     sampler: GlobalSampler
     config_hash: str
+    trajectory: Trajectory
+    extend_from_steps: int = 0
+    """run.extend_from_steps: a saved trajectory toward these steps may train longer."""
+    extended: bool = False
+    """The last load began a "train longer" (its extension is the trajectory's last)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "sampler": self.sampler.state_dict(), "config_hash": self.config_hash}
+        return {"step": self.step, "sampler": self.sampler.state_dict(), "config_hash": self.config_hash,
+                "trajectory": self.trajectory.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refuses (CheckpointIncompatible) a state saved toward another seed, batch or run.steps."""
+        step = int(state["step"])
+        saved = Trajectory.saved_in(state)
+        self.trajectory = continue_trajectory(saved, self.trajectory, extend_from_steps=self.extend_from_steps,
+                                              step=step, where=f"the checkpoint at step {step}")
+        self.extended = len(self.trajectory.extensions) > len(saved.extensions)
         self.sampler.load_state_dict(state["sampler"])
-        self.step = int(state["step"])
+        self.step = step
 
 
 STEP_TIMEOUT_FACTOR = 3.0
@@ -109,16 +125,39 @@ def deepspeed_config(config: TrainingConfig, plan: BatchPlan, *, load_universal:
             "torch_adam": True}},
         "gradient_clipping": opt.grad_clip,
         "zero_optimization": {"stage": config.zero.stage},
+        **precision_config(config),
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
 
 
+def precision_config(config: TrainingConfig) -> dict[str, Any]:
+    """DeepSpeed's sections for the configured precision. bf16 and fp16 keep fp32 master weights
+    in every optimizer DeepSpeed picks for them (docs/design/precision.md); fp16 scales its loss
+    dynamically (loss_scale 0), from 2**16, halving on overflow and doubling after 1000 clean steps."""
+    precision = config.precision
+    out: dict[str, Any] = {}
+    if precision.dtype == "bf16":
+        out["bf16"] = {"enabled": True}
+    elif precision.dtype == "fp16":
+        out["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                       "hysteresis": 2, "min_loss_scale": 1}
+    if precision.low_precision and precision.accumulate_grads_in_fp32:
+        out["data_types"] = {"grad_accum_dtype": "fp32"}
+    return out
+
+
 class Trainer:
     def __init__(self, config: TrainingConfig, *, rank: int, world_size: int, local_dir: Path,
                  stop: StopRequest, watchdog: StepWatchdog, checkpoint_request: CheckpointRequest | None = None,
-                 control: ControlPlane, metrics: TrainerMetrics | None = None, faults: FaultHooks = NO_FAULTS):
+                 control: ControlPlane, metrics: TrainerMetrics | None = None, faults: FaultHooks = NO_FAULTS,
+                 placement: Placement = CPU_PLACEMENT):
+        refusal = config.precision.refusal_on(placement.device.type)
+        if refusal:
+            raise ConfigError([("precision.dtype", refusal)])
         self.config = config
+        self.placement = placement
+        """This process's device: where inputs go, and where the per-step report is reduced."""
         self.rank = rank
         self.world_size = world_size
         self.local_dir = local_dir
@@ -132,10 +171,14 @@ class Trainer:
         self.tier = faults.wrap_tier(open_tier(config.checkpoint.shared_dir))
         self.ledger = RunLedger(config.checkpoint.ledger_path)
         self.dataset = TokenDataset(config.data.url)
+        self.reader = PrefetchingReader(self.dataset)
+        """Reads the next step's samples while this one trains."""
         self.plan = plan_batch(config.batch.global_batch_size, config.batch.micro_batch_sizes, world_size)
         self.state = TrainState(step=0, sampler=GlobalSampler(self.dataset.num_samples,
                                                               config.batch.global_batch_size, config.run.seed),
-                                config_hash=config.trajectory_hash())
+                                config_hash=config.trajectory_hash(),
+                                trajectory=Trajectory(config.run.seed, config.batch.global_batch_size, config.run.steps),
+                                extend_from_steps=config.run.extend_from_steps)
         self.save_policy = SavePolicy(every_steps=config.checkpoint.every_steps,
                                       asynchronous=config.checkpoint.asynchronous)
         self.round: RoundStart | None = None
@@ -143,6 +186,8 @@ class Trainer:
         """Made at round start, holding the group's lease on the commit log."""
         self.engine: Any = None
         self._fenced: str | None = None
+        self.stop_agreed = False
+        """The group voted to stop at a step: its members are leaving (an error then is theirs)."""
         self._voted_generation = 0
         """How many checkpoint requests the last step's vote saw."""
         """Set on rank 0 when a background publish found another group's commit."""
@@ -167,7 +212,9 @@ class Trainer:
                 zero_stage=self.config.zero.stage,
                 identity=CheckpointIdentity(config_hash=self.config.trajectory_hash(),
                                             model_hash=self.config.model_hash(),
-                                            data_version=self.dataset.data_version),
+                                            data_version=self.dataset.data_version,
+                                            precision=self.config.precision.dtype),
+                placement=self.placement,
                 keep_last=self.config.checkpoint.keep_last,
                 lease=GroupLease.for_round(self.round.token, self.round.resume, self.round.epoch),
                 persist_timeout_s=self.config.checkpoint.persist_timeout_s, control=self.control,
@@ -203,7 +250,9 @@ class Trainer:
         """Rank 0's decision; `expect(seconds)` tells the waiting ranks of work ahead."""
         token = uuid.uuid4().hex
         status = self.ledger.status()
-        if status and status.get("state") == "completed":
+        if status and status.get("state") == "completed" and status.get("step", math.inf) >= self.config.run.steps:
+            # Completed short of this config's run.steps: a "train longer" (or a refused change of
+            # run.steps, which the load names), not the end.
             return RoundStart(NodeOutcome.COMPLETED, 0, token, None)
         spent = self.ledger.failures_spent()
         if spent > self.config.elastic.max_failures:
@@ -218,7 +267,8 @@ class Trainer:
             before_verify=lambda m: expect(self.control.seconds_for(sum(f.size for f in m.files))))
         if point.manifest is not None:
             problem = incompatibility(point.manifest, zero_stage=self.config.zero.stage,
-                                      world_size=self.world_size, model_hash=self.config.model_hash())
+                                      world_size=self.world_size, model_hash=self.config.model_hash(),
+                                      precision=self.config.precision.dtype)
             if problem:
                 log.error("cannot resume: %s", problem)
                 self.ledger.write_status("failed", reason=problem)
@@ -232,13 +282,28 @@ class Trainer:
             failures_spent=spent)
         for what, why in point.skipped:
             log.warning("not resuming from %s: %s", what, why)
-        return RoundStart(None, number, token, point, history=run_history(self.ledger.events()),
-                          epoch=claim.epoch)
+        return RoundStart(None, number, token, point, history=self._run_history(number).counts(), epoch=claim.epoch)
+
+    def _run_history(self, round_number: int) -> RunHistory:
+        """The run's history up to this round's start: the last round's summary advanced by the
+        events since (only the files written to since are read), kept as this round's summary."""
+        summary = self.ledger.latest_round_summary(before=round_number)
+        base = RunHistory.from_json(summary) if summary else RunHistory()
+        events = self.ledger.events(since=base.as_of)
+        # As of the newest event read (this round's start, on its writer's clock).
+        history = base.advanced(events, as_of=max((e.get("t", 0.0) for e in events), default=base.as_of or 0.0))
+        self.ledger.write_round_summary(round_number, history.to_json())
+        return history
 
     # ---- the model ---------------------------------------------------------------------
     def build(self) -> None:
         import deepspeed
 
+        # A rank that builds slowly holds the others in deepspeed.initialize's weight broadcast.
+        # DeepSpeed 0.19.8 broadcasts on a group of its own, which torch gives its default timeout
+        # (30 min gloo, 10 min NCCL), not elastic.collective_timeout_s: the start-up watchdog is
+        # the judge there (tests/integration/test_classify.py pins it with a slow rank).
+        self.faults.before_build(rank=self.rank)
         torch.manual_seed(self.config.run.seed)
         model = build_model(self.config.model)
         groups = parameter_groups(model, weight_decay=self.config.optimizer.weight_decay)
@@ -261,6 +326,11 @@ class Trainer:
             self._found_corrupt(point, e)
             raise StopForMembership(f"{e}: re-forming to resume from the checkpoint before it") from e
         self.watchdog.beat()
+        if self.rank == 0 and self.state.extended:
+            from_steps, to_steps, at_step = self.state.trajectory.extensions[-1]
+            self.ledger.record("train-longer", checkpoint=point.manifest.checkpoint_id, from_steps=from_steps,
+                               to_steps=to_steps, at_step=at_step)
+            log.info("training longer: run.steps %d -> %d from step %d", from_steps, to_steps, at_step)
         return self.state.step
 
     def _found_corrupt(self, point: ResumePoint, error: CorruptOnLoad) -> None:
@@ -301,6 +371,7 @@ class Trainer:
                         log.info("step %d/%d loss %.4f (%d workers)", step, self.config.run.steps,
                                  loss, self.world_size)
                 stopping = stop_votes > 0
+                self.stop_agreed = self.stop_agreed or stopping
                 final = step == self.config.run.steps
                 reason = self.save_policy.reason(step, final=final, stopping=stopping, asked=checkpoint_votes > 0)
                 if reason is not None:
@@ -313,10 +384,23 @@ class Trainer:
                     raise StopForMembership(f"stop agreed at step {step} ({self.stop.reason or 'a peer asked'})")
         finally:
             watchdog.stop()
+            self.reader.close()
         if self.rank == 0:
             self.ledger.write_status("completed", step=step)
             self.ledger.record("completed", step=step)
         return "completed"
+
+    def settle_background_save(self) -> None:
+        """Before the process exits on an error: let the background save in flight end (published
+        once every rank's files are durable, or given up) within the time its bytes take, so an
+        exit never cuts off a save that was about to commit. Nothing half-written is ever
+        published: the commit record is written last, after the manifest."""
+        if self.checkpointer is None:
+            return
+        try:
+            self._background_save_ended(self.checkpointer.settle(extra_s=self.config.elastic.collective_timeout_s))
+        except Exception as e:  # noqa: BLE001 - on the way out after an error: report, never mask it
+            log.warning("could not settle the background save: %s", e)
 
     def _background_save_ended(self, result: SaveResult | None) -> bool:
         """Report a background save's result (on the training thread, once); True if this
@@ -339,51 +423,65 @@ class Trainer:
         self.ledger.record("checkpoint" if result.published else "checkpoint-failed", asynchronous=True, **fields)
         return result.error is not None
 
+    def _step_request(self, step: int) -> StepRequest:
+        sample_ids = self.sampler.sample_ids_for_step(step)
+        return StepRequest(step, sample_ids, [[sample_ids[p] for p in positions]
+                                              for positions, _ in self.plan.micro_batches(self.rank)])
+
     def _train_step(self, step: int) -> tuple[float, int, int]:
         self.faults.before_step(step=step, rank=self.rank)
-        sample_ids = self.sampler.sample_ids_for_step(step)
-        seq_len = self.dataset.seq_len
-        # Every position is a real token (the corpus is packed), so the step's global token
-        # count is known without communication.
-        global_tokens = len(sample_ids) * seq_len
+        request = self._step_request(step)
+        samples = self.reader.read(request)
+        if step + 1 < self.config.run.steps:
+            self.reader.prefetch(self._step_request(step + 1))
+        # The normaliser is the global batch's count of targets that count (loss masks), which
+        # every rank reads off the masks of all the step's samples (a bit per token) instead of
+        # all-reducing: no collective before the first micro-batch, and the same integer on every
+        # rank at any worker count, so the trajectory does not depend on how the batch is split.
+        global_tokens = max(1, samples.target_count)
         # DeepSpeed averages gradients over the data-parallel group; scaling by the world size
         # undoes that, so the update is the gradient of (sum of token losses / global tokens).
         scale = self.world_size / global_tokens
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for positions, padding in self.plan.micro_batches(self.rank):
-            ids = [sample_ids[p] for p in positions]
-            tokens = self._read(ids, padding)
-            mask = torch.ones(tokens.shape[0], seq_len, dtype=torch.float32)
-            if padding:
-                mask[len(ids):] = 0
+        loss_sum: torch.Tensor | None = None  # summed on the device, in micro-batch order
+        to_device = self.placement.to_device
+        for (positions, padding), ids, batch in zip(self.plan.micro_batches(self.rank), request.micro_batches,
+                                                    samples.micro_batches):
+            tokens, mask = self._padded(batch, padding)
             keys = torch.tensor(ids + [0] * padding, dtype=torch.long)
+            # Born on the host (the dataset's arrays); DeepSpeed's forward does not move inputs.
+            tokens, mask, keys = to_device(tokens), to_device(mask), to_device(keys)
             logits = self.engine(tokens[:, :-1], keys, step)
             micro_sum, _ = token_loss_sum(logits, tokens[:, 1:], mask)
             self.engine.backward(micro_sum * scale, scale_wrt_gas=False)
             self.engine.step()
-            loss_sum += micro_sum.detach().double()
+            part = micro_sum.detach().double()
+            loss_sum = part if loss_sum is None else loss_sum + part
         part_failed = self._background_save_ended(self.checkpointer.poll())
         self._voted_generation = self.checkpoint_request.generation
         # One all-reduce per step carries the loss and every rank's votes (and rank 0's news of a
         # fenced background publish, and any rank's failed part of a background save), so all
         # ranks agree at this same step boundary.
-        report = torch.tensor([loss_sum.item(), float(self.stop.requested),
-                               float(self.checkpoint_request.requested),
-                               float(self._fenced is not None), float(part_failed)], dtype=torch.float64)
+        # Where the default group's backend takes it: NCCL only reduces CUDA tensors.
+        report = self.placement.for_collective(torch.tensor(
+            [0.0 if loss_sum is None else loss_sum.item(), float(self.stop.requested),
+             float(self.checkpoint_request.requested), float(self._fenced is not None), float(part_failed)],
+            dtype=torch.float64))
         dist.all_reduce(report)
-        if report[3].item() > 0:  # rank 0's background publish found another group's commit
+        total_loss, stop_votes, checkpoint_votes, fenced, parts_failed = report.tolist()
+        if fenced > 0:  # rank 0's background publish found another group's commit
             raise FencingError(self._fenced or "another worker group published first (rank 0 saw it)")
-        if report[4].item() > 0:
+        if parts_failed > 0:
             # Rank 0 would otherwise wait persist_timeout_s for the failed rank's files; the save is
             # abandoned (reported once it ends), and the next interval's save tries again.
-            self.checkpointer.abandon(f"{int(report[4].item())} rank(s) failed their part")
-        return report[0].item() / global_tokens, int(report[1].item()), int(report[2].item())
+            self.checkpointer.abandon(f"{int(parts_failed)} rank(s) failed their part")
+        return total_loss / global_tokens, int(stop_votes), int(checkpoint_votes)
 
-    def _read(self, ids: list[int], padding: int) -> torch.Tensor:
-        tokens = self.dataset.read(ids) if ids else torch.zeros(0, self.dataset.sample_length, dtype=torch.long)
+    def _padded(self, batch: SampleBatch, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens and loss mask of a micro-batch, with padding samples that no target counts in."""
         if padding:
-            tokens = torch.cat([tokens, torch.zeros(padding, tokens.shape[1], dtype=torch.long)])
-        return tokens
+            pad = empty_batch(padding, self.dataset.sample_length)
+            return torch.cat([batch.tokens, pad.tokens]), torch.cat([batch.loss_mask, pad.loss_mask])
+        return batch.tokens, batch.loss_mask
 
     def _save(self, step: int, reason: str) -> None:
         blocked_since = time.monotonic()

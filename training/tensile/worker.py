@@ -32,7 +32,12 @@ class WorkerIdentity:
 
     rank: int
     world_size: int
+    """Processes in the group, all nodes' together: nodes × processes_per_node."""
     local_rank: int
+    processes_per_node: int = 1
+    """torchrun's LOCAL_WORLD_SIZE: this node's worker processes."""
+    nodes: int = 1
+    """torchrun's GROUP_WORLD_SIZE: nodes (agents) in the group."""
     node_dir: NodeDirectory
     node_id: str
     """The node's name in logs and the ledger ("?" outside a launcher)."""
@@ -41,6 +46,8 @@ class WorkerIdentity:
     rdzv_endpoint: str | None
     rdzv_local_addr: str | None
     """The address the agent names its node by; None: the host's FQDN."""
+    group_size: int = 0
+    """Nodes in the round (torchrun's GROUP_WORLD_SIZE; 0: unknown)."""
 
     @property
     def speaks_for_node(self) -> bool:
@@ -49,11 +56,16 @@ class WorkerIdentity:
 
     @classmethod
     def from_environment(cls, config, environ: Mapping[str, str] = os.environ) -> "WorkerIdentity":
-        return cls(rank=int(environ["RANK"]), world_size=int(environ["WORLD_SIZE"]),
-                   local_rank=int(environ.get("LOCAL_RANK", "0")), node_dir=node_directory(config, environ),
+        world_size = int(environ["WORLD_SIZE"])
+        processes_per_node = int(environ.get("LOCAL_WORLD_SIZE", "1"))
+        return cls(rank=int(environ["RANK"]), world_size=world_size,
+                   local_rank=int(environ.get("LOCAL_RANK", "0")), processes_per_node=processes_per_node,
+                   nodes=int(environ.get("GROUP_WORLD_SIZE", world_size // processes_per_node)),
+                   node_dir=node_directory(config, environ),
                    node_id=environ.get("TENSILE_NODE_ID", "?"), agent_pid=int(environ.get("TENSILE_AGENT_PID", "0")),
                    rdzv_endpoint=environ.get("TENSILE_RDZV_ENDPOINT") or None,
-                   rdzv_local_addr=environ.get("TENSILE_RDZV_LOCAL_ADDR") or None)
+                   rdzv_local_addr=environ.get("TENSILE_RDZV_LOCAL_ADDR") or None,
+                   group_size=int(environ.get("GROUP_WORLD_SIZE", "0") or 0))
 
 
 def node_directory(config, environ: Mapping[str, str] = os.environ) -> NodeDirectory:
@@ -61,21 +73,25 @@ def node_directory(config, environ: Mapping[str, str] = os.environ) -> NodeDirec
     return NodeDirectory(environ.get("TENSILE_LOCAL_DIR", config.checkpoint.local_dir))
 
 
-def is_peer_loss(error: BaseException) -> bool:
-    """Errors raised by a collective or a control-plane phase whose peer vanished, hung or failed,
-    not by this worker's own code."""
-    import torch.distributed as dist
+def membership_witness(config, me: WorkerIdentity, members=None):
+    """What tells this worker whether a peer of its round left (tensile.elastic.membership);
+    None outside a launcher, where there is no rendezvous to read."""
+    if not me.rdzv_endpoint or not me.agent_pid:
+        return None
+    from tensile.elastic.membership import MembershipWitness, node_name
+    from tensile.elastic.rendezvous import RendezvousReader, agent_address
 
-    from tensile.elastic.control import PeerFailed, PhaseTimeout
+    elastic = config.elastic
+    return MembershipWitness(RendezvousReader(me.rdzv_endpoint, config.run.name),
+                             node_name(agent_address(me.rdzv_local_addr), me.agent_pid), members,
+                             expiry_s=elastic.keep_alive_interval_s * elastic.keep_alive_max_attempts,
+                             group_size=me.group_size)
 
-    if isinstance(error, (PhaseTimeout, PeerFailed)):
-        return True
 
-    if isinstance(error, (dist.DistBackendError, dist.DistNetworkError, dist.DistStoreError)):
-        return True
-    text = str(error).lower()
-    markers = ("gloo", "connection reset", "connection closed", "broken pipe", "timed out", "nccl")
-    return isinstance(error, RuntimeError) and any(m in text for m in markers)
+def unknown_membership():
+    from tensile.elastic.membership import Judgement, Verdict
+
+    return Verdict(Judgement.UNKNOWN, "no rendezvous to read (not started by a launcher)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 def guard(config_path: str) -> int:
     """Run the worker as a child; record a failure if it dies other than by its own exit codes."""
     agent = os.getppid()
+    if os.environ.get("TENSILE_LOCAL_DIR"):  # a launcher's node (only there is a rendezvous to judge by)
+        # The worker writes its round's members; one left by an earlier round must not judge this one.
+        NodeDirectory(os.environ["TENSILE_LOCAL_DIR"]).round_members_file(os.environ.get("RANK", "?")).unlink(
+            missing_ok=True)
     child = subprocess.Popen([sys.executable, "-m", "tensile.worker", "--config", config_path, "--guarded"],
                              env={**os.environ, "TENSILE_AGENT_PID": str(agent)})
 
@@ -100,6 +120,7 @@ def guard(config_path: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     code = child.wait()
+    died_at = time.time()
     if code in (WorkerExit.COMPLETED, WorkerExit.FAILURE, WorkerExit.REGROUP):
         return code
     if code in (-signal.SIGTERM, -signal.SIGINT):
@@ -110,17 +131,31 @@ def guard(config_path: str) -> int:
         return code
     from tensile.config import load_config
     from tensile.elastic.ledger import RunLedger
+    from tensile.elastic.membership import RoundMembers
 
     config = load_config(config_path)
     ledger = RunLedger(config.checkpoint.ledger_path)
     rank = os.environ.get("RANK", "?")  # as text: recorded as it is, "?" if torchrun set none
-    marker = node_directory(config).round_marker(rank)
+    node_dir = node_directory(config)
+    marker = node_dir.round_marker(rank)
     # A worker that died before its round began is keyed after the last round, so a crash
     # loop at start-up still spends the budget, once per attempt of the group.
     key = marker.read_text().strip() if marker.exists() else f"{ledger.last_round()}-before-start"
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    # NCCL tears a worker down with SIGABRT when a collective times out
+    # (TORCH_NCCL_ASYNC_ERROR_HANDLING): a peer that vanished looks like a crash here. The
+    # rendezvous tells them apart: the vanished peer stops heartbeating, a peer that merely
+    # reacts to this worker's own crash does not.
+    me = WorkerIdentity.from_environment(config, {**os.environ, "TENSILE_AGENT_PID": str(agent)})
+    witness = membership_witness(config, me, RoundMembers.read(node_dir.round_members_file(rank))) \
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ else None
+    verdict = witness.peer_left_since(died_at) if witness else unknown_membership()
+    if verdict.peer_left:
+        log.warning("worker %s, and a peer left (%s): re-forming", how, verdict.reason)
+        ledger.record("peer-lost", round=key, rank=rank, error=f"worker {how}", why=verdict.reason)
+        return WorkerExit.REGROUP
     if ledger.record_failure(key, {"rank": rank, "error": f"worker {how}"}):
-        ledger.record("failure", round=key, rank=rank, error=f"worker {how}")
+        ledger.record("failure", round=key, rank=rank, error=f"worker {how}", why=verdict.reason)
     return WorkerExit.FAILURE
 
 
@@ -138,10 +173,11 @@ def train(config_path: str) -> int:
     import torch.distributed as dist
 
     from tensile.checkpoint import CheckpointIncompatible, FencingError
-    from tensile.config import ConfigError, load_config
-    from tensile.data import DatasetError
+    from tensile.config import load_config
+    from tensile.elastic.classify import Evidence, classify
     from tensile.elastic.control import ControlPlane, default_store
     from tensile.elastic.ledger import RunLedger
+    from tensile.errors import NotRetryable
     from tensile.elastic.signals import CheckpointRequest, StepWatchdog
     from tensile.metrics import TrainerMetrics
     from tensile.trainer import StopForMembership, Trainer
@@ -153,32 +189,37 @@ def train(config_path: str) -> int:
     rank, node_dir = me.rank, me.node_dir
     ledger = RunLedger(config.checkpoint.ledger_path)
 
+    round_start = trainer = None
+
     def on_hang(silent_s: float) -> None:
         log.error("no progress for %.1f s: a peer is gone or hung; leaving to re-form", silent_s)
         ledger.record("hang", rank=rank, silent_s=round(silent_s, 2))
+        if trainer is not None:  # the training thread is stuck; its background save is not
+            trainer.settle_background_save()
         exit_now(WorkerExit.REGROUP)
 
     watchdog = StepWatchdog(config.elastic.startup_timeout_s, on_hang).start()
     watchdog.beat()
     checkpoint_request = CheckpointRequest()
     metrics = TrainerMetrics(config.run.name)
+    metrics.group_shape(nodes=me.nodes, processes_per_node=me.processes_per_node)
     port = int(os.environ.get(contract.ENV_METRICS_PORT, config.run.metrics_port) or 0)
     if port and me.speaks_for_node:
         metrics.serve(port)
     if config.signals.imds_enabled:
         watch_spot_notices(config, stop, checkpoint_request, ledger, me)
     deepspeed.utils.logger.setLevel(logging.WARNING)
-    deepspeed.init_distributed(dist_backend="gloo" if not _has_cuda() else "nccl",
-                               timeout=timedelta(seconds=config.elastic.collective_timeout_s),
-                               verbose=False)
-    control = ControlPlane(default_store(), rank=rank, world_size=me.world_size,
-                           base_timeout_s=config.elastic.collective_timeout_s,
-                           tier_bytes_per_s=config.elastic.min_tier_mb_per_s * 1e6)
-    round_start = None
+    faults = fault_hooks_from_environment()
+    witness = None
     try:
+        placement = join_process_group(config, me)  # a node with fewer GPUs than processes: NotRetryable
+        control = ControlPlane(default_store(), rank=rank, world_size=me.world_size,
+                               base_timeout_s=config.elastic.collective_timeout_s,
+                               tier_bytes_per_s=config.elastic.min_tier_mb_per_s * 1e6)
+        witness = membership_witness(config, me, remember_round_members(config, me))
         trainer = Trainer(config, rank=rank, world_size=me.world_size, local_dir=node_dir.path, stop=stop,
                           watchdog=watchdog, checkpoint_request=checkpoint_request, metrics=metrics,
-                          control=control, faults=fault_hooks_from_environment())
+                          control=control, faults=faults, placement=placement)
         round_start = trainer.start_round()
         node_dir.round_marker(rank).parent.mkdir(parents=True, exist_ok=True)
         node_dir.round_marker(rank).write_text(str(round_start.round_number))
@@ -229,23 +270,61 @@ def train(config_path: str) -> int:
         if me.speaks_for_node:
             node_dir.write_outcome(NodeOutcome.INCOMPATIBLE, str(e))
         exit_now(WorkerExit.COMPLETED)
-    except (DatasetError, ConfigError) as e:
-        # No retry can fix these: end the run and say why, instead of spending the budget.
+    except NotRetryable as e:
+        # No retry can fix these (a dataset, a config): end the run and say why, instead of
+        # spending the budget.
         log.error("cannot train: %s", e)
         ledger.write_status(NodeOutcome.FAILED.value, reason=str(e))
-        node_dir.write_outcome(NodeOutcome.FAILED, str(e))
+        if me.speaks_for_node:  # the run's status is written by every rank that sees it
+            node_dir.write_outcome(NodeOutcome.FAILED, str(e))
         exit_now(WorkerExit.COMPLETED)
     except Exception as e:  # noqa: BLE001 - the exit code must classify every error
-        if is_peer_loss(e):
-            log.warning("a peer is gone (%s): leaving to re-form", str(e).splitlines()[0][:200])
-            ledger.record("peer-lost", rank=rank, error=str(e).splitlines()[0][:200])
-            exit_now(WorkerExit.REGROUP)
+        faults.on_error(e)
+        since = time.time()
         key = round_start.round_number if round_start else f"{ledger.last_round()}-before-start"
-        log.exception("training failed")
+        evidence = Evidence(failure_on_record=lambda wait_s: ledger.failure_on_record(key, wait_s=wait_s),
+                            stop_agreed=bool(trainer and trainer.stop_agreed),
+                            membership=lambda: witness.peer_left_since(since) if witness else unknown_membership(),
+                            peer_failure_wait_s=witness.expiry_s + 2.0 if witness else 0.0)
+        verdict = classify(e, evidence)
+        if verdict.membership_change:
+            log.warning("a peer is gone (%s; %s): leaving to re-form", str(e).splitlines()[0][:200], verdict.why)
+            ledger.record("peer-lost", rank=rank, error=str(e).splitlines()[0][:200], why=verdict.why[:300])
+            if trainer is not None:
+                trainer.settle_background_save()
+            exit_now(WorkerExit.REGROUP)
+        log.exception("training failed (%s)", verdict.why)
+        # Recorded first: a peer whose collective times out while this worker settles its save
+        # finds the round's failure on record and spends nothing more.
         if ledger.record_failure(key, {"rank": rank, "error": repr(e)[:500]}):
-            ledger.record("failure", round=key, rank=rank, error=repr(e)[:500])
+            ledger.record("failure", round=key, rank=rank, error=repr(e)[:500], why=verdict.why[:300])
+        if trainer is not None:
+            trainer.settle_background_save()
         exit_now(WorkerExit.FAILURE)
     return WorkerExit.FAILURE
+
+
+def remember_round_members(config, me: WorkerIdentity):
+    """The rendezvous nodes of the round this worker starts in, kept for judging a later error
+    (and written for its guard, which judges a death the same way); None without a launcher."""
+    if not me.rdzv_endpoint:
+        return None
+    from tensile.elastic.membership import RoundMembers
+    from tensile.elastic.rendezvous import RendezvousReader
+
+    read = RendezvousReader(me.rdzv_endpoint, config.run.name)
+    for _ in range(3):
+        view = read()
+        if view is not None:
+            break
+        time.sleep(0.2)
+    else:
+        log.warning("could not read the rendezvous: errors will be judged without this round's members")
+        return None
+    members = RoundMembers(view.round, tuple(sorted(view.participants)))
+    me.node_dir.path.mkdir(parents=True, exist_ok=True)
+    me.node_dir.round_members_file(me.rank).write_text(members.to_json())
+    return members
 
 
 SPOT_INTERRUPTION = "spot-interruption"
@@ -318,10 +397,18 @@ def fault_hooks_from_environment():
     return EnvironmentFaults(os.environ)
 
 
-def _has_cuda() -> bool:
-    import torch
+def join_process_group(config, me: WorkerIdentity):
+    """This process's device, made current before the default process group exists (so no
+    collective ever runs on another GPU than LOCAL_RANK's), then the group on its backend."""
+    import deepspeed
 
-    return torch.cuda.is_available()
+    from tensile.placement import Placement
+
+    placement = Placement.of_this_process(me.local_rank)
+    placement.activate()
+    deepspeed.init_distributed(dist_backend=placement.backend,
+                               timeout=timedelta(seconds=config.elastic.collective_timeout_s), verbose=False)
+    return placement
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from tensile.checkpoint import (Catalog, CheckpointCorrupt, CommitRecord, Direct
 from tensile.checkpoint.api import EpochClaim, Tier, TierCommitLog
 from tensile.checkpoint.catalog import checkpoint_id_for
 from tensile.checkpoint.commit_log import CommitLog
-from tensile.checkpoint.retry import RetryPolicy, call_with_retries
-from tensile.checkpoint.s3_objects import S3Settings, parse_s3_url
+from tensile.s3.retry import RetryPolicy, call_with_retries
+from tensile.s3.objects import S3Settings, parse_s3_url
 from tensile.checkpoint.chunks import CHUNK_BYTES, hash_bytes
 from tensile.checkpoint.s3_tier import S3CommitLog, S3Tier
 
@@ -439,7 +439,7 @@ def test_s3_body_cut_off_mid_stream_is_retried_by_tensile(bucket, fault_proxy, m
         else:
             tier.verify(manifest)
     assert fault.fired == 1
-    retries = [r.getMessage() for r in caplog.records if r.name == "tensile.checkpoint.retry"]
+    retries = [r.getMessage() for r in caplog.records if r.name == "tensile.s3.retry"]
     assert len(retries) == 1 and "failed on attempt 1 of 4" in retries[0] and "GetObject" in retries[0], retries
 
 
@@ -502,7 +502,7 @@ def test_s3_publish_still_conflicting_after_retries_is_fenced(bucket, fault_prox
 _KILLED_UPLOADER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from tensile.checkpoint.s3_objects import S3Settings
+    from tensile.s3.objects import S3Settings
     from tensile.checkpoint.s3_tier import S3Tier
     url, endpoint, source = sys.argv[1:]
     tier = S3Tier(url, endpoint_url=endpoint, settings=S3Settings(

@@ -48,6 +48,25 @@ def test_node_directory_outcome_field_is_none_while_missing_or_torn(tmp_path):
     assert node.outcome_field() is None
 
 
+def test_node_directory_outcome_is_replaced_whole_never_torn(tmp_path, monkeypatch):
+    """A node's processes and its polling launcher share the file: a write that dies half way
+    (here: before its rename) leaves the previous outcome readable, not a truncated one."""
+    import os
+
+    node = NodeDirectory(tmp_path / "node")
+    node.write_outcome(NodeOutcome.STOPPED, "first")
+
+    def interrupted(source, target):
+        raise OSError("interrupted")
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    try:
+        node.write_outcome(NodeOutcome.FAILED, "second, never finished")
+    except OSError:
+        pass
+    assert node.outcome_field() == "stopped" and node.outcome_field("detail") == "first"
+
+
 def test_node_directory_clear_removes_what_an_earlier_start_left(tmp_path):
     node = NodeDirectory(tmp_path / "node")
     node.write_outcome(NodeOutcome.COMPLETED)

@@ -233,3 +233,39 @@ def test_ledger_status_written_by_every_rank_at_once_never_fails_or_tears(tmp_pa
     status = RunLedger(tmp_path / "run").status()
     assert status["state"] == "failed" and status["reason"].endswith("attempt 199")
     assert sorted(os.listdir(tmp_path / "run")) == ["status.json"]  # no temporary left behind
+
+
+def _write_events(path: Path, events: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def test_ledger_events_since_reads_only_files_written_to_since(tmp_path, monkeypatch):
+    ledger = RunLedger(tmp_path)
+    since = 10_000.0
+    old, recent = ledger.events_dir / "000001.jsonl", ledger.events_dir / "000002.jsonl"
+    # An old file holding an event stamped after `since` (a clock anomaly) shows whether it was read.
+    _write_events(old, [{"t": 1.0, "event": "a"}, {"t": since + 1, "event": "old-file"}])
+    _write_events(recent, [{"t": since - 1, "event": "b"}, {"t": since + 2, "event": "recent-file"}])
+    os.utime(old, (since - 2 * ledger_module.CLOCK_MARGIN_S,) * 2)
+    os.utime(recent, (since + 5,) * 2)
+    read = []
+    real_read = ledger_module._read_events
+    monkeypatch.setattr(ledger_module, "_read_events", lambda path: read.append(path.name) or real_read(path))
+
+    assert [e["event"] for e in ledger.events(since=since)] == ["recent-file"]
+    assert read == ["000002.jsonl"]
+    # Within the clock margin a file is read, its old events filtered by time.
+    os.utime(old, (since - ledger_module.CLOCK_MARGIN_S / 2,) * 2)
+    assert [e["event"] for e in ledger.events(since=since)] == ["old-file", "recent-file"]
+    assert len(ledger.events()) == 4
+
+
+def test_ledger_round_summaries_latest_before_a_round(tmp_path):
+    ledger = RunLedger(tmp_path)
+    assert ledger.latest_round_summary(before=5) is None
+    ledger.write_round_summary(1, {"n": 1})
+    ledger.write_round_summary(3, {"n": 3})  # round 2's rank 0 died before writing one
+    assert ledger.latest_round_summary(before=3) == {"n": 1}
+    assert ledger.latest_round_summary(before=4) == {"n": 3}
+    assert not list(ledger.summaries_dir.glob("*.partial"))

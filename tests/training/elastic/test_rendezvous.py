@@ -129,7 +129,7 @@ def test_leave_rendezvous_redoes_its_removal_on_a_concurrent_change(monkeypatch)
 
 def _job(name: str = "run"):
     """The two config fields a leave reads."""
-    return SimpleNamespace(run=SimpleNamespace(name=name), elastic=SimpleNamespace(min_workers=1, max_workers=3))
+    return SimpleNamespace(run=SimpleNamespace(name=name), elastic=SimpleNamespace(min_nodes=1, max_nodes=3))
 
 
 def test_leave_and_record_records_the_leave_with_its_fields(monkeypatch, tmp_path):
@@ -210,3 +210,15 @@ def test_without_leave_the_survivor_waits_for_the_heartbeat(store_endpoint):
     survivor = form_group_of_two(store_endpoint, join_timeout=2)
     with pytest.raises(RendezvousTimeoutError):
         survivor.next_rendezvous()  # node-b is still a participant until its heartbeat expires
+
+
+def test_rendezvous_reader_sees_a_formed_rounds_members_and_heartbeats(store_endpoint):
+    from tensile.elastic.membership import node_name
+    from tensile.elastic.rendezvous import RendezvousReader
+
+    form_group_of_two(store_endpoint, join_timeout=20)
+    seen = RendezvousReader(store_endpoint, "leave-test")()
+    members = {node_name(addr, os.getpid()) for addr in ("node-a", "node-b")}
+    assert seen is not None and seen.participants == members and not seen.waiting
+    assert set(seen.heartbeats) == members
+    assert RendezvousReader("127.0.0.1:1", "leave-test", timeout_s=1)() is None, "unreachable: None, not an error"

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tensile.errors import MembershipChange, NotRetryable
+
 FORMAT_VERSION = 3
 """Written into every manifest. Version 3 adds each file's per-chunk sha256 (checked by every
 rank as it reads, docs/design/checkpoints.md); version 2 checkpoints load and are verified whole at
@@ -52,12 +54,12 @@ class CorruptOnLoad(CheckpointCorrupt):
         super().__init__(f"{what} failed verification while loading: {'; '.join(findings[:3])}{more}")
 
 
-class CheckpointIncompatible(CheckpointError):
+class CheckpointIncompatible(CheckpointError, NotRetryable):
     """The checkpoint cannot be resumed by this job as configured (another model, ZeRO stage,
     or a reshard that is not supported). Not retryable: the run stops and says what differs."""
 
 
-class FencingError(CheckpointError):
+class FencingError(CheckpointError, MembershipChange):
     """Another worker group published first: this group is stale and must stop.
 
     Not retryable: retrying would fork the run's history.
@@ -111,6 +113,9 @@ class Manifest:
     """The training code's commit (baked into the image at build time)."""
     layout: str = LAYOUT_DEEPSPEED
     """How the training state is stored: LAYOUT_DEEPSPEED or LAYOUT_SHARDED."""
+    precision: str = "fp32"
+    """The precision it was trained in (fp32, bf16, fp16); manifests written before the field
+    existed were all fp32."""
 
     @property
     def verified_on_read(self) -> bool:

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,9 +38,12 @@ from tensile.checkpoint.sharded.layout import META
 from tensile.checkpoint.sharded.restore import load_sharded
 from tensile.checkpoint.sharded.snapshot import ShardSnapshot, snapshot_sharded
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
+from tensile.placement import CPU_PLACEMENT, Placement
 
 log = logging.getLogger(__name__)
 
+SETTLE_AFTER_ABANDON_S = 2.0
+"""How long an abandoned background save may take to notice it (rank 0 polls every 0.1 s)."""
 RANK_RECORDS = "ranks"
 """A background save's per-rank list of durable files, which rank 0 waits for to publish."""
 
@@ -65,8 +69,10 @@ def library_versions() -> dict[str, str]:
     return {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "tensile": tensile.__version__}
 
 
-def incompatibility(manifest: Manifest, *, zero_stage: int, world_size: int, model_hash: str) -> str | None:
-    """Why this job cannot resume from `manifest`, naming what differs, or None."""
+def incompatibility(manifest: Manifest, *, zero_stage: int, world_size: int, model_hash: str,
+                    precision: str | None = None) -> str | None:
+    """Why this job cannot resume from `manifest`, naming what differs, or None. `precision`:
+    the one this job trains in (None: not judged)."""
     where = f"checkpoint {manifest.checkpoint_id} (step {manifest.step})"
     if manifest.model_hash and manifest.model_hash != model_hash:
         return (f"{where} holds another model shape (model hash {manifest.model_hash}, this config "
@@ -74,6 +80,13 @@ def incompatibility(manifest: Manifest, *, zero_stage: int, world_size: int, mod
     if manifest.zero_stage != zero_stage:
         return (f"{where} was saved with ZeRO stage {manifest.zero_stage}, this config uses stage "
                 f"{zero_stage}; set zero.stage to {manifest.zero_stage}")
+    if precision is not None and manifest.precision != precision and manifest.layout != LAYOUT_SHARDED:
+        # Tensile's sharded layout holds fp32 masters and moments whatever the precision; DeepSpeed's
+        # own files hold its optimizer object, which differs by precision (FP16_UnfusedOptimizer or not).
+        return (f"{where} was saved in {manifest.precision} and this config trains in {precision}; its "
+                f"{manifest.layout} layout (DeepSpeed's own files) resumes only in the precision it was saved "
+                f"in: set precision.dtype to {manifest.precision} (ZeRO 1–3 checkpoints in Tensile's sharded "
+                f"layout resume in any precision)")
     return refusal(manifest, world_size)
 
 
@@ -139,6 +152,8 @@ class CheckpointIdentity:
     config_hash: str
     model_hash: str
     data_version: str
+    precision: str = "fp32"
+    """The precision the job trains in (fp32, bf16, fp16)."""
 
 
 class SavedState(Protocol):
@@ -189,8 +204,11 @@ class EngineCheckpointer:
 
     def __init__(self, *, tier: Tier, local_dir: Path, rank: int, world_size: int, zero_stage: int,
                  identity: CheckpointIdentity, keep_last: int, lease: GroupLease, control: Coordinator,
-                 persist_timeout_s: float = 600.0, faults: FaultHooks = NO_FAULTS):
+                 persist_timeout_s: float = 600.0, faults: FaultHooks = NO_FAULTS,
+                 placement: Placement = CPU_PLACEMENT):
         self.tier = tier
+        self.placement = placement
+        """Where the engine's state lives: snapshots of a GPU's state go through pinned host buffers."""
         self.catalog = Catalog(tier)
         self.local_dir = local_dir
         self.rank = rank
@@ -204,6 +222,7 @@ class EngineCheckpointer:
         self.control = control
         self.faults = faults
         self._in_flight: Future[SaveResult] | None = None
+        self._in_flight_bytes = 0.0
         self._abandon = threading.Event()
         self._abandon_reason = ""
         """Set by the training thread when another rank's part of the save in flight failed."""
@@ -239,7 +258,7 @@ class EngineCheckpointer:
         previous = self.wait()
         snapshot = snapshot_sharded(engine, zero_stage=self.zero_stage, rank=self.rank,
                                     world_size=self.world_size, client_state=state.state_dict(), copy=True,
-                                    host_buffers=self._host_buffers)
+                                    host_buffers=self._host_buffers, pin_memory=self.placement.pin_host_memory)
         checkpoint_id = checkpoint_id_for(step, self.lease.token)
         stall_s = time.monotonic() - started
         future: Future[SaveResult] = Future()
@@ -252,9 +271,23 @@ class EngineCheckpointer:
             except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
                 future.set_exception(e)
 
-        self._in_flight = future
+        self._in_flight, self._in_flight_bytes = future, float(snapshot.nbytes)
         threading.Thread(target=persist, name=f"persist-{checkpoint_id}", daemon=True).start()
         return SaveStarted(checkpoint_id=checkpoint_id, stall_s=stall_s, previous=previous)
+
+    def settle(self, *, extra_s: float) -> SaveResult | None:
+        """The process is about to exit: wait for the background save in flight to end, up to
+        `extra_s` plus the time its bytes take (written, then uploaded). One still running then is
+        abandoned (rank 0 stops waiting for the other ranks' files and publishes nothing). Its
+        result, once, or None if there was none or it did not end."""
+        future = self._in_flight
+        if future is None:
+            return None
+        if not wait_for([future], timeout=extra_s + self.control.seconds_for(2 * self._in_flight_bytes)).done:
+            self.abandon("the process is exiting")
+            if not wait_for([future], timeout=SETTLE_AFTER_ABANDON_S).done:
+                return None  # mid-upload: the exit cuts it off before any manifest or commit
+        return self.wait()
 
     def abandon(self, why: str) -> None:
         """Another rank's part of the background save in flight failed: stop waiting for it (the
@@ -328,8 +361,11 @@ class EngineCheckpointer:
         local_root = self._local_root(checkpoint_id)
         client_state = state.state_dict()
         if self.layout == LAYOUT_SHARDED:
+            # Views of host-resident state; state on a GPU is copied to host first (no save in flight
+            # holds the host buffers now).
             snapshot = snapshot_sharded(engine, zero_stage=self.zero_stage, rank=self.rank,
-                                        world_size=self.world_size, client_state=client_state, copy=False)
+                                        world_size=self.world_size, client_state=client_state, copy=False,
+                                        host_buffers=self._host_buffers, pin_memory=self.placement.pin_host_memory)
             write, nbytes = snapshot.write, snapshot.nbytes
         else:
             def write(directory: Path) -> Any:
@@ -381,7 +417,8 @@ class EngineCheckpointer:
             world_size=self.world_size, zero_stage=self.zero_stage, files=files,
             config_hash=self.identity.config_hash, model_hash=self.identity.model_hash,
             data_version=self.identity.data_version, versions=library_versions(), created_at=time.time(),
-            reason=reason, branch=lease.branch, code_version=code_version(), layout=self.layout)
+            reason=reason, branch=lease.branch, code_version=code_version(), layout=self.layout,
+            precision=self.identity.precision)
         self.tier.write_manifest(manifest)
         seq = self.catalog.publish(CommitRecord(seq=lease.next_seq, checkpoint_id=checkpoint_id, step=step,
                                                 group_token=lease.token, epoch=lease.epoch))

@@ -24,7 +24,7 @@ from tensile.checkpoint.api import (
 from tensile.checkpoint.chunks import FileHasher, hash_bytes
 from tensile.checkpoint.commit_log import EPOCHS, CommitLogReader, fenced, record_name
 from tensile.checkpoint.ranges import TierRanges
-from tensile.checkpoint.s3_objects import MAX_PARTS, S3Objects, S3Settings, error_code, is_missing, is_transient
+from tensile.s3.objects import MAX_PARTS, S3Objects, S3Settings, error_code, is_missing, is_transient
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
-"""Tensile's data: sharded token datasets, the generated default corpus and the global sample order."""
+"""Tensile's data: sharded token datasets (with loss masks), the generated default corpus, the
+converter from other formats, the global sample order and the prefetching reader."""
 
 from .corpus import ByteTokenizer, generate_corpus, generate_text
-from .sampler import GlobalSampler, epoch_permutation_seed
+from .prefetch import PrefetchingReader, StepRequest, StepSamples, empty_batch
+from .sampler import FeistelPermutation, GlobalSampler, epoch_permutation_seed
 from .shards import (
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
@@ -10,6 +12,7 @@ from .shards import (
     DatasetFormatError,
     DatasetIntegrityError,
     DatasetNotFoundError,
+    SampleBatch,
     TokenDataset,
     TokenShardWriter,
 )
@@ -23,7 +26,13 @@ __all__ = [
     "DatasetFormatError",
     "DatasetIntegrityError",
     "DatasetNotFoundError",
+    "FeistelPermutation",
     "GlobalSampler",
+    "PrefetchingReader",
+    "StepRequest",
+    "StepSamples",
+    "empty_batch",
+    "SampleBatch",
     "TokenDataset",
     "TokenShardWriter",
     "epoch_permutation_seed",

@@ -8,6 +8,7 @@ exit codes), so the values are a format: tests/training/elastic/test_api.py pins
 from __future__ import annotations
 
 import json
+import os
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,17 @@ class NodeDirectory:
         """The round a rank is in, for its guard to key a failure by."""
         return self.path / f"round.rank{rank}"
 
+    def round_members_file(self, rank: str | int) -> Path:
+        """The rendezvous nodes of the round a rank trains in, for its guard to judge a death by."""
+        return self.path / f"members.rank{rank}.json"
+
     def write_outcome(self, outcome: NodeOutcome, detail: str = "", **fields: object) -> None:
+        """Written whole or not at all (a temporary of this process's own, renamed over it): the
+        launcher polls the file, and a node's other processes may write their own word too."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.outcome_file.write_text(json.dumps({"outcome": outcome.value, "detail": detail, **fields}))
+        partial = self.path / f".outcome.json.{os.getpid()}"
+        partial.write_text(json.dumps({"outcome": outcome.value, "detail": detail, **fields}))
+        os.replace(partial, self.outcome_file)
 
     def outcome_field(self, field: str = "outcome") -> Any:
         """A field of outcome.json; None while it is missing or half written."""

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from tensile.errors import MembershipChange
+
 
 class Store(Protocol):
     """The part of torch.distributed.Store the control plane uses."""
@@ -37,7 +39,7 @@ class PhaseTimeout(RuntimeError):
     A membership change, not a failure of this worker."""
 
 
-class PeerFailed(RuntimeError):
+class PeerFailed(MembershipChange, RuntimeError):
     """Another rank failed inside a phase and said so; it spends its own failure."""
 
 

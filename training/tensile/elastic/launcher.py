@@ -4,7 +4,6 @@ outcome read from the run's ledger rather than from torchrun's restart count.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ class NodeSpec:
     local_dir: Path
     rdzv_endpoint: str
     nproc_per_node: int = 1
+    """Worker processes on this node (the config's elastic.processes_per_node, or the flag's)."""
     monitor_interval_s: float = 0.2
     """How often the agent checks its workers: a worker that exits to re-form is seen this fast."""
 
@@ -51,7 +51,8 @@ def torchrun_command(config: TrainingConfig, spec: NodeSpec) -> list[str]:
     ])
     return [
         sys.executable, "-m", "torch.distributed.run",
-        f"--nnodes={elastic.min_workers}:{elastic.max_workers}",
+        # Nodes, not processes: the world size is nodes × nproc-per-node.
+        f"--nnodes={elastic.min_nodes}:{elastic.max_nodes}",
         f"--nproc-per-node={spec.nproc_per_node}",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={spec.rdzv_endpoint}",
@@ -92,11 +93,9 @@ def _has_gpu() -> bool:
 
 def read_outcome(config: TrainingConfig, spec: NodeSpec, torchrun_code: int) -> tuple[NodeOutcome | str, int]:
     """Why this node stopped (an outcome, or what torchrun's exit says), and the launcher's exit code."""
-    node_file = spec.node_dir.outcome_file
-    if node_file.exists():
-        outcome = NodeOutcome.parse(json.loads(node_file.read_text())["outcome"])
-        if outcome is not None:
-            return outcome, outcome.exit_code
+    outcome = NodeOutcome.parse(spec.node_dir.outcome_field())
+    if outcome is not None:
+        return outcome, outcome.exit_code
     status = RunLedger(config.checkpoint.ledger_path).status()
     if status and (state := NodeOutcome.parse(status["state"])) is not None:
         return state, state.exit_code
@@ -110,7 +109,9 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[Nod
     process = subprocess.Popen(torchrun_command(config, spec), env=worker_environment(spec),
                                stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
     ledger = RunLedger(config.checkpoint.ledger_path)
+    node_processes = NodeProcesses(process)
     stopping = []
+    started_at = time.time()
 
     def forward_stop(signum: int, frame: object) -> None:
         # Kubernetes signals only the container's first process; torchrun forwards it to
@@ -126,18 +127,18 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[Nod
         while process.poll() is None:
             # Short: the survivors' next rendezvous may wait for this node to be gone.
             time.sleep(0.1)
+            node_processes.refresh()
             if node_dir.outcome_field() in (NodeOutcome.PREEMPTED, NodeOutcome.STOPPED):
                 # Saved and leaving (its worker has normally ended the agent and left the
                 # rendezvous already): end what is left of the node.
-                _kill_tree(process)
+                node_processes.kill()
                 break
             if stopping and not _has_children(process):
                 # Signalled, and no worker is running to save: the agent will not start another
                 # round, and its own shutdown takes seconds. End it and leave now.
-                _kill_tree(process)
+                node_processes.kill()
                 break
-            status = ledger.status()
-            if status and status["state"] in (NodeOutcome.COMPLETED, NodeOutcome.FAILED):
+            if run_is_over(ledger.status(), config, started_at=started_at):
                 # A node still waiting in rendezvous would wait out join_timeout for nothing.
                 _stop(process, grace_s=15)
     except KeyboardInterrupt:
@@ -157,6 +158,18 @@ def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[Nod
     if stopping and outcome not in (NodeOutcome.COMPLETED, NodeOutcome.PREEMPTED):
         return NodeOutcome.STOPPED, NodeOutcome.STOPPED.exit_code
     return outcome, code
+
+
+def run_is_over(status: dict | None, config: TrainingConfig, *, started_at: float) -> bool:
+    """The run's status says it has ended for this node: completed at (or past) this config's
+    run.steps, or failed since this node started. A run completed short of run.steps is being
+    trained longer; a failure recorded before the node started (an incompatible config, a
+    missing dataset) is what starting it again retries."""
+    if not status:
+        return False
+    if status["state"] == NodeOutcome.COMPLETED:
+        return status.get("step", config.run.steps) >= config.run.steps
+    return status["state"] == NodeOutcome.FAILED and status.get("t", started_at) >= started_at
 
 
 def _wait_for_outcome(node_dir: NodeDirectory, *, timeout_s: float) -> None:
@@ -189,19 +202,47 @@ def _has_children(process: subprocess.Popen) -> bool:
         return False
 
 
-def _kill_tree(process: subprocess.Popen) -> None:
-    import psutil
+class NodeProcesses:
+    """Every process of the node's torchrun tree, remembered as it is seen. A leaving worker
+    (local rank 0) kills the agent, which takes the node's other worker processes out of the
+    agent's tree (they are re-parented); ending the node must end them too."""
 
-    try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for member in tree:
+    REFRESH_EVERY_S = 0.5
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self.seen: dict[int, object] = {}
+        self._refreshed_at = 0.0
+
+    def refresh(self, *, now: bool = False) -> None:
+        import psutil
+
+        if not now and time.monotonic() - self._refreshed_at < self.REFRESH_EVERY_S:
+            return
+        self._refreshed_at = time.monotonic()
         try:
-            member.kill()
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                self.seen.setdefault(child.pid, child)
         except psutil.NoSuchProcess:
             pass
-    process.wait(timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL the agent and every process of the node seen so far (a psutil.Process knows
+        its start time, so a reused pid is left alone)."""
+        import psutil
+
+        self.refresh(now=True)
+        try:
+            tree = [psutil.Process(self.process.pid)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for member in [*tree, *self.seen.values()]:
+            try:
+                if member.is_running():
+                    member.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.process.wait(timeout=30)
 
 
 def _stop(process: subprocess.Popen, *, grace_s: float) -> None:

@@ -53,6 +53,27 @@ def _round_number(name: str) -> int | None:
     return int(name) if name.isdigit() else None
 
 
+def _summary_name(number: int) -> str:
+    return f"{number}.json"
+
+
+def _summary_number(name: str) -> int | None:
+    stem, dot, suffix = name.partition(".")
+    return int(stem) if dot and suffix == "json" and stem.isdigit() else None
+
+
+CLOCK_MARGIN_S = 300.0
+"""How far the file server's clock (a file's modification time) and a writer's clock (an event's
+`t`) may disagree before `events(since=…)` could skip a file it should read."""
+
+
+def _modified_after(path: Path, t: float) -> bool:
+    try:
+        return path.stat().st_mtime >= t
+    except FileNotFoundError:
+        return False
+
+
 def _read_events(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text()
@@ -76,6 +97,7 @@ class RunLedger:
         self.rounds_dir = self.run_dir / "rounds"
         self.failures_dir = self.run_dir / "failures"
         self.status_path = self.run_dir / "status.json"
+        self.summaries_dir = self.run_dir / "round-summaries"
 
     # Events: one JSON object a line, in a file only this process appends to.
     def record(self, event: str, **fields: Any) -> None:
@@ -116,11 +138,36 @@ class RunLedger:
         numbers = numbered(self.events_dir, _event_file_name, _event_file_number)
         return [self.events_path] + [self.events_dir / _event_file_name(n) for n in numbers]
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self, since: float | None = None) -> list[dict[str, Any]]:
         """Every file's events merged by time; each file's own order is kept, and ties go to the
-        older file."""
-        streams = [_read_events(path) for path in self.event_files()]
-        return list(heapq.merge(*streams, key=lambda e: e.get("t", 0.0)))
+        older file. With `since`, only the events after it, and only files written to within
+        CLOCK_MARGIN_S of it are read: files are append-only, so one last modified well before
+        `since` holds nothing newer."""
+        paths = self.event_files()
+        if since is not None:
+            paths = [path for path in paths if _modified_after(path, since - CLOCK_MARGIN_S)]
+        streams = [_read_events(path) for path in paths]
+        merged = heapq.merge(*streams, key=lambda e: e.get("t", 0.0))
+        return [e for e in merged if e.get("t", 0.0) > since] if since is not None else list(merged)
+
+    # Round summaries: what a round start computed from the events so far (the run history),
+    # so the next start reads only the events since.
+    def write_round_summary(self, round_number: int, summary: dict[str, Any]) -> None:
+        self.summaries_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.summaries_dir / f".{round_number}.{uuid.uuid4().hex}.partial"
+        partial.write_text(json.dumps(summary))
+        os.replace(partial, self.summaries_dir / _summary_name(round_number))
+
+    def latest_round_summary(self, before: int) -> dict[str, Any] | None:
+        """The newest summary of a round before `before`; None if there is none. A listing served
+        stale only makes it an older one, which is as correct, just more events to read."""
+        for number in reversed(numbered(self.summaries_dir, _summary_name, _summary_number)):
+            if number < before:
+                try:
+                    return json.loads((self.summaries_dir / _summary_name(number)).read_text())
+                except (FileNotFoundError, ValueError):
+                    continue
+        return None
 
     def open_round(self, details: dict[str, Any]) -> int:
         """Claim the next round number (exclusive create); called by the group's rank 0."""
@@ -146,6 +193,16 @@ class RunLedger:
             return False
         with os.fdopen(fd, "w") as f:
             json.dump(details, f)
+        return True
+
+    def failure_on_record(self, round_number: int | str, *, wait_s: float = 0.0, poll_s: float = 0.1) -> bool:
+        """This round has spent its failure already (some rank's own code failed), waiting up to
+        wait_s for it to."""
+        path, deadline = self.failures_dir / f"round-{round_number}.json", time.monotonic() + wait_s
+        while not path.exists():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
         return True
 
     def last_round(self) -> int:

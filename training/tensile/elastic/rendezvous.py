@@ -48,6 +48,7 @@ from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
 from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
 
 from tensile.elastic.api import RendezvousLeaveError
+from tensile.elastic.membership import RendezvousView
 
 if TYPE_CHECKING:
     from tensile.config import TrainingConfig
@@ -110,15 +111,12 @@ def leave_rendezvous(endpoint: str, run_id: str, *, agent_pid: int, local_addr: 
 
     Call only once the agent process is gone: a live agent would add itself back at its next
     rendezvous."""
-    host, port = parse_rendezvous_endpoint(endpoint, default_port=29400)
     settings = RendezvousSettings(run_id, min_nodes, max_nodes, RendezvousTimeout(),
                                   keep_alive_interval=timedelta(seconds=5), keep_alive_max_attempt=3)
     addr = agent_address(local_addr)
     deadline = time.monotonic() + timeout_s
     try:
-        store = TCPStore(host, port, is_master=False, multi_tenant=True, wait_for_workers=False,
-                         timeout=timedelta(seconds=timeout_s))
-        backend = C10dRendezvousBackend(store, run_id)
+        backend = _backend(endpoint, run_id, timeout_s)
         current = backend.get_state()
         attempts = 0
         while current is not None and time.monotonic() < deadline:
@@ -143,6 +141,34 @@ def leave_rendezvous(endpoint: str, run_id: str, *, agent_pid: int, local_addr: 
     raise RendezvousLeaveError(f"rendezvous {run_id!r} changed on every attempt for {timeout_s} s")
 
 
+def _backend(endpoint: str, run_id: str, timeout_s: float) -> C10dRendezvousBackend:
+    host, port = parse_rendezvous_endpoint(endpoint, default_port=29400)
+    store = TCPStore(host, port, is_master=False, multi_tenant=True, wait_for_workers=False,
+                     timeout=timedelta(seconds=timeout_s))
+    return C10dRendezvousBackend(store, run_id)
+
+
+class RendezvousReader:
+    """Reads the run's rendezvous state as a `RendezvousView`, over one store connection;
+    None when it cannot be read (the store unreachable, a state of another torch's shape)."""
+
+    def __init__(self, endpoint: str, run_id: str, *, timeout_s: float = 5.0):
+        self.endpoint, self.run_id, self.timeout_s = endpoint, run_id, timeout_s
+        self._backend: C10dRendezvousBackend | None = None
+
+    def __call__(self) -> RendezvousView | None:
+        try:
+            if self._backend is None:
+                self._backend = _backend(self.endpoint, self.run_id, self.timeout_s)
+            current = self._backend.get_state()
+            return None if current is None else RendezvousView.from_state(pickle.loads(current[0]))
+        # Store errors, and what an unpickled state of another torch's shape raises.
+        except (RendezvousError, RuntimeError, OSError, ValueError, AttributeError, ImportError,
+                pickle.UnpicklingError):
+            self._backend = None
+            return None
+
+
 def leave_and_record(config: TrainingConfig, ledger: RunLedger, *, endpoint: str, agent_pid: int,
                      local_addr: str | None, node: str, by: str, began: float | None = None) -> LeaveResult:
     """Take a dead agent's node out of the run's rendezvous and record it in the ledger
@@ -153,7 +179,7 @@ def leave_and_record(config: TrainingConfig, ledger: RunLedger, *, endpoint: str
     began = time.monotonic() if began is None else began
     try:
         result = leave_rendezvous(endpoint, config.run.name, agent_pid=agent_pid, local_addr=local_addr,
-                                  min_nodes=config.elastic.min_workers, max_nodes=config.elastic.max_workers)
+                                  min_nodes=config.elastic.min_nodes, max_nodes=config.elastic.max_nodes)
     except RendezvousLeaveError as e:
         ledger.record("rendezvous-leave-failed", node=node, by=by, error=str(e)[:300])
         raise

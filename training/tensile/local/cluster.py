@@ -64,13 +64,17 @@ class LocalCluster:
         # No wait for it to listen: the agents' store clients retry until it does, and the
         # store's own start (a torch import) overlaps theirs.
 
-    def start_node(self, node_id: str, *, extra_env: dict[str, str] | None = None) -> Node:
+    def start_node(self, node_id: str, *, extra_env: dict[str, str] | None = None,
+                   nproc_per_node: int | None = None) -> Node:
+        """A node of nproc_per_node worker processes (default: the config's elastic.processes_per_node),
+        all sharing its local directory, as a pod's GPUs share the pod."""
         local_dir = self.run_dir / "nodes" / node_id
         log_path = self.run_dir / "logs" / f"{node_id}.log"
         log = open(log_path, "ab")
+        processes = [] if nproc_per_node is None else ["--nproc-per-node", str(nproc_per_node)]
         process = subprocess.Popen(
             [sys.executable, "-m", "tensile.cli", "launch", "--config", str(self.config_path),
-             "--node-id", node_id, "--local-dir", str(local_dir), "--rdzv-endpoint", self.endpoint],
+             "--node-id", node_id, "--local-dir", str(local_dir), "--rdzv-endpoint", self.endpoint, *processes],
             stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(extra_env or {})},
             start_new_session=True)
         node = Node(node_id, process, local_dir, log_path)
@@ -96,6 +100,10 @@ class LocalCluster:
     def freeze(self, node_id: str) -> None:
         """The instance stops answering: every process of the node is stopped, sockets stay open."""
         self._signal_node(node_id, signal.SIGSTOP)
+
+    def thaw(self, node_id: str) -> None:
+        """A frozen instance answers again (SIGCONT), its processes where they stopped."""
+        self._signal_node(node_id, signal.SIGCONT)
 
     def kill(self, node_id: str, *, delete_local_dir: bool = True) -> None:
         """The instance is gone: processes killed, its disk with it."""

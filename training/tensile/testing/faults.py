@@ -2,7 +2,10 @@
 
 `TENSILE_FAULTS="crash-in-save@10,raise@7,fail-persist@6"`: kill the process between checkpoint
 files of the save at step 10; raise a training error once at step 7; fail one non-zero rank's
-part of the background save at step 6. `TENSILE_FAULT_STEP_DELAY_S` slows
+part of the background save at step 6; `abort@5`: rank 0 aborts (SIGABRT, as NCCL's watchdog
+ends a process) before step 5. `TENSILE_FAULT_ABORT_ON_COMMUNICATION_ERROR=1` makes a worker
+whose collective fails abort instead of raising, as NCCL does on a timeout (a gloo run otherwise
+raises). `TENSILE_FAULT_BUILD_DELAY_S` slows every non-zero rank's model build. `TENSILE_FAULT_STEP_DELAY_S` slows
 every step; `TENSILE_FAULT_PERSIST_DELAY_S` slows every background checkpoint before it writes;
 `TENSILE_FAULT_TIER_BYTES_PER_S` makes the shared tier move (write, read, hash) at most that
 many bytes a second, as a large checkpoint on a slow network would.
@@ -35,8 +38,21 @@ class EnvironmentFaults(FaultHooks):
     def before_step(self, *, step: int, rank: int) -> None:
         if rank == 0 and step in self._armed("raise") and self._first_time(f"raise-{step}"):
             raise InjectedFailure(f"injected failure at step {step}")
+        if rank == 0 and step in self._armed("abort") and self._first_time(f"abort-{step}"):
+            os.abort()
         # Stands in for a bigger model, so a test can act while a run is still in progress.
         self._sleep("TENSILE_FAULT_STEP_DELAY_S")
+
+    def before_build(self, *, rank: int) -> None:
+        if rank != 0:
+            self._sleep("TENSILE_FAULT_BUILD_DELAY_S")
+
+    def on_error(self, error: BaseException) -> None:
+        if self.environ.get("TENSILE_FAULT_ABORT_ON_COMMUNICATION_ERROR") == "1":
+            from tensile.elastic.classify import from_communication
+
+            if from_communication(error):
+                os.abort()
 
     def before_persist(self, *, step: int, rank: int) -> None:
         # Stands in for a slow disk or network under a background save.

@@ -143,6 +143,13 @@ class ZeroPartition:
             opt.update_lp_params()
 
 
+def engine_precision(engine: Any) -> str:
+    """The precision a DeepSpeed engine trains in: fp32, bf16 or fp16."""
+    if engine.bfloat16_enabled():
+        return "bf16"
+    return "fp16" if engine.fp16_enabled() else "fp32"
+
+
 def full_shape(p: torch.nn.Parameter) -> torch.Size:
     """A parameter's shape before ZeRO-3 partitioned it (DeepSpeed keeps it as `ds_shape`)."""
     return p.ds_shape if hasattr(p, "ds_shape") else p.shape

@@ -20,7 +20,7 @@ import torch
 
 from tensile.checkpoint.api import CheckpointCorrupt, CheckpointIncompatible, CorruptOnLoad, RangeReader
 from tensile.checkpoint.sharded.layout import META, parse_slice_key, shard_path
-from tensile.checkpoint.sharded.partition import LocalSlice, ZeroPartition, full_shape
+from tensile.checkpoint.sharded.partition import LocalSlice, ZeroPartition, engine_precision, full_shape
 from tensile.checkpoint.sharded.shard_file import read_shard_header
 
 
@@ -87,11 +87,25 @@ def read_meta(source: RangeReader, size: int, *, what: str) -> dict[str, Any]:
         raise CheckpointCorrupt(f"{what}: unreadable {META}: {e}") from e
 
 
+SAVED_PRECISION_BEFORE_IT_WAS_RECORDED = "fp32"
+"""Meta files written before precision existed hold an fp32 run's state."""
+
+
+def saved_precision(meta: dict[str, Any]) -> str:
+    return meta.get("precision", SAVED_PRECISION_BEFORE_IT_WAS_RECORDED)
+
+
 def check_parameters(meta: dict[str, Any], engine: Any, *, what: str) -> None:
-    """The model being resumed must have the saved parameters, shapes, dtypes and frozen set."""
-    saved = meta["parameters"]
-    live = {name: (tuple(full_shape(p)), str(p.dtype), p.requires_grad)
-            for name, p in engine.module.named_parameters()}
+    """The model being resumed must have the saved parameters, shapes and frozen set, and the
+    saved dtypes when it trains in the saved precision (in another, the model's weights are cast
+    while the fp32 masters the optimizer keeps stay as they are)."""
+    same_precision = saved_precision(meta) == engine_precision(engine)
+
+    def described(shape: Any, dtype: str, trainable: bool) -> tuple:
+        return tuple(shape), dtype if same_precision else "(any)", trainable
+
+    saved = {name: described(*value) for name, value in meta["parameters"].items()}
+    live = {name: described(full_shape(p), str(p.dtype), p.requires_grad) for name, p in engine.module.named_parameters()}
     problems = [f"{name}: saved {saved.get(name)}, model has {live.get(name)}"
                 for name in sorted(saved.keys() | live.keys()) if saved.get(name) != live.get(name)]
     if problems:
@@ -177,9 +191,18 @@ def _restore_scalars(engine: Any, partition: ZeroPartition, meta: dict[str, Any]
                                      f"checkpoint {len(meta['param_groups'])}")
     for group, saved in zip(inner.param_groups, meta["param_groups"]):
         group.update(saved)
-    for key, value in meta["loss_scaling"].items():
-        setattr(partition.optimizer, key, value)
+    restore_loss_scaling(partition.optimizer, meta, engine_precision(engine))
     for key, value in meta["engine"].items():
         setattr(engine, key, value)
     if meta["lr_scheduler"] is not None and engine.lr_scheduler is not None:
         engine.lr_scheduler.load_state_dict(meta["lr_scheduler"])
+
+
+def restore_loss_scaling(optimizer: Any, meta: dict[str, Any], precision: str) -> None:
+    """The loss scaler as saved (fp16's dynamic scale, its clean-step count, hysteresis), into an
+    engine of the same precision. In another precision the engine keeps its own: a bf16 or fp32
+    engine scales by 1, and an fp16 one resumed from either starts its scale afresh."""
+    if saved_precision(meta) != precision:
+        return
+    for key, value in meta["loss_scaling"].items():
+        setattr(optimizer, key, value)

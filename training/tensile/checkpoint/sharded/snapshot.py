@@ -1,8 +1,9 @@
 """Saving in the sharded layout: this rank's slices at a step boundary, written as one
 safetensors file (and, on rank 0, `meta.pt`).
 
-The slices are views of the live tensors for a synchronous save, or a private host copy of them
-for a background one, so training can go on while the copy is written.
+The slices are views of the live tensors for a synchronous save of host-resident state, or a
+private host copy of them: for a background save (training goes on while it is written), and for
+any save of state on a GPU (the shard writer reads host memory).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from tensile.checkpoint.sharded.layout import META, PARAM, SHARDS, shard_path, slice_key
-from tensile.checkpoint.sharded.partition import ZeroPartition, full_shape
+from tensile.checkpoint.sharded.partition import ZeroPartition, engine_precision, full_shape
 from tensile.checkpoint.sharded.shard_file import write_shard_file
 
 
@@ -61,11 +62,13 @@ class ShardSnapshot:
 
 
 def snapshot_sharded(engine: Any, *, zero_stage: int, rank: int, world_size: int, client_state: dict[str, Any],
-                     copy: bool, host_buffers: dict[torch.dtype, torch.Tensor] | None = None) -> ShardSnapshot:
+                     copy: bool, host_buffers: dict[torch.dtype, torch.Tensor] | None = None,
+                     pin_memory: bool = False) -> ShardSnapshot:
     """This rank's slices at this step boundary. With `copy`, into one private buffer per dtype
-    (host memory; `host_buffers` are reused when given and large enough, and updated), so
-    training can go on while the snapshot is written; without, as views of the live tensors,
-    valid until the next optimizer step."""
+    (host memory, pinned with `pin_memory`; `host_buffers` are reused when given and large
+    enough, and updated), so training can go on while the snapshot is written; without, as
+    views of the live tensors, valid until the next optimizer step — or, for state on a device,
+    copied to host memory all the same."""
     partition = ZeroPartition(engine, zero_stage)
     kinds = state_kinds(partition)
     tensors: dict[str, torch.Tensor] = {}
@@ -74,8 +77,8 @@ def snapshot_sharded(engine: Any, *, zero_stage: int, rank: int, world_size: int
             tensors[slice_key(kind, s.name, s.start)] = view.detach()
     for s in partition.frozen_slices(writer=rank == 0):
         tensors[slice_key(PARAM, s.name, s.start)] = s.tensors[PARAM].detach()
-    if copy:
-        tensors = _copied(tensors, {} if host_buffers is None else host_buffers)
+    if copy or any(t.device.type != "cpu" for t in tensors.values()):
+        tensors = _copied(tensors, {} if host_buffers is None else host_buffers, pin_memory=pin_memory)
     meta = None
     if rank == 0:
         buffer = io.BytesIO()
@@ -85,29 +88,36 @@ def snapshot_sharded(engine: Any, *, zero_stage: int, rank: int, world_size: int
                                          "zero_stage": str(zero_stage)}, meta)
 
 
-def _copied(tensors: dict[str, torch.Tensor], buffers: dict[torch.dtype, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same tensors in one buffer per dtype. Reusing the buffers from save to save matters:
-    first-touch page faults made a fresh 229 MB copy take 2 s here, a warm one a fraction."""
+def _copied(tensors: dict[str, torch.Tensor], buffers: dict[torch.dtype, torch.Tensor], *,
+            pin_memory: bool = False) -> dict[str, torch.Tensor]:
+    """The same tensors in one host buffer per dtype. Reusing the buffers from save to save
+    matters: first-touch page faults made a fresh 229 MB copy take 2 s here, a warm one a
+    fraction. From a GPU into pinned buffers the copies are queued without blocking, and
+    waited for once at the end (the writer reads them in another thread)."""
     totals: dict[torch.dtype, int] = {}
     for t in tensors.values():
         totals[t.dtype] = totals.get(t.dtype, 0) + t.numel()
     for dtype, total in totals.items():
-        if dtype not in buffers or buffers[dtype].numel() < total:
-            buffers[dtype] = torch.empty(total, dtype=dtype)
+        if dtype not in buffers or buffers[dtype].numel() < total or buffers[dtype].is_pinned() != pin_memory:
+            buffers[dtype] = torch.empty(total, dtype=dtype, pin_memory=pin_memory)
     cursors = dict.fromkeys(totals, 0)
     out = {}
+    from_cuda = False
     for name, t in tensors.items():
         view = buffers[t.dtype].narrow(0, cursors[t.dtype], t.numel())
-        view.copy_(t.reshape(-1))
+        from_cuda = from_cuda or t.device.type == "cuda"
+        view.copy_(t.reshape(-1), non_blocking=pin_memory and t.device.type == "cuda")
         cursors[t.dtype] += t.numel()
         out[name] = view
+    if from_cuda:
+        torch.cuda.synchronize()
     return out
 
 
 def save_sharded(engine: Any, *, zero_stage: int, directory: Path, rank: int, world_size: int,
                  client_state: dict[str, Any]) -> list[Path]:
     """Write this rank's shard (and, on rank 0, the meta file) under `directory`, straight from
-    the live tensors."""
+    the live tensors (through a host copy for state on a device)."""
     return snapshot_sharded(engine, zero_stage=zero_stage, rank=rank, world_size=world_size,
                             client_state=client_state, copy=False).write(directory)
 
@@ -124,7 +134,7 @@ def _meta(engine: Any, partition: ZeroPartition, kinds: list[str], zero_stage: i
                                        for k, v in state.items() if k not in kinds})
     opt = partition.optimizer
     return {
-        "zero_stage": zero_stage, "world_size": world_size,
+        "zero_stage": zero_stage, "world_size": world_size, "precision": engine_precision(engine),
         "parameters": {name: (tuple(full_shape(p)), str(p.dtype), p.requires_grad)
                        for name, p in engine.module.named_parameters()},
         "aliases": _aliases(engine.module),
@@ -133,11 +143,16 @@ def _meta(engine: Any, partition: ZeroPartition, kinds: list[str], zero_stage: i
         "engine": {"global_steps": engine.global_steps, "global_samples": engine.global_samples,
                    "skipped_steps": engine.skipped_steps},
         "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
-        "loss_scaling": {k: getattr(opt, k) for k in ("loss_scaler", "dynamic_loss_scale", "overflow")
-                         if hasattr(opt, k)},
+        "loss_scaling": loss_scaling_state(opt),
         "buffers": {name: b.detach().clone() for name, b in engine.module.named_buffers()},
         "client_state": client_state,
     }
+
+
+def loss_scaling_state(optimizer: Any) -> dict[str, Any]:
+    """The ZeRO optimizer's loss scaler as it stands: under fp16 DeepSpeed's DynamicLossScaler
+    (current scale, iterations since the last overflow, hysteresis left), a scale of 1 otherwise."""
+    return {k: getattr(optimizer, k) for k in ("loss_scaler", "dynamic_loss_scale", "overflow") if hasattr(optimizer, k)}
 
 
 def _aliases(module: torch.nn.Module) -> dict[str, str]:

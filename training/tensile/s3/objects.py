@@ -20,7 +20,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from tensile.checkpoint.retry import RetryPolicy, call_with_retries
+from tensile.s3.retry import RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
