@@ -111,7 +111,7 @@ def test_parameters_that_differ_found_only_while_loading_end_the_run_with_the_re
 def test_an_fp32_checkpoint_from_before_precision_resumes_in_bf16(tmp_path, fixture_dataset):
     # Its manifest and meta file have no precision field: they read as fp32. Tensile's sharded
     # layout holds fp32 masters and moments, which a bf16 engine takes as they are.
-    name = "zero2-sharded-2workers"
+    name = "format-v2/zero2-sharded-2workers"
     expected = _expected(name)
     _copy_shared(name, tmp_path)
     config = write_job(tmp_path, fixture_dataset, **expected["job"], precision={"dtype": "bf16"})
@@ -126,7 +126,7 @@ def test_an_fp32_checkpoint_from_before_precision_resumes_in_bf16(tmp_path, fixt
 
 
 def test_an_fp32_zero0_checkpoint_is_refused_in_bf16_naming_both(tmp_path, fixture_dataset):
-    name = "zero0-deepspeed-1worker"
+    name = "format-v2/zero0-deepspeed-1worker"
     _copy_shared(name, tmp_path)
     config = write_job(tmp_path, fixture_dataset, **_expected(name)["job"], precision={"dtype": "bf16"})
     assert run_nodes(tmp_path, config, ["node-a"], timeout_s=240) == {"node-a": 3}
