@@ -175,7 +175,7 @@ def decide(job: JobState, team: TeamState, market: Mapping[str, PoolMarket], con
     if job.ready_nodes < n:
         return hold(f"waiting for {n - job.ready_nodes} node(s) to become ready")
     if job.last_resize_at_s is not None and now_s - job.last_resize_at_s < cooldown_s(job, config):
-        return hold(f"cooling down: {cooldown_s(job, config):.0f} s after a resize "
+        return hold(f"cooling down for {cooldown_s(job, config):.0f} s after a resize "
                     f"(recovery measured {job.recovery_s:.0f} s)")
     measured = job.samples_per_s_by_nodes
     if n > job.min_nodes and n in measured and n - 1 in measured:
