@@ -139,3 +139,11 @@ def test_decide_cooldown_follows_the_measured_recovery_time():
                                            (30, 130, ReasonKind.GROW)):
         job = dataclasses.replace(JOB, recovery_s=recovery_s, last_resize_at_s=NOW - waited_s)
         assert decide(job, TEAM, {"a100": POOL}, config, now_s=NOW).kind is expected, (recovery_s, waited_s)
+
+
+def test_job_state_refuses_what_no_actuator_should_report():
+    with pytest.raises(ValueError) as raised:
+        dataclasses.replace(JOB, min_nodes=3, max_nodes=2, ready_nodes=3, gpus_per_node=0)
+    message = str(raised.value)
+    for part in ("min_nodes <= max_nodes", "ready_nodes 3 outside 0..current_nodes 2", "gpus_per_node must be >= 1"):
+        assert part in message, message

@@ -39,6 +39,21 @@ class JobState:
     suspended: bool = False
     priority: int = 0
 
+    def __post_init__(self) -> None:
+        # An actuator that misreads its world must fail here, not scale a job on nonsense.
+        problems = [message for ok, message in (
+            (1 <= self.min_nodes <= self.max_nodes, f"need 1 <= min_nodes <= max_nodes, got {self.min_nodes}..{self.max_nodes}"),
+            (0 <= self.current_nodes <= self.max_nodes, f"current_nodes {self.current_nodes} outside 0..{self.max_nodes}"),
+            (0 <= self.ready_nodes <= self.current_nodes or self.suspended,
+             f"ready_nodes {self.ready_nodes} outside 0..current_nodes {self.current_nodes}"),
+            (self.gpus_per_node >= 1, f"gpus_per_node must be >= 1, got {self.gpus_per_node}"),
+            (self.steps_left >= 0 and self.samples_per_step >= 1,
+             f"need steps_left >= 0 and samples_per_step >= 1, got {self.steps_left}, {self.samples_per_step}"),
+            (self.recovery_s >= 0, f"recovery_s must be >= 0, got {self.recovery_s}"),
+        ) if not ok]
+        if problems:
+            raise ValueError(f"job {self.name}: " + "; ".join(problems))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PendingWorkload:
