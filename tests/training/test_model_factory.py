@@ -233,7 +233,7 @@ def _engine_losses(model_config: ModelConfig, *, zero_stage: int, under_zero_ini
                      "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.1, "torch_adam": True}},
                      "zero_optimization": {"stage": zero_stage}, "steps_per_print": 1 << 30}
     training = TrainingConfig(model=model_config)
-    training.zero.stage = 3 if under_zero_init else zero_stage
+    training.zero.stage = zero_stage if under_zero_init else 0  # what model_construction reads
     torch.manual_seed(4)
     with model_construction(training, engine_config):
         model = build_model(model_config)
