@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from tensile.config import ModelConfig
@@ -33,4 +34,20 @@ def build(model_config: ModelConfig, *, architecture: str = "llama", **config_fi
     for name in POSITION_FIELDS:
         if hasattr(hf_config, name) and name not in config_fields:
             setattr(hf_config, name, model_config.seq_len)
-    return AutoModelForCausalLM.from_config(hf_config)
+    model = AutoModelForCausalLM.from_config(hf_config)
+    if any(hasattr(parameter, "ds_id") for parameter in model.parameters()):
+        _initialise_partitioned(model)
+    return model
+
+
+@torch.no_grad()
+def _initialise_partitioned(model: nn.Module) -> None:
+    """Run the model's own initialisation again on parameters partitioned by deepspeed.zero.Init
+    (ZeRO-3): transformers ran it on the empty partitions, leaving torch's default init. Inside
+    zero.Init, Module.apply gathers one module's parameters at a time, and rank 0's values are
+    every rank's. The draws are those of plain construction, so the weights are too (tested)."""
+    for module in model.modules():
+        module.__dict__.pop("_is_hf_initialized", None)
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            tensor.__dict__.pop("_is_hf_initialized", None)
+    model.apply(model._init_weights)
