@@ -100,7 +100,7 @@ def _step(dataset_url: str, *, world_size: int = 1, rank: int = 0, global_batch:
         plan=plan_batch(global_batch, [2], world_size), rank=rank, world_size=world_size,
         engine=_Engine(50), checkpointer=SimpleNamespace(poll=lambda: None), _fenced=None,
         _background_save_ended=lambda result: False, checkpoint_request=CheckpointRequest(), stop=StopRequest(),
-        placement=CPU_PLACEMENT)
+        placement=CPU_PLACEMENT, _keyed_forward=True)
     trainer._step_request = lambda step: Trainer._step_request(trainer, step)
     trainer._padded = lambda batch, padding: Trainer._padded(trainer, batch, padding)
     loss, _, _ = Trainer._train_step(trainer, 0)

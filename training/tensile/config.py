@@ -47,39 +47,55 @@ class _Problems:
             raise ConfigError(self.items)
 
 
+DEFAULT_MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "mlp_ratio", "tie_embeddings")
+"""Fields that shape only Tensile's own CausalLM; a factory model takes its shape from factory_args."""
+
+
 @dataclass(kw_only=True, slots=True)
 class ModelConfig:
     vocab_size: int = 256
-    """Number of token ids; the byte tokenizer needs 256."""
+    """Number of token ids; the byte tokenizer needs 256. Also read by a factory model."""
     seq_len: int = 128
-    """Longest input the positional embedding covers."""
+    """Longest input the model takes: the data's samples are seq_len + 1 tokens. Tensile needs it
+    for every model, a factory's too."""
     d_model: int = 128
-    """Width of the residual stream."""
+    """Width of the residual stream (the default model only)."""
     n_layers: int = 4
-    """Number of transformer blocks."""
+    """Number of transformer blocks (the default model only)."""
     n_heads: int = 4
-    """Attention heads per block; must divide d_model."""
+    """Attention heads per block; must divide d_model (the default model only)."""
     mlp_ratio: int = 4
-    """Hidden width of each MLP as a multiple of d_model."""
+    """Hidden width of each MLP as a multiple of d_model (the default model only)."""
     dropout: float = 0.1
     """Drop probability at the embedding and after each attention and MLP sublayer."""
     tie_embeddings: bool = True
-    """Use the token embedding as the output projection."""
+    """Use the token embedding as the output projection (the default model only)."""
     factory: str = ""
-    """`package.module:callable` building the model from this config; empty means Tensile's
-    CausalLM. The model's forward takes (tokens, sample_keys, step) and returns logits."""
+    """`package.module:callable` building the model, called as `factory(model_config,
+    **factory_args)`; empty means Tensile's CausalLM. The forward contract is in
+    docs/design/models.md: forward(tokens [B, T]) or forward(tokens, sample_keys, step),
+    returning logits [B, T, V] or an object with `.logits`."""
+    factory_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of model.factory (JSON values). Part of the model's identity: a
+    checkpoint resumes only under the same factory and arguments."""
     dropout_seed: int = 0
     """Key mixed into every dropout mask, so masks change between runs only when this does."""
     frozen: list[str] = field(default_factory=list)
     """Parameter-name prefixes to freeze (not trained, not in the optimizer), e.g.
     `position_embedding` or `blocks.0.`: fine-tuning on top of fixed layers."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them (less
+    memory, about one more forward of compute). The default model checkpoints per block; a factory
+    model must have gradient_checkpointing_enable() (Hugging Face models do)."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+        default_model = not self.factory
+        checked = ("vocab_size", "seq_len") + (("d_model", "n_layers", "n_heads", "mlp_ratio") if default_model else ())
+        for name in checked:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
+        if default_model and self.d_model % self.n_heads:
             raise ValueError(
                 f"ModelConfig.d_model={self.d_model} must be divisible by ModelConfig.n_heads={self.n_heads}"
             )
@@ -88,10 +104,57 @@ class ModelConfig:
         module, _, attribute = self.factory.partition(":")
         if self.factory and not (module and attribute and all(p.isidentifier() for p in module.split("."))):
             raise ValueError(f"ModelConfig.factory must look like 'package.module:callable', got {self.factory!r}")
+        if not isinstance(self.factory_args, dict) or not all(isinstance(k, str) and k.isidentifier()
+                                                              for k in self.factory_args):
+            raise ValueError(f"ModelConfig.factory_args must be a mapping of keyword-argument names to values, "
+                             f"got {self.factory_args!r}")
+        if self.factory_args:
+            if default_model:
+                raise ValueError("ModelConfig.factory_args are keyword arguments of model.factory, which is not "
+                                 "set; set model.factory to 'package.module:callable' or remove factory_args")
+            why = _not_json(self.factory_args)
+            if why:
+                raise ValueError(f"ModelConfig.factory_args must hold JSON values (strings, numbers, booleans, "
+                                 f"null, lists and mappings with string keys): {why}")
+            defaults = ModelConfig()
+            shaped = [name for name in DEFAULT_MODEL_FIELDS if getattr(self, name) != getattr(defaults, name)]
+            if shaped:
+                raise ValueError(f"ModelConfig.{', '.join(shaped)} shape only Tensile's default model; a factory "
+                                 f"model takes its shape from model.factory_args: move them there or remove them")
         if isinstance(self.dropout_seed, bool) or not isinstance(self.dropout_seed, int):
             raise ValueError(f"ModelConfig.dropout_seed must be an integer, got {self.dropout_seed!r}")
         if not isinstance(self.frozen, list) or not all(isinstance(p, str) and p for p in self.frozen):
             raise ValueError(f"ModelConfig.frozen must be a list of parameter-name prefixes, got {self.frozen!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ValueError(f"ModelConfig.activation_checkpointing must be true or false, "
+                             f"got {self.activation_checkpointing!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that make the model's trajectory: all but the memory switches. factory_args
+        appears only when given, so configs from before it hash as they did."""
+        fields = dataclasses.asdict(self)
+        del fields["activation_checkpointing"]  # recomputation, not another model
+        if not fields["factory_args"]:
+            del fields["factory_args"]
+        return fields
+
+
+def _not_json(value: Any, path: str = "factory_args") -> str | None:
+    """Where value is not plain JSON (which is what the model's hash and the dumped config hold)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if value == value and abs(value) != float("inf") else f"{path} is {value!r}"
+    if isinstance(value, list):
+        return next((why for i, v in enumerate(value) if (why := _not_json(v, f"{path}[{i}]"))), None)
+    if isinstance(value, dict):
+        for key, v in value.items():
+            if not isinstance(key, str):
+                return f"{path} has the key {key!r}, not a string"
+            if why := _not_json(v, f"{path}.{key}"):
+                return why
+        return None
+    return f"{path} is {value!r} ({type(value).__name__})"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -426,8 +489,9 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
     def model_hash(self) -> str:
-        """Hash of the model's shape (dropout excluded): what a checkpoint must match."""
-        shape = {k: v for k, v in dataclasses.asdict(self.model).items() if k not in ("dropout", "dropout_seed")}
+        """Hash of the model's shape (dropout excluded): what a checkpoint must match. For a factory
+        model that is the factory's path and its arguments (with vocab_size and seq_len)."""
+        shape = {k: v for k, v in self.model.identity().items() if k not in ("dropout", "dropout_seed")}
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     def trajectory_hash(self) -> str:
@@ -435,7 +499,8 @@ class TrainingConfig:
         Precision is left out: a run may resume in another one (checkpoints record theirs and
         the checkpointer judges the change), and leaving it out keeps older runs' hashes."""
         d = self.to_dict()
-        relevant = {k: d[k] for k in ("model", "optimizer", "zero")}
+        relevant = {k: d[k] for k in ("optimizer", "zero")}
+        relevant["model"] = self.model.identity()
         relevant["seed"] = d["run"]["seed"]
         relevant["global_batch_size"] = d["batch"]["global_batch_size"]
         blob = json.dumps(relevant, sort_keys=True).encode()

@@ -5,12 +5,16 @@ Dropout masks depend on (seed, step, sample, site) only, so any batch split give
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from tensile.config import ModelConfig  # noqa: F401  (re-exported: the model's config)
@@ -127,7 +131,17 @@ class CausalLM(nn.Module):
             # Shared as a module parameter (not read off the embedding in forward), so engines
             # that gather parameters per module, such as ZeRO-3, see the head use it.
             self.output_head.weight = self.token_embedding.weight
-        self._init_weights()
+        self.checkpoint_blocks = config.activation_checkpointing
+        """Recompute each block in the backward pass (torch.utils.checkpoint, non-reentrant)."""
+        with gathered_for_init(list(self.parameters())):
+            self._init_weights()
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """The activation-checkpointing hook, named and called as on Hugging Face models."""
+        if (activation_checkpointing_kwargs or {}).get("use_reentrant", False):
+            raise ValueError("CausalLM checkpoints its blocks non-reentrant only (the keyed dropout's "
+                             "step and sample keys are not tensors)")
+        self.checkpoint_blocks = True
 
     def _init_weights(self) -> None:
         # GPT-2 init; residual projections shrink with depth so the residual stream's variance
@@ -167,12 +181,17 @@ class CausalLM(nn.Module):
         hidden = self.token_embedding(tokens) + self.position_embedding(positions)
         hidden = self.embedding_dropout(hidden, keys, step)
         for block in self.blocks:
-            hidden = block(hidden, keys, step)
+            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                # Recomputation is exact: the dropout masks are keyed, not drawn from a global RNG.
+                hidden = torch.utils.checkpoint.checkpoint(block, hidden, keys, step, use_reentrant=False)
+            else:
+                hidden = block(hidden, keys, step)
         return self.output_head(self.final_norm(hidden))
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The configured model: `config.factory` if set (a pluggable model), else CausalLM."""
+    """The configured model: `config.factory(config, **config.factory_args)` if set (a pluggable
+    model), else CausalLM; then the frozen prefixes and the activation-checkpointing switch."""
     if not config.factory:
         model = CausalLM(config)
     else:
@@ -182,9 +201,68 @@ def build_model(config: ModelConfig) -> nn.Module:
         except (ImportError, AttributeError) as e:
             raise ValueError(f"model.factory {config.factory!r} cannot be imported: {e}; install the "
                              f"package that provides it in the training image") from e
-        model = factory(config)
+        try:
+            inspect.signature(factory).bind(config, **config.factory_args)
+        except TypeError as e:
+            raise ValueError(f"model.factory {config.factory!r} cannot be called with the model config and "
+                             f"model.factory_args {sorted(config.factory_args)}: {e}") from e
+        model = factory(config, **config.factory_args)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model.factory {config.factory!r} returned {type(model).__name__}, not a torch "
+                             f"nn.Module")
     freeze(model, config.frozen)
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(model, config.factory or "CausalLM")
     return model
+
+
+CHECKPOINTING_HOOKS = ("activation_checkpointing_enable", "gradient_checkpointing_enable")
+"""The methods that switch a model's activation checkpointing on, in the order tried: Hugging Face's
+names from transformers 5 and before it, each taking `<name minus _enable>_kwargs`."""
+
+
+def enable_activation_checkpointing(model: nn.Module, name: str) -> None:
+    """Call the model's activation-checkpointing hook, non-reentrant: reentrant checkpointing
+    drops the gradients of blocks whose inputs do not require them (token ids, frozen layers)."""
+    for hook_name in CHECKPOINTING_HOOKS:
+        hook = getattr(model, hook_name, None)
+        if callable(hook):
+            hook(**{hook_name.removesuffix("_enable") + "_kwargs": {"use_reentrant": False}})
+            return
+    raise ValueError(f"model.activation_checkpointing: the model of {name!r} ({type(model).__name__}) has "
+                     f"neither {' nor '.join(f'{h}()' for h in CHECKPOINTING_HOOKS)}; give it one "
+                     f"(docs/design/models.md) or set model.activation_checkpointing to false")
+
+
+def takes_sample_keys(model: nn.Module) -> bool:
+    """Whether forward takes (tokens, sample_keys, step): keyed randomness, as the default model's
+    dropout. Named parameters only; a `**kwargs` (as Hugging Face models have) is not taken for it."""
+    parameters = inspect.signature(model.forward).parameters
+    return "sample_keys" in parameters and "step" in parameters
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits a forward returned: the tensor itself, or an output object's `.logits`."""
+    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"the model's forward returned {type(output).__name__}; it must return logits "
+                        f"[batch, length, vocab] or an object with a .logits tensor")
+    return logits
+
+
+def gathered_for_init(parameters: list[nn.Parameter]):
+    """A context in which parameters partitioned by deepspeed.zero.Init are whole, and what rank 0
+    writes into them is every rank's on exit; a plain no-op for unpartitioned parameters."""
+    if not any(hasattr(p, "ds_id") for p in parameters):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(parameters, modifier_rank=0)
+
+
+def parameter_shape(parameter: nn.Parameter) -> torch.Size:
+    """The parameter's full shape, also while ZeRO-3 holds only a partition of it."""
+    return getattr(parameter, "ds_shape", parameter.shape)
 
 
 def freeze(model: nn.Module, prefixes: Sequence[str]) -> None:
@@ -214,7 +292,7 @@ def parameter_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:
     for parameter in model.parameters():
         if not parameter.requires_grad:
             continue
-        if parameter.dim() < 2 or id(parameter) in exempt:
+        if len(parameter_shape(parameter)) < 2 or id(parameter) in exempt:
             no_decay.append(parameter)
         else:
             decay.append(parameter)
