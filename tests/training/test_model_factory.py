@@ -220,7 +220,7 @@ def _one_process_group(monkeypatch):
         deepspeed.init_distributed(dist_backend="gloo")
         yield deepspeed
     finally:
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # DeepSpeed's globals are cleared after the test (conftest.py)
 
 
 def _engine_losses(model_config: ModelConfig, *, zero_stage: int, under_zero_init: bool, steps: int = 3):
