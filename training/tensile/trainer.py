@@ -199,11 +199,11 @@ class Trainer:
         self._keyed_forward = True
         """The model's forward takes (tokens, sample_keys, step), not tokens alone (model.takes_sample_keys)."""
         self._fenced: str | None = None
+        """Set on rank 0 when a background publish found another group's commit."""
         self.stop_agreed = False
         """The group voted to stop at a step: its members are leaving (an error then is theirs)."""
         self._voted_generation = 0
         """How many checkpoint requests the last step's vote saw."""
-        """Set on rank 0 when a background publish found another group's commit."""
 
     @property
     def sampler(self) -> GlobalSampler:
