@@ -16,7 +16,7 @@ def test_worker_identity_from_a_launcher_environment():
         "TENSILE_AGENT_PID": "41", "TENSILE_RDZV_ENDPOINT": "10.0.0.9:29400", "TENSILE_RDZV_LOCAL_ADDR": "127.0.0.1",
         "GROUP_WORLD_SIZE": "2"})
     assert (me.rank, me.world_size, me.local_rank, me.node_dir.path, me.node_id, me.agent_pid, me.rdzv_endpoint,
-            me.rdzv_local_addr, me.group_size) == (3, 4, 1, Path("/nodes/b"), "node-b", 41, "10.0.0.9:29400", "127.0.0.1", 2)
+            me.rdzv_local_addr, me.nodes) == (3, 4, 1, Path("/nodes/b"), "node-b", 41, "10.0.0.9:29400", "127.0.0.1", 2)
     assert not me.speaks_for_node, "only local rank 0 writes the node's outcome"
 
 

@@ -46,8 +46,6 @@ class WorkerIdentity:
     rdzv_endpoint: str | None
     rdzv_local_addr: str | None
     """The address the agent names its node by; None: the host's FQDN."""
-    group_size: int = 0
-    """Nodes in the round (torchrun's GROUP_WORLD_SIZE; 0: unknown)."""
 
     @property
     def speaks_for_node(self) -> bool:
@@ -64,8 +62,7 @@ class WorkerIdentity:
                    node_dir=node_directory(config, environ),
                    node_id=environ.get("TENSILE_NODE_ID", "?"), agent_pid=int(environ.get("TENSILE_AGENT_PID", "0")),
                    rdzv_endpoint=environ.get("TENSILE_RDZV_ENDPOINT") or None,
-                   rdzv_local_addr=environ.get("TENSILE_RDZV_LOCAL_ADDR") or None,
-                   group_size=int(environ.get("GROUP_WORLD_SIZE", "0") or 0))
+                   rdzv_local_addr=environ.get("TENSILE_RDZV_LOCAL_ADDR") or None)
 
 
 def node_directory(config, environ: Mapping[str, str] = os.environ) -> NodeDirectory:
@@ -85,7 +82,7 @@ def membership_witness(config, me: WorkerIdentity, members=None):
     return MembershipWitness(RendezvousReader(me.rdzv_endpoint, config.run.name),
                              node_name(agent_address(me.rdzv_local_addr), me.agent_pid), members,
                              expiry_s=elastic.keep_alive_interval_s * elastic.keep_alive_max_attempts,
-                             group_size=me.group_size)
+                             group_size=me.nodes)
 
 
 def unknown_membership():
