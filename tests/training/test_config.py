@@ -265,6 +265,15 @@ def test_load_config_node_override_wins_over_the_file_by_either_name(tmp_path, o
     assert load_config(path, overrides={override: 2}).elastic.max_nodes == 2
 
 
+def test_load_config_precision_override_lands_in_the_shorthand_form(tmp_path):
+    path = _write(tmp_path, "precision: bf16\nzero: {stage: 3}\n")
+
+    config = load_config(path, overrides={"precision.accumulate_grads_in_fp32": True})
+
+    assert (config.precision.dtype, config.precision.accumulate_grads_in_fp32) == ("bf16", True)
+    assert load_config(path, overrides={"precision.dtype": "fp32"}).precision.dtype == "fp32"
+
+
 def test_load_config_overrides_are_validated(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(_write(tmp_path, "run: {steps: 5}\n"), overrides={"zero.stage": 9})

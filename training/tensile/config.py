@@ -628,6 +628,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, *,
     if os.environ.get(contract.ENV_CHECKPOINT_URL):  # the platform's name for the run's shared tier wins
         overrides = {"checkpoint.shared_dir": os.environ[contract.ENV_CHECKPOINT_URL], **(overrides or {})}
     if isinstance(data, dict):
+        if isinstance(data.get("precision"), str):  # the shorthand, expanded so an override can land in it
+            data["precision"] = {"dtype": data["precision"]}
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
             if data.get(section) is None:  # missing, or an empty `section:` line
