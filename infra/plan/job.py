@@ -15,8 +15,9 @@ from tensile import contract
 from infra import cost
 from infra.config.types import GpuPoolConfig, JobConfig
 from infra.plan.pools import GPU_TAINT, SYSTEM_NODE_LABEL
-from infra.plan.teams import (GPU, GPU_NAME_LABEL, LOCAL_QUEUE, METRICS_PORT, RDZV_PORT, SHARED_PVC, TEAM_LABEL,
-                             TRAINER_SERVICE_ACCOUNT, team_prefix)
+from infra.plan.system_capacity import SYSTEM_TOLERATION
+from infra.plan.teams import (GPU, GPU_NAME_LABEL, LOCAL_QUEUE, METRICS_PORT, RDZV_PORT, RDZV_STORE_REQUESTS, SHARED_PVC,
+                             TEAM_LABEL, TRAINER_SERVICE_ACCOUNT, team_prefix)
 
 JOB_LABEL = "tensile.io/job"
 ROLE_LABEL = "tensile.io/role"
@@ -175,7 +176,7 @@ def rendezvous_objects(job: JobConfig) -> list[dict]:
             "replicas": 1, "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {JOB_LABEL: job.name, ROLE_LABEL: "rdzv"}},
             "template": {"metadata": {"labels": labels}, "spec": {
-                "nodeSelector": dict(SYSTEM_NODE_LABEL),
+                "nodeSelector": dict(SYSTEM_NODE_LABEL), "tolerations": [dict(SYSTEM_TOLERATION)],
                 "serviceAccountName": TRAINER_SERVICE_ACCOUNT, "automountServiceAccountToken": False,
                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [{
@@ -183,8 +184,7 @@ def rendezvous_objects(job: JobConfig) -> list[dict]:
                     "command": [*contract.RDZV_STORE_COMMAND, contract.RDZV_STORE_HOST, "0.0.0.0",
                                 contract.RDZV_STORE_PORT, str(RDZV_PORT)],
                     "ports": [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}],
-                    "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                                  "limits": {"cpu": "1", "memory": "1Gi"}},
+                    "resources": {"requests": dict(RDZV_STORE_REQUESTS), "limits": {"cpu": "1", "memory": "1Gi"}},
                     "readinessProbe": {"tcpSocket": {"port": RDZV_PORT}, "periodSeconds": 5},
                     "livenessProbe": {"tcpSocket": {"port": RDZV_PORT}, "periodSeconds": 20, "failureThreshold": 6},
                     "securityContext": _hardened_container(),

@@ -36,6 +36,12 @@ KUEUE_MANAGED_NAMESPACES = {"matchExpressions": [{"key": TEAM_LABEL, "operator":
 # Room in the namespace's ResourceQuota for each job's rendezvous store and small helpers.
 SUPPORT_CPU = 4
 SUPPORT_MEMORY_GIB = 8
+RDZV_STORE_REQUESTS = {"cpu": "250m", "memory": "512Mi"}
+"""What one job's rendezvous store requests on the system nodes (plan/job.py renders it)."""
+MAX_TEAM_DEPLOYMENTS = 4
+"""Deployments a team namespace may hold (its ResourceQuota): the rendezvous stores of its running
+jobs. The system node group is sized with room for this many stores per team
+(plan/system_capacity.py), so a team cannot crowd out the add-ons."""
 
 
 def team_prefix(team: str) -> str:
@@ -202,7 +208,8 @@ def resource_quota(quota: TeamQuota) -> dict:
             "spec": {"hard": {f"requests.{GPU}": str(gpus),
                               "requests.cpu": str(cpu), "limits.cpu": str(cpu),
                               "requests.memory": f"{memory}Gi", "limits.memory": f"{memory}Gi",
-                              "pods": str(gpus + 20), "services.loadbalancers": "0", "services.nodeports": "0"}}}
+                              "pods": str(gpus + 20), "services.loadbalancers": "0", "services.nodeports": "0",
+                              "count/deployments.apps": str(MAX_TEAM_DEPLOYMENTS)}}}
 
 
 def limit_range(team: str) -> dict:

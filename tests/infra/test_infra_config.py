@@ -78,7 +78,7 @@ BAD_CONFIGS = [
     ("unknown version", _set("tensile:cluster.kubernetesVersion", "1.29"),
      "cluster.kubernetesVersion: '1.29' is not a known EKS version: use one of 1.35, 1.36"),
     ("system nodes out of order", _set("tensile:cluster.systemNodes.desiredSize", 5),
-     "cluster.systemNodes: must satisfy minSize <= desiredSize <= maxSize (got 2 <= 5 <= 3)"),
+     "cluster.systemNodes: must satisfy minSize <= desiredSize <= maxSize (got 3 <= 5 <= 4)"),
     ("one system node", _set("tensile:cluster.systemNodes.minSize", 1),
      "cluster.systemNodes.minSize: must be >= 2 (got 1)"),
     ("add-on not pinned", _set("tensile:cluster.addonVersions.coredns", _DELETE),
