@@ -377,7 +377,7 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
     for i, entry in enumerate(raw):
         path = f"jobs[{i}]"
         obj = r.section(entry, path, {"name", "team", "trainingConfig", "image", "gpuModel", "gpusPerWorker",
-                                      "emergencyCheckpointSeconds", "enabled"})
+                                      "emergencyCheckpointSeconds", "enabled", "modelParameters"})
         name = r.value(obj, "name", path, str,
                        check=lambda v: None if DNS_LABEL.match(v) and len(v) <= 40 else f"must be a DNS label of at most 40 characters, got {v!r}")
         team_name = r.value(obj, "team", path, str,
@@ -403,8 +403,10 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
                 r.problem(f"{path}.gpusPerWorker", f"no instance of {', '.join(models)} has {gpus} GPUs (largest: {widest})")
         # A YAML `no`/`off` is already a bool; "false" in quotes is not, and is refused rather than read as true.
         enabled = r.value(obj, "enabled", path, bool, True)
+        parameters = r.value(obj, "modelParameters", path, int, None, check=positive)
         if None in (name, team_name, training, image, gpus, grace, enabled) or team is None:
             continue
         jobs.append(JobConfig(name=name, team=team_name, training_config=training, image=image, gpu_model=model,
-                              gpus_per_worker=gpus, emergency_checkpoint_seconds=grace, enabled=enabled))
+                              gpus_per_worker=gpus, emergency_checkpoint_seconds=grace, enabled=enabled,
+                              model_parameters=parameters))
     return tuple(jobs)

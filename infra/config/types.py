@@ -138,6 +138,9 @@ class JobConfig:
     """Measured notice-to-durable time of an emergency checkpoint; the grace period covers it."""
     enabled: bool = True
     """False: an example, validated like any entry but not deployed (the stack files ship theirs so)."""
+    model_parameters: int | None = None
+    """The model's parameter count where the renderer cannot compute it (a `model.factory` model);
+    it sizes the emergency checkpoint (plan/checkpoint_window.py)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
