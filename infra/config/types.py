@@ -72,6 +72,9 @@ class GpuPoolConfig:
     zones: tuple[str, ...]
     root_volume_gib: int
     efa: bool
+    placement_group: str | None = None
+    """An EFA pool's existing cluster placement group, by name (the one its capacity reservation
+    was created in); None: the stack creates one per zone."""
 
     @property
     def reserved(self) -> bool:

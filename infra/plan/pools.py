@@ -84,6 +84,8 @@ class NodeClassPlan:
     placement_group: str | None
     efa: bool
     spec: dict
+    creates_placement_group: bool = False
+    """The stack creates `placement_group`; False for a group the config names (a reservation's)."""
 
 
 def node_pool_spec(pool: GpuPoolConfig, *, zones: Iterable[str], max_gpus: int, node_class: str,
@@ -183,9 +185,10 @@ def plan_gpu_pools(pools: Iterable[GpuPoolConfig], *, cluster_name: str, node_ro
             node_gpus = max(cost.lookup(t).gpus for t in pool.instance_types)
             for zone, zone_gpus in split_across_zones(pool.max_gpus, pool.zones, node_gpus).items():
                 name = f"{pool.name}-{zone}"
-                placement = f"{cluster_name}-{name}"
+                placement = pool.placement_group or f"{cluster_name}-{name}"
                 classes[name] = NodeClassPlan(
                     name=name, zones=(zone,), placement_group=placement, efa=True,
+                    creates_placement_group=pool.placement_group is None,
                     spec=node_class_spec(cluster_name=cluster_name, node_role=node_role, karpenter=karpenter,
                                          root_volume_gib=pool.root_volume_gib, tags=tags, efa=True,
                                          placement_group=placement,
