@@ -98,7 +98,7 @@ BAD_CONFIGS = [
     ("team on a model no pool offers", _set("tensile:teams.0.gpuModels", ["h100"]),
      "teams[0].gpuModels[0]: no GPU pool offers 'h100' (pools offer l4)"),
     ("typo in a setting", _set("tensile:gpuPools.0.maxGPUs", 4),
-     "gpuPools[0].maxGPUs: unknown setting: expected one of capacityReservationIds, efa, gpuModel, instanceTypes, maxGpus, name, rootVolumeGiB, spot, zones"),
+     "gpuPools[0].maxGPUs: unknown setting: expected one of capacityReservationIds, efa, gpuModel, instanceTypes, maxGpus, name, placementGroup, rootVolumeGiB, spot, zones"),
     ("missing region", _set("aws:region", _DELETE), "aws:region: is required: pulumi config set aws:region us-east-1"),
     ("bad reservation id", _set("tensile:gpuPools.0.capacityReservationIds", ["reservation-1"]),
      "gpuPools[0].capacityReservationIds[0]: must be a capacity reservation id cr-..., got 'reservation-1'"),
