@@ -292,23 +292,6 @@ def check_reservation_placement(r: Reader, path: str, *, efa: bool, reservations
                   "...` and set placementGroup: NAME, or drop efa or the reservation")
 
 
-def check_region_prices(r: Reader, region: str, pools: tuple[GpuPoolConfig, ...], cluster: ClusterConfig | None,
-                        prices: cost.PriceBook) -> None:
-    """The default price table is us-east-1's; elsewhere the budget checks would price GPUs at
-    another region's rates, so a stack there gives its own price for every instance type it uses."""
-    if not region or region == cost.DEFAULT_PRICE_REGION:
-        return
-    used = [t for p in pools for t in p.instance_types]
-    if cluster is not None:
-        used.append(cluster.system_nodes.instance_type)
-    missing = sorted({t for t in used if cost.default_priced(prices, t)})
-    if missing:
-        r.problem("aws:region", f"the default price table covers {cost.DEFAULT_PRICE_REGION} only, and {region} prices "
-                                f"differ: add {region}'s on-demand price for each of {', '.join(missing)} under "
-                                f"tensile:prices (usdPerHour, asOf, source: https://aws.amazon.com/ec2/pricing/on-demand/), "
-                                f"or deploy in {cost.DEFAULT_PRICE_REGION}")
-
-
 def parse_storage(r: Reader, raw: Any) -> StorageConfig | None:
     path = "storage"
     obj = r.section(raw, path, {"noncurrentVersionDays", "abortMultipartDays"}, required=False)
