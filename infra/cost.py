@@ -74,6 +74,9 @@ CATALOGUE: dict[str, InstanceType] = _catalogue(
     ("p5en.48xlarge", "h200", 8, 192, 2048, True),
 )
 
+DEFAULT_PRICE_REGION = "us-east-1"
+"""The region the default price table is for. Other regions price differently and were not read
+from this offline machine: a stack elsewhere overrides every instance type it uses (stack.py)."""
 _OD_SOURCE = "https://aws.amazon.com/ec2/pricing/on-demand/ (us-east-1, Linux, shared tenancy)"
 _OD_AS_OF = "2025-06-05"
 # P4/P5 on-demand prices are those after AWS's June 2025 price cut for those families.
@@ -154,6 +157,11 @@ def price_book(
         on_demand={**DEFAULT_ON_DEMAND_PRICES, **(overrides or {})},
         spot_discounts={**DEFAULT_SPOT_DISCOUNTS, **(spot_discounts or {})},
     )
+
+
+def default_priced(prices: PriceBook, instance_type: str) -> bool:
+    """Whether the book prices `instance_type` from the default (us-east-1) table, not an override."""
+    return prices.on_demand.get(instance_type) is DEFAULT_ON_DEMAND_PRICES.get(instance_type)
 
 
 def instance_types_for(gpu_model: str) -> list[str]:

@@ -17,6 +17,7 @@ from infra.components.cluster import assume_role_policy
 from infra.config.types import PlatformConfig
 from infra.plan import teams as team_plan
 from infra.plan.pools import GPU_TAINT, SYSTEM_NODE_LABEL
+from infra.plan.system_capacity import SYSTEM_TOLERATION
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "crds"
 KUEUE_CRD_DIR = CRD_DIR / "kueue"
@@ -29,6 +30,8 @@ KUEUE_CONVERTED_CRDS = ("localqueues", "clusterqueues", "workloads", "cohorts", 
 KUEUE_NAMESPACE = "kueue-system"
 EFS_CSI_SERVICE_ACCOUNT = "efs-csi-controller-sa"
 EFS_STORAGE_CLASS = "efs-ap"
+EFS_CSI_PLUGIN_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
+EFS_CSI_SIDECAR_REQUESTS = {"cpu": "10m", "memory": "32Mi"}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -138,6 +141,8 @@ def kueue_values(platform: PlatformConfig) -> dict:
                         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"},
                                       "limits": {"cpu": "2", "memory": "1Gi"}}},
             "nodeSelector": dict(SYSTEM_NODE_LABEL),
+            # The chart tolerates nothing; system nodes carry CriticalAddonsOnly (plan/system_capacity.py).
+            "tolerations": [dict(SYSTEM_TOLERATION)],
             "featureGates": [],
         },
         "enablePrometheus": platform.prometheus_operator,
@@ -160,7 +165,7 @@ def dcgm_values(platform: PlatformConfig) -> dict:
 
 
 def metrics_server_values() -> dict:
-    return {"replicas": 2, "nodeSelector": dict(SYSTEM_NODE_LABEL),
+    return {"replicas": 2, "nodeSelector": dict(SYSTEM_NODE_LABEL), "tolerations": [dict(SYSTEM_TOLERATION)],
             "args": ["--kubelet-preferred-address-types=InternalIP"],
             "resources": {"requests": {"cpu": "100m", "memory": "200Mi"}, "limits": {"cpu": "500m", "memory": "400Mi"}}}
 
@@ -171,10 +176,15 @@ def efs_csi_values(file_system_id: str) -> dict:
         # must be a plain template, not a hook.
         "useHelmHooksForCSIDriver": False,
         "replicaCount": 2,
+        # The chart requests nothing by default; explicit requests let the system nodes be sized
+        # (plan/system_capacity.py) and the scheduler count them. The controller's chart default
+        # tolerations include CriticalAddonsOnly.
         "controller": {"serviceAccount": {"create": True, "name": EFS_CSI_SERVICE_ACCOUNT},
-                       "nodeSelector": dict(SYSTEM_NODE_LABEL)},
+                       "nodeSelector": dict(SYSTEM_NODE_LABEL), "resources": {"requests": EFS_CSI_PLUGIN_REQUESTS}},
+        "sidecars": {sidecar: {"resources": {"requests": EFS_CSI_SIDECAR_REQUESTS}}
+                     for sidecar in ("livenessProbe", "nodeDriverRegistrar", "csiProvisioner")},
         # The node plugin must run on every node, GPU nodes included: volumes are mounted there.
-        "node": {"tolerations": [{"operator": "Exists"}]},
+        "node": {"tolerations": [{"operator": "Exists"}], "resources": {"requests": EFS_CSI_PLUGIN_REQUESTS}},
         "storageClasses": [{"name": EFS_STORAGE_CLASS, "reclaimPolicy": "Retain", "volumeBindingMode": "Immediate",
                             "mountOptions": ["tls"],
                             "parameters": {"provisioningMode": "efs-ap", "fileSystemId": file_system_id,

@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from infra.config.types import ClusterConfig
 from infra.plan.pools import DISCOVERY_TAG, SYSTEM_NODE_LABEL
+from infra.plan.system_capacity import COREDNS_REPLICAS, COREDNS_REQUESTS, SYSTEM_TAINT, SYSTEM_TOLERATION
 
 # Add-ons that are DaemonSets can go on before any node; the rest need nodes to become healthy.
 ADDONS_BEFORE_NODES = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")
@@ -32,7 +33,11 @@ def addon_configuration(addon: str) -> str | None:
     if addon == "vpc-cni":
         return json.dumps({"enableNetworkPolicy": "true"})
     if addon == "coredns":
-        return json.dumps({"nodeSelector": SYSTEM_NODE_LABEL, "replicaCount": 2})
+        # Requests as EKS's own default, stated so the system nodes can be sized from them; the
+        # toleration for the system nodes' taint is given explicitly rather than relied upon.
+        return json.dumps({"nodeSelector": SYSTEM_NODE_LABEL, "replicaCount": COREDNS_REPLICAS,
+                           "tolerations": [SYSTEM_TOLERATION],
+                           "resources": {"requests": COREDNS_REQUESTS, "limits": {"memory": "170Mi"}}})
     return None
 
 
@@ -145,6 +150,10 @@ class Cluster(pulumi.ComponentResource):
             subnet_ids=list(args.private_subnet_ids), capacity_type="ON_DEMAND",
             instance_types=[cfg.system_nodes.instance_type], ami_type="AL2023_x86_64_STANDARD",
             disk_size=cfg.system_nodes.disk_gib, labels=dict(SYSTEM_NODE_LABEL),
+            # Only pods that tolerate it run here (add-ons, Tensile's own): team pods cannot take
+            # the room the group is sized for. Taints update in place (UpdateNodegroupConfig).
+            taints=[aws.eks.NodeGroupTaintArgs(key=SYSTEM_TAINT["key"], value=SYSTEM_TAINT["value"],
+                                               effect="NO_SCHEDULE")],
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                 min_size=cfg.system_nodes.min_size, desired_size=cfg.system_nodes.desired_size,
                 max_size=cfg.system_nodes.max_size),

@@ -13,6 +13,7 @@ import pulumi_kubernetes as k8s
 from infra import enforcer
 from infra.components.k8s_objects import declare
 from infra.plan.pools import SYSTEM_NODE_LABEL
+from infra.plan.system_capacity import SYSTEM_TOLERATION
 
 IMAGE = "public.ecr.aws/docker/library/python:3.12.11-slim-bookworm"
 """Docker's official image through ECR Public (no Docker Hub rate limits), pinned by tag."""
@@ -45,6 +46,7 @@ def enforcer_objects(source: str) -> list[dict]:
                   "template": {"metadata": {"labels": labels, "annotations": {
                       "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}}, "spec": {
                       "serviceAccountName": NAME, "nodeSelector": dict(SYSTEM_NODE_LABEL),
+                      "tolerations": [dict(SYSTEM_TOLERATION)],
                       # The one container that calls the API gets its token through an explicit
                       # projected volume (short-lived, at the standard path) instead of automount.
                       "automountServiceAccountToken": False,

@@ -76,7 +76,8 @@ class GpuNodePools(pulumi.ComponentResource):
             # nothing orders them: without these dependencies `up` could create the class first,
             # and `destroy` delete the group while Karpenter still launches into it.
             selected: list[pulumi.Resource] = [efa_sg] if plan.efa and efa_sg is not None else []
-            if plan.placement_group:
+            # A group the config names is the user's (its reservation was made in it: config/sections.py).
+            if plan.placement_group and plan.creates_placement_group:
                 selected.append(aws.ec2.PlacementGroup(f"{name}-{plan.name}-pg", name=plan.placement_group,
                                                        strategy="cluster", opts=child))
             spec = node_role.apply(lambda role, s=plan.spec: {**s, "role": role})

@@ -55,15 +55,14 @@ class Teams(pulumi.ComponentResource):
         models = sorted({m for t in args.teams for m in t.gpu_models})
         for model in models:
             declare(f"{name}-flavor-{model}", team_plan.resource_flavor(model), kueue_opts)
-        cohort = declare(f"{name}-cohort", team_plan.cohort(), kueue_opts)
+        quotas = {team.name: team_plan.team_quota(team, args.pools, args.prices) for team in args.teams}
+        cohort = declare(f"{name}-cohort", team_plan.cohort(quotas.values(), args.pools), kueue_opts)
 
         self.namespaces = {}
         self.trainer_role_arns = {}
         self.local_queues: dict[str, dict[str, pulumi.Resource]] = {}
-        quotas = {}
         for team in args.teams:
-            quota = team_plan.team_quota(team, args.pools, args.prices)
-            quotas[team.name] = quota
+            quota = quotas[team.name]
             prefix = f"{name}-{team.name}"
             objects = team_plan.team_objects(team, quota, monitoring_namespace=args.platform.monitoring_namespace)
             namespace = declare(f"{prefix}-namespace", objects[0], k8s_opts)

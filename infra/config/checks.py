@@ -1,5 +1,6 @@
 """The stack's cost bounds and the budget refusals: capacity priced through the cost model
-(infra/cost.py) must fit the stack's and each team's budget before any resource is declared."""
+(infra/cost.py) must fit the stack's and each team's budget before any resource is declared,
+at prices of the stack's own region."""
 
 from __future__ import annotations
 
@@ -48,3 +49,20 @@ def check_costs(r: Reader, *, stack: str, pools, teams, budget: BudgetConfig, cl
         elif check.exceeds:
             warnings.append(f"{path}: {check.message}")
     return warnings
+
+
+def check_region_prices(r: Reader, region: str, pools: tuple[GpuPoolConfig, ...], cluster: ClusterConfig | None,
+                        prices: cost.PriceBook) -> None:
+    """The default price table is us-east-1's; elsewhere the budget checks would price GPUs at
+    another region's rates, so a stack there gives its own price for every instance type it uses."""
+    if not region or region == cost.DEFAULT_PRICE_REGION:
+        return
+    used = [t for p in pools for t in p.instance_types]
+    if cluster is not None:
+        used.append(cluster.system_nodes.instance_type)
+    missing = sorted({t for t in used if cost.default_priced(prices, t)})
+    if missing:
+        r.problem("aws:region", f"the default price table covers {cost.DEFAULT_PRICE_REGION} only, and {region} prices "
+                                f"differ: add {region}'s on-demand price for each of {', '.join(missing)} under "
+                                f"tensile:prices (usdPerHour, asOf, source: https://aws.amazon.com/ec2/pricing/on-demand/), "
+                                f"or deploy in {cost.DEFAULT_PRICE_REGION}")

@@ -205,7 +205,8 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
     for i, entry in enumerate(raw):
         path = f"gpuPools[{i}]"
         obj = r.section(entry, path, {"name", "gpuModel", "instanceTypes", "maxGpus", "spot",
-                                      "capacityReservationIds", "zones", "rootVolumeGiB", "efa"})
+                                      "capacityReservationIds", "zones", "rootVolumeGiB", "efa",
+                                      "placementGroup"})
         name = r.value(obj, "name", path, str,
                        check=lambda v: None if DNS_LABEL.match(v) else f"must be a DNS label (lower case, digits, '-'), got {v!r}")
         if name in names:
@@ -250,11 +251,45 @@ def parse_pools(r: Reader, raw: Any, azs: tuple[str, ...], prices: cost.PriceBoo
                 r.problem(f"{path}.maxGpus",
                           f"an EFA pool gets one NodePool per zone; {max_gpus} GPUs cannot give each of "
                           f"{len(zones)} zone(s) a {node_gpus}-GPU node: raise maxGpus or list fewer zones")
+        placement_group = r.value(obj, "placementGroup", path, str, None)
+        check_reservation_placement(r, path, efa=efa, reservations=reservations, zones=zones,
+                                    placement_group=placement_group)
         if None in (name, model, max_gpus):
             continue
         pools.append(GpuPoolConfig(name=name, gpu_model=model, instance_types=types, max_gpus=max_gpus, spot=spot,
-                                   capacity_reservation_ids=reservations, zones=zones, root_volume_gib=disk, efa=efa))
+                                   capacity_reservation_ids=reservations, zones=zones, root_volume_gib=disk, efa=efa,
+                                   placement_group=placement_group))
     return tuple(pools)
+
+
+def check_reservation_placement(r: Reader, path: str, *, efa: bool, reservations: tuple[str, ...],
+                                zones: tuple[str, ...], placement_group: str | None) -> None:
+    """A targeted reservation in a cluster placement group works only in the group it was made in.
+
+    Karpenter 1.14.1 puts the EC2NodeClass's placement group into every launch template it builds
+    for the class, reserved ones included (pkg/providers/amifamily/resolver.go passes it to each
+    template after pkg/providers/launchtemplate/launchtemplate.go resolves the selector,
+    pkg/providers/launchtemplate/types.go `buildPlacement` sets Placement.GroupId), next
+    to the reservation target with preference capacity-reservations-only (same file, LaunchModeTargeted).
+    EC2 fills such a launch only from a reservation created in that group, and an existing
+    reservation cannot be moved into one: a group this stack creates never holds the reservation,
+    so every reserved launch would fail and the pool fall back to spot and on-demand unnoticed.
+    Hence a reserved EFA pool names the group its reservation was created in (`placementGroup`),
+    and the stack selects that group instead of creating one (docs/design/infra.md)."""
+    if placement_group is not None and not efa:
+        r.problem(f"{path}.placementGroup", "only an EFA pool launches into a cluster placement group: set efa: true "
+                                            "or drop placementGroup")
+    if placement_group is not None and len(zones) != 1:
+        r.problem(f"{path}.placementGroup", f"a cluster placement group lives in one zone; list exactly that zone in "
+                                            f"zones (got {', '.join(zones) or 'none'})")
+    if efa and reservations and placement_group is None:
+        r.problem(f"{path}.capacityReservationIds",
+                  "a targeted reservation with EFA needs the cluster placement group it was created in: Karpenter "
+                  "1.14.1 launches reserved instances into the node class's placement group "
+                  "(pkg/providers/launchtemplate/types.go), and EC2 fills that only from a reservation made in that "
+                  "group (an existing one cannot be moved in). Create the reservation with `aws ec2 "
+                  "create-capacity-reservation --placement-group-arn arn:aws:ec2:REGION:ACCOUNT:placement-group/NAME "
+                  "...` and set placementGroup: NAME, or drop efa or the reservation")
 
 
 def parse_storage(r: Reader, raw: Any) -> StorageConfig | None:
@@ -377,7 +412,7 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
     for i, entry in enumerate(raw):
         path = f"jobs[{i}]"
         obj = r.section(entry, path, {"name", "team", "trainingConfig", "image", "gpuModel", "gpusPerWorker",
-                                      "emergencyCheckpointSeconds", "enabled"})
+                                      "emergencyCheckpointSeconds", "enabled", "modelParameters"})
         name = r.value(obj, "name", path, str,
                        check=lambda v: None if DNS_LABEL.match(v) and len(v) <= 40 else f"must be a DNS label of at most 40 characters, got {v!r}")
         team_name = r.value(obj, "team", path, str,
@@ -403,8 +438,10 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
                 r.problem(f"{path}.gpusPerWorker", f"no instance of {', '.join(models)} has {gpus} GPUs (largest: {widest})")
         # A YAML `no`/`off` is already a bool; "false" in quotes is not, and is refused rather than read as true.
         enabled = r.value(obj, "enabled", path, bool, True)
+        parameters = r.value(obj, "modelParameters", path, int, None, check=positive)
         if None in (name, team_name, training, image, gpus, grace, enabled) or team is None:
             continue
         jobs.append(JobConfig(name=name, team=team_name, training_config=training, image=image, gpu_model=model,
-                              gpus_per_worker=gpus, emergency_checkpoint_seconds=grace, enabled=enabled))
+                              gpus_per_worker=gpus, emergency_checkpoint_seconds=grace, enabled=enabled,
+                              model_parameters=parameters))
     return tuple(jobs)

@@ -59,6 +59,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
     karpenter = sections.parse_karpenter(r, top.get("karpenter"))
     prices = sections.parse_prices(r, top.get("prices"), top.get("spotDiscounts"))
     pools = sections.parse_pools(r, top.get("gpuPools"), azs, prices, region, zone_names)
+    checks.check_region_prices(r, region, pools, cluster, prices)
     storage = sections.parse_storage(r, top.get("storage"))
     budget = sections.parse_budget(r, top.get("budget"))
     teams = sections.parse_teams(r, top.get("teams"), pools)

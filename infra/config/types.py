@@ -72,6 +72,9 @@ class GpuPoolConfig:
     zones: tuple[str, ...]
     root_volume_gib: int
     efa: bool
+    placement_group: str | None = None
+    """An EFA pool's existing cluster placement group, by name (the one its capacity reservation
+    was created in); None: the stack creates one per zone."""
 
     @property
     def reserved(self) -> bool:
@@ -138,6 +141,9 @@ class JobConfig:
     """Measured notice-to-durable time of an emergency checkpoint; the grace period covers it."""
     enabled: bool = True
     """False: an example, validated like any entry but not deployed (the stack files ship theirs so)."""
+    model_parameters: int | None = None
+    """The model's parameter count where the renderer cannot compute it (a `model.factory` model);
+    it sizes the emergency checkpoint (plan/checkpoint_window.py)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

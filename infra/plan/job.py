@@ -14,9 +14,11 @@ from tensile import contract
 
 from infra import cost
 from infra.config.types import GpuPoolConfig, JobConfig
+from infra.plan import checkpoint_window
 from infra.plan.pools import GPU_TAINT, SYSTEM_NODE_LABEL
-from infra.plan.teams import (GPU, GPU_NAME_LABEL, LOCAL_QUEUE, METRICS_PORT, RDZV_PORT, SHARED_PVC, TEAM_LABEL,
-                             TRAINER_SERVICE_ACCOUNT, team_prefix)
+from infra.plan.system_capacity import SYSTEM_TOLERATION
+from infra.plan.teams import (GPU, GPU_NAME_LABEL, LOCAL_QUEUE, METRICS_PORT, RDZV_PORT, RDZV_STORE_REQUESTS, SHARED_PVC,
+                             TEAM_LABEL, TRAINER_SERVICE_ACCOUNT, team_prefix)
 
 JOB_LABEL = "tensile.io/job"
 ROLE_LABEL = "tensile.io/role"
@@ -175,7 +177,7 @@ def rendezvous_objects(job: JobConfig) -> list[dict]:
             "replicas": 1, "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {JOB_LABEL: job.name, ROLE_LABEL: "rdzv"}},
             "template": {"metadata": {"labels": labels}, "spec": {
-                "nodeSelector": dict(SYSTEM_NODE_LABEL),
+                "nodeSelector": dict(SYSTEM_NODE_LABEL), "tolerations": [dict(SYSTEM_TOLERATION)],
                 "serviceAccountName": TRAINER_SERVICE_ACCOUNT, "automountServiceAccountToken": False,
                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [{
@@ -183,8 +185,7 @@ def rendezvous_objects(job: JobConfig) -> list[dict]:
                     "command": [*contract.RDZV_STORE_COMMAND, contract.RDZV_STORE_HOST, "0.0.0.0",
                                 contract.RDZV_STORE_PORT, str(RDZV_PORT)],
                     "ports": [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}],
-                    "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                                  "limits": {"cpu": "1", "memory": "1Gi"}},
+                    "resources": {"requests": dict(RDZV_STORE_REQUESTS), "limits": {"cpu": "1", "memory": "1Gi"}},
                     "readinessProbe": {"tcpSocket": {"port": RDZV_PORT}, "periodSeconds": 5},
                     "livenessProbe": {"tcpSocket": {"port": RDZV_PORT}, "periodSeconds": 20, "failureThreshold": 6},
                     "securityContext": _hardened_container(),
@@ -295,11 +296,42 @@ def headless_service(job: JobConfig) -> dict:
                      "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT, "protocol": "TCP"}]}}
 
 
+def model_parameters(job: JobConfig, training_config: dict) -> int:
+    """The model's size: the job's `modelParameters`, else computed from the config's `model:`
+    section (Tensile's CausalLM); a factory model without `modelParameters` is refused."""
+    if job.model_parameters:
+        return job.model_parameters
+    model = training_config.get("model") if isinstance(training_config.get("model"), dict) else {}
+    if model.get("factory"):
+        raise JobPlanError(f"job {job.name}: model.factory {model['factory']!r} in {job.training_config} builds a model "
+                           f"whose size the renderer cannot compute; set jobs[].modelParameters in the stack file "
+                           f"(its parameter count) so the emergency checkpoint can be checked against the spot notice")
+    return checkpoint_window.causal_lm_parameters(model)
+
+
+def check_emergency_save(job: JobConfig, training_config: dict, *, min_nodes: int,
+                         pools: tuple[GpuPoolConfig, ...], shape: WorkerShape) -> list[checkpoint_window.SaveEstimate]:
+    """Every instance type the job may land on must save its share of the checkpoint (staged to
+    the node's disk, then uploaded to S3) inside the spot notice and the pod's grace period."""
+    raid0 = {t: checkpoint_window.uses_instance_store(p.instance_types) for p in pools for t in p.instance_types
+             if p.gpu_model in shape.gpu_models}
+    types = [t for t in raid0 if cost.lookup(t).gpus >= job.gpus_per_worker]
+    estimates = checkpoint_window.estimate_saves(
+        parameters=model_parameters(job, training_config), precision=checkpoint_window.precision_of(training_config),
+        min_nodes=min_nodes, processes=job.gpus_per_worker, instance_types=types, raid0=raid0,
+        emergency_checkpoint_seconds=job.emergency_checkpoint_seconds)
+    problems = [checkpoint_window.save_problem(e, job=job.name, min_nodes=min_nodes) for e in estimates if not e.fits]
+    if problems:
+        raise JobPlanError("; ".join(problems))
+    return estimates
+
+
 def job_objects(job: JobConfig, *, training_config: dict, team_models: tuple[str, ...],
                 pools: tuple[GpuPoolConfig, ...], bucket: str) -> list[dict]:
     """Every object of one run, in apply order."""
     text, low, high = training_config_document(training_config, job=job, bucket=bucket)
     shape = worker_shape(job, team_models, pools)
+    check_emergency_save(job, training_config, min_nodes=low, pools=pools, shape=shape)
     config_map = {"apiVersion": "v1", "kind": "ConfigMap",
                   "metadata": {"name": f"{job.name}-config", "namespace": job.team, "labels": _labels(job, "config")},
                   "data": {"train.yaml": text}}

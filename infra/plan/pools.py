@@ -11,6 +11,7 @@ from typing import Iterable
 
 from infra import cost
 from infra.config.types import GpuPoolConfig, KarpenterConfig
+from infra.plan import checkpoint_window
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
 EFA_SECURITY_GROUP_TAG = "tensile.io/efa"
@@ -83,6 +84,8 @@ class NodeClassPlan:
     placement_group: str | None
     efa: bool
     spec: dict
+    creates_placement_group: bool = False
+    """The stack creates `placement_group`; False for a group the config names (a reservation's)."""
 
 
 def node_pool_spec(pool: GpuPoolConfig, *, zones: Iterable[str], max_gpus: int, node_class: str,
@@ -128,7 +131,8 @@ def node_pool_spec(pool: GpuPoolConfig, *, zones: Iterable[str], max_gpus: int, 
 
 def node_class_spec(*, cluster_name: str, node_role: str, karpenter: KarpenterConfig, root_volume_gib: int,
                     tags: dict[str, str], efa: bool,
-                    placement_group: str | None, capacity_reservation_ids: Iterable[str]) -> dict:
+                    placement_group: str | None, capacity_reservation_ids: Iterable[str],
+                    instance_store: bool = False) -> dict:
     # Subnets and security groups by tag; a per-zone (EFA) class needs no zone filter here
     # because its NodePool's zone requirement already confines launches to that AZ.
     subnet_term: dict = {"tags": {DISCOVERY_TAG: cluster_name}}
@@ -153,6 +157,14 @@ def node_class_spec(*, cluster_name: str, node_role: str, karpenter: KarpenterCo
         }],
         "tags": dict(tags),
     }
+    # The emergency checkpoint is staged on the node's disk before its upload (plan/checkpoint_window.py):
+    # where every type has NVMe instance store, RAID0 puts the kubelet's and containerd's
+    # directories, so every emptyDir, on the array (GB/s); elsewhere the root gp3 gets more than
+    # its default 125 MiB/s.
+    if instance_store:
+        spec["instanceStorePolicy"] = "RAID0"
+    else:
+        spec["blockDeviceMappings"][0]["ebs"]["throughput"] = checkpoint_window.GP3_STAGING_MIB_PER_S
     if placement_group:
         spec["placementGroupSelector"] = {"name": placement_group}
     reservations = list(capacity_reservation_ids)
@@ -173,27 +185,32 @@ def plan_gpu_pools(pools: Iterable[GpuPoolConfig], *, cluster_name: str, node_ro
             node_gpus = max(cost.lookup(t).gpus for t in pool.instance_types)
             for zone, zone_gpus in split_across_zones(pool.max_gpus, pool.zones, node_gpus).items():
                 name = f"{pool.name}-{zone}"
-                placement = f"{cluster_name}-{name}"
+                placement = pool.placement_group or f"{cluster_name}-{name}"
                 classes[name] = NodeClassPlan(
                     name=name, zones=(zone,), placement_group=placement, efa=True,
+                    creates_placement_group=pool.placement_group is None,
                     spec=node_class_spec(cluster_name=cluster_name, node_role=node_role, karpenter=karpenter,
                                          root_volume_gib=pool.root_volume_gib, tags=tags, efa=True,
                                          placement_group=placement,
-                                         capacity_reservation_ids=pool.capacity_reservation_ids))
+                                         capacity_reservation_ids=pool.capacity_reservation_ids,
+                                         instance_store=checkpoint_window.uses_instance_store(pool.instance_types)))
                 node_pools.append(NodePoolPlan(
                     name=name, pool=pool.name, node_class=name, zones=(zone,), max_gpus=zone_gpus, efa=True,
                     spec=node_pool_spec(pool, zones=(zone,), max_gpus=zone_gpus, node_class=name, karpenter=karpenter)))
             continue
+        instance_store = checkpoint_window.uses_instance_store(pool.instance_types)
         if pool.reserved:
             class_name = pool.name
         else:
-            class_name = f"gpu-{pool.root_volume_gib}gi"
+            # Pools share a class only with the same staging disk (instance store, or a faster gp3).
+            class_name = f"gpu-{pool.root_volume_gib}gi" + ("" if instance_store else "-ebs")
         if class_name not in classes:
             classes[class_name] = NodeClassPlan(
                 name=class_name, zones=tuple(pool.zones), placement_group=None, efa=False,
                 spec=node_class_spec(cluster_name=cluster_name, node_role=node_role, karpenter=karpenter,
                                      root_volume_gib=pool.root_volume_gib, tags=tags, efa=False,
-                                     placement_group=None, capacity_reservation_ids=pool.capacity_reservation_ids))
+                                     placement_group=None, capacity_reservation_ids=pool.capacity_reservation_ids,
+                                     instance_store=instance_store))
         node_pools.append(NodePoolPlan(
             name=pool.name, pool=pool.name, node_class=class_name, zones=tuple(pool.zones), max_gpus=pool.max_gpus,
             efa=False,

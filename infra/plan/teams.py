@@ -36,6 +36,12 @@ KUEUE_MANAGED_NAMESPACES = {"matchExpressions": [{"key": TEAM_LABEL, "operator":
 # Room in the namespace's ResourceQuota for each job's rendezvous store and small helpers.
 SUPPORT_CPU = 4
 SUPPORT_MEMORY_GIB = 8
+RDZV_STORE_REQUESTS = {"cpu": "250m", "memory": "512Mi"}
+"""What one job's rendezvous store requests on the system nodes (plan/job.py renders it)."""
+MAX_TEAM_DEPLOYMENTS = 4
+"""Deployments a team namespace may hold (its ResourceQuota): the rendezvous stores of its running
+jobs. The system node group is sized with room for this many stores per team
+(plan/system_capacity.py), so a team cannot crowd out the add-ons."""
 
 
 def team_prefix(team: str) -> str:
@@ -143,8 +149,46 @@ def resource_flavor(model: str) -> dict:
     }
 
 
-def cohort() -> dict:
-    return {"apiVersion": KUEUE_API, "kind": "Cohort", "metadata": {"name": COHORT}, "spec": {}}
+def cohort_shared_gpus(quotas: Iterable[TeamQuota], pools: Iterable[GpuPoolConfig]) -> dict[str, int]:
+    """Per GPU model, the pools' GPUs no team holds as nominal quota: the cohort's own quota.
+
+    Kueue lends a ClusterQueue, up to its borrowingLimit, only the unused quota of its cohort (other
+    members' nominal quota and the cohort's own) of the same flavor. Flavors are GPU models and in
+    prod no two teams share one, so with an empty cohort no borrowing could ever happen; the
+    cohort holds the rest of each model's pools, which any team of that model may borrow."""
+    pools = list(pools)
+    held: dict[str, int] = {}
+    for quota in quotas:
+        for f in quota.flavors:
+            held[f.flavor] = held.get(f.flavor, 0) + f.nominal_gpus
+    return {model: max(0, sum(p.max_gpus for p in pools if p.gpu_model == model) - gpus)
+            for model, gpus in sorted(held.items())}
+
+
+def borrowable_gpus(team: str, flavor: str, quotas: Iterable[TeamQuota], shared: dict[str, int]) -> int:
+    """What `team` can borrow of `flavor` when the rest of its cohort is idle (Kueue's rule above)."""
+    quotas = list(quotas)
+    own = next((f for q in quotas if q.team == team for f in q.flavors if f.flavor == flavor), None)
+    if own is None:
+        return 0
+    lendable = shared.get(flavor, 0) + sum(f.nominal_gpus for q in quotas if q.team != team
+                                           for f in q.flavors if f.flavor == flavor)
+    return min(own.borrowing_gpus, lendable)
+
+
+def cohort(quotas: Iterable[TeamQuota], pools: Iterable[GpuPoolConfig]) -> dict:
+    """The teams' cohort, holding each GPU model's unassigned capacity (`cohort_shared_gpus`)
+    with the CPU and memory that go with it, so borrowingLimit means what the config says."""
+    quotas = list(quotas)
+    shared = cohort_shared_gpus(quotas, pools)
+    per_gpu = {f.flavor: f for q in quotas for f in q.flavors}
+    flavors = [{"name": model, "resources": [
+        {"name": "cpu", "nominalQuota": gpus * per_gpu[model].cpu_per_gpu},
+        {"name": "memory", "nominalQuota": f"{gpus * per_gpu[model].memory_gib_per_gpu}Gi"},
+        {"name": GPU, "nominalQuota": gpus},
+    ]} for model, gpus in shared.items()]
+    spec = {"resourceGroups": [{"coveredResources": ["cpu", "memory", GPU], "flavors": flavors}]} if flavors else {}
+    return {"apiVersion": KUEUE_API, "kind": "Cohort", "metadata": {"name": COHORT}, "spec": spec}
 
 
 def cluster_queue(quota: TeamQuota) -> dict:
@@ -202,7 +246,8 @@ def resource_quota(quota: TeamQuota) -> dict:
             "spec": {"hard": {f"requests.{GPU}": str(gpus),
                               "requests.cpu": str(cpu), "limits.cpu": str(cpu),
                               "requests.memory": f"{memory}Gi", "limits.memory": f"{memory}Gi",
-                              "pods": str(gpus + 20), "services.loadbalancers": "0", "services.nodeports": "0"}}}
+                              "pods": str(gpus + 20), "services.loadbalancers": "0", "services.nodeports": "0",
+                              "count/deployments.apps": str(MAX_TEAM_DEPLOYMENTS)}}}
 
 
 def limit_range(team: str) -> dict:

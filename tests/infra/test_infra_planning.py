@@ -105,7 +105,8 @@ def test_plan_gpu_pools_shares_a_class_for_plain_pools_and_splits_efa_pools_by_z
 
 def test_node_class_spec_pins_imdsv2_hop_limit_and_encrypted_root():
     spec = planning.node_class_spec(cluster_name="c", node_role="r", karpenter=KARPENTER, root_volume_gib=300,
-                                    tags={"a": "b"}, efa=False, placement_group=None, capacity_reservation_ids=())
+                                    tags={"a": "b"}, efa=False, placement_group=None, capacity_reservation_ids=(),
+                                    instance_store=True)
     assert spec["metadataOptions"]["httpTokens"] == "required"
     assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 2
     assert spec["blockDeviceMappings"][0]["ebs"] == {"volumeSize": "300Gi", "volumeType": "gp3", "encrypted": True,

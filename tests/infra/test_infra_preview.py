@@ -25,7 +25,7 @@ def test_preview_renders_dev_as_plain_text(dev):
             "types=g6.xlarge,g6.2xlarge,g6.4xlarge,g6.12xlarge zones=us-east-1a,us-east-1b limit=4 GPUs]") in text
     assert "  - tensile:infra:GpuNodePools  gpu\n" in text
     assert re.search(r"^\s+4\s+aws:ec2/subnet:Subnet$", text, re.M)
-    assert "at max, all on-demand (hard ceiling): $5.74/h  $4,190/month" in text
+    assert "at max, all on-demand (hard ceiling): $5.84/h  $4,264/month" in text
     assert "stack budget: $5,000/month" in text
 
 
@@ -85,7 +85,7 @@ def test_preview_end_to_end_shows_the_tree_and_the_over_budget_warning(tmp_path)
         stack.replace("monthlyUsd: 5000", "monthlyUsd: 4000").replace("monthlyBudgetUsd: 3000", "monthlyBudgetUsd: 2900"))
     out, err = io.StringIO(), io.StringIO()
     assert preview.run_preview("tight", root=tmp_path, out=out, err=err, plain=True) == 0
-    assert ("warning: budget.monthlyUsd: stack tight: worst-case monthly cost $4,190 exceeds the budget $4,000; "
+    assert ("warning: budget.monthlyUsd: stack tight: worst-case monthly cost $4,264 exceeds the budget $4,000; "
             "lower the GPU limits/quotas or raise the budget") in out.getvalue()
     assert "Stack tight: 148 resources (mocked, no cloud)" in out.getvalue()
     assert "kubernetes:karpenter.sh/v1:NodePool  gpu-l4  [capacity=spot>on-demand" in out.getvalue()

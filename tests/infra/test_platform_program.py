@@ -254,7 +254,8 @@ def test_rendezvous_store_runs_on_the_on_demand_system_nodes(run, raw_configs):
     job, store = _job_and_store(run)
     pod = store["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"tensile.io/node-role": "system"}
-    assert "tolerations" not in pod  # never on a (tainted) GPU node
+    # The system nodes' taint only, never the GPU taint: a store never lands on a GPU node.
+    assert pod["tolerations"] == [{"key": "CriticalAddonsOnly", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["containers"][0]["command"][:2] == ["tensile", "rdzv-store"]
     services = {s["metadata"]["name"]: s["spec"] for s in _k8s(run, "Service")}
     name = job["metadata"]["name"]

@@ -35,7 +35,7 @@ def test_preview_end_to_end_exits_3_when_a_mandatory_policy_fails(tmp_path):
     assert preview.run_preview("tight", root=tmp_path, out=out, err=err, plain=True) == preview.EXIT_POLICY_VIOLATION
     text = out.getvalue()
     assert "  mandatory: worst-case-cost-within-budget: worst-case monthly cost at the NodePools' GPU limits, " \
-           "all on-demand, is $4,190, above the budget $3,000 × 1.0 = $3,000" in text
+           "all on-demand, is $4,264, above the budget $3,000 × 1.0 = $3,000" in text
     # Exactly the rule meant for this break fails.
     assert "policy result: FAILED (worst-case-cost-within-budget)\n" in text
     assert text.count("  mandatory: ") == 1
