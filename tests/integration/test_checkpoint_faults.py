@@ -30,7 +30,9 @@ def test_crash_between_checkpoint_files_is_never_loaded(tmp_path, dataset):
     assert ledger.failures_spent() == 1 and "exited with code 137" in failures[0]["error"]
 
 
-@pytest.mark.parametrize("damage", ["truncate", pytest.param("bit-flip", marks=pytest.mark.full)])
+# make test falls back past a corrupt checkpoint in the corrupt-chunk test below.
+@pytest.mark.parametrize("damage", [pytest.param("truncate", marks=pytest.mark.full),
+                                    pytest.param("bit-flip", marks=pytest.mark.full)])
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, dataset, fixed_size_runs, damage):
     run_dir = tmp_path / "run"
     shutil.copytree(fixed_size_runs[0]["uninterrupted"], run_dir,
@@ -96,6 +98,7 @@ def test_a_corrupt_chunk_found_while_loading_falls_back_to_the_previous_checkpoi
         assert abs(losses[step] - expected[step]) <= 1e-5 * expected[step], (step, losses[step], expected[step])
 
 
+@pytest.mark.full  # make test fences through the stale group's late commit below
 def test_rival_group_cannot_publish_and_stops(tmp_path, dataset):
     shared = tmp_path / "shared"
     configs = []

@@ -37,6 +37,7 @@ def assert_same_trajectory(shared: Path, reference: Path) -> None:
     print(f"max relative loss difference {worst:.2e}, max weight difference {worst_weight:.2e}")
 
 
+@pytest.mark.full  # make test kills a node in test_nodes.py and test_elastic's scale-up-then-vanish
 def test_node_killed_survivor_resumes_smaller_and_keeps_trajectory(tmp_path, dataset, reference_run):
     """SIGKILL: sockets close at once. Saved at 2 workers, resumed at 1."""
     config = write_job(tmp_path, dataset, **LONG_RUN)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness import SLOW_STEPS, Script, at_step, rounds, write_job
 
 from tensile.elastic.ledger import RunLedger
@@ -66,6 +68,7 @@ def test_noticed_node_leaves_the_rendezvous_and_survivor_resumes_at_once(tmp_pat
     assert_left_and_resumed(ledger, tmp_path / "shared", asked_at)
 
 
+@pytest.mark.full  # the noticed leave above takes the same path out of the rendezvous in make test
 def test_sigtermed_node_leaves_the_rendezvous_and_survivor_resumes_at_once(tmp_path, dataset):
     codes, ledger, asked_at = run_and_leave(tmp_path, dataset, lambda cluster, imds: cluster.terminate("node-b"))
     assert codes == {"node-a": 0, "node-b": 143}, codes

@@ -49,6 +49,7 @@ def test_a_changed_seed_or_batch_ends_the_run_as_incompatible(tmp_path, fixture_
     assert_refused(tmp_path, run_nodes(tmp_path, config, ["node-a"], timeout_s=240), named)
 
 
+@pytest.mark.full  # make test refuses a changed seed above; tests/training/checkpoint/test_trajectory.py the rest
 def test_a_changed_run_steps_is_refused_and_train_longer_is_recorded(tmp_path, dataset):
     short = {"run": {"name": "itest", "seed": 11, "steps": 6, "log_every": 3}}
     config = write_job(tmp_path, dataset, **short)
