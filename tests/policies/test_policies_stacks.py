@@ -158,9 +158,12 @@ def _research_namespace(with_quota_and_deny: bool):
         out = copy.deepcopy(resources)
         found = {}
         for r in resources:
-            if r["name"].startswith("teams-vision-") and r["type"] in (
-                    "kubernetes:core/v1:Namespace", "kubernetes:core/v1:ResourceQuota",
-                    "kubernetes:networking.k8s.io/v1:NetworkPolicy"):
+            if not r["name"].startswith("teams-vision-"):
+                continue
+            # The namespace has several NetworkPolicies (DNS, HTTPS egress, …) registered in no fixed
+            # order: copy the default-deny one by name, not whichever comes first.
+            if r["type"] in ("kubernetes:core/v1:Namespace", "kubernetes:core/v1:ResourceQuota") or (
+                    r["type"] == "kubernetes:networking.k8s.io/v1:NetworkPolicy" and r["name"].endswith("-default-deny")):
                 found.setdefault(r["type"], r)
         namespace = found["kubernetes:core/v1:Namespace"]
         copies = [namespace] + ([found["kubernetes:core/v1:ResourceQuota"],
