@@ -8,6 +8,7 @@ release (3.10.0) pins botocore<1.43.118, and Tensile pins botocore==1.44.8 (docs
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -120,14 +121,15 @@ class LocalStore:
         self.__init__(state["url"], state["root"])
 
 
-class _RangedStore:
+class _RangedStore(ABC):
     """Shared by the remote stores: rows become coalesced range requests."""
 
     url: str
     max_request_bytes = MAX_REQUEST_BYTES
 
+    @abstractmethod
     def _get_ranges(self, runs: Sequence[RowRun], row_bytes: int) -> list[bytes]:
-        raise NotImplementedError
+        """The bytes of each run, in order: one request (or one ranged read) per run."""
 
     def read_rows(self, name: str, row_bytes: int, num_rows: int, rows: Sequence[int]) -> np.ndarray:
         locations = [(name, row) for row in rows]
