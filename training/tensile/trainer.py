@@ -32,6 +32,7 @@ from tensile.elastic.control import ControlPlane
 from tensile.elastic.ledger import RunLedger
 from tensile.elastic.signals import CheckpointRequest, StepWatchdog, StopRequest
 from tensile.errors import MembershipChange
+from tensile import grad_norm
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
 from tensile.metrics import RunHistory, TrainerMetrics
 from tensile.model import build_model, logits_of, parameter_groups, takes_sample_keys, token_loss_sum
@@ -328,6 +329,8 @@ class Trainer:
             model=model, model_parameters=groups, config=engine_config,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lr_schedule(self.config)))
+        # ZeRO's own clipping norm follows the partition, so it would differ with the worker count.
+        grad_norm.install(self.engine.optimizer)
 
     def resume(self) -> int:
         """Load the round's resume point, if any; returns the number of steps already done."""
