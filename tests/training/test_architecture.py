@@ -30,7 +30,7 @@ def lint(package_parent: Path | None = None) -> subprocess.CompletedProcess:
 def verdicts(report: str) -> dict[str, str]:
     """Contract name -> KEPT or BROKEN, from lint-imports' report (names may wrap)."""
     section = report.split("Analyzed", 1)[1].split("Contracts:", 1)[0]
-    text = " ".join(section.split("\n", 2)[2].split())
+    text = " ".join(re.sub(r"\(\d+ ignored imports?\)", "", section.split("\n", 2)[2]).split())
     return {name.strip(): verdict for name, verdict in re.findall(r"(.+?) (KEPT|BROKEN)", text)}
 
 
