@@ -201,3 +201,20 @@ def test_controller_never_sizes_a_job_that_is_not_elastic(standin, team, clock, 
     controller = make_controller(standin, clock, cloud)
     assert controller.decide_all()["team-vision/llm"] is None
     assert not [r for r in standin.requests if r.verb == "patch"]
+
+
+def test_rbac_check_refuses_what_the_rules_do_not_grant(standin, team, clock, cloud):
+    import json
+
+    from conftest import RBAC, rbac_allows
+
+    start_job(standin, clock, cloud, nodes=1)
+    make_controller(standin, clock, cloud).decide_all()
+    rules = json.loads(RBAC.read_text())
+    patch = next(r for r in standin.requests if r.verb == "patch")
+    assert rbac_allows(patch, rules, team_namespaces={NAMESPACE})
+    rules["team_namespaces"] = [{**r, "verbs": [v for v in r["verbs"] if v != "patch"]} for r in rules["team_namespaces"]]
+    assert not rbac_allows(patch, rules, team_namespaces={NAMESPACE})
+    spend = next(r for r in standin.requests if r.resource == "configmaps")
+    assert not rbac_allows(spend, {**rules, "spend_namespace": [{**rules["spend_namespace"][0], "resourceNames": ["other"]}]},
+                           team_namespaces={NAMESPACE})
