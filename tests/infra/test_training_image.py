@@ -29,9 +29,14 @@ def _image_pins() -> dict[str, str]:
     return pins
 
 
+IMAGE_EXTRAS = ("cluster",)
+"""Extras the image installs: the scaler controller runs from the training image."""
+
+
 def _package_requirements() -> list[Requirement]:
     project = tomllib.loads((TRAINING / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in project["dependencies"]]
+    extras = [r for extra in IMAGE_EXTRAS for r in project["optional-dependencies"][extra]]
+    return [Requirement(r) for r in project["dependencies"] + extras]
 
 
 def test_image_pins_every_package_dependency_at_the_packages_version():

@@ -204,6 +204,48 @@ def job_render(name: str = typer.Argument(..., help="Run name."),
         emergency_checkpoint_seconds=emergency_checkpoint_seconds))
 
 
+scaler_app = typer.Typer(no_args_is_help=True, help="The in-cluster scaler of elastic jobs (docs/design/scaler.md).")
+app.add_typer(scaler_app, name="scaler")
+
+
+@scaler_app.command("run")
+def scaler_run(config: Path = typer.Option(..., "--config", help="The controller's config (JSON, schema version 1)."),
+               metrics_host: str = typer.Option("0.0.0.0", help="Address the /metrics endpoint listens on."),
+               api_server: Optional[str] = typer.Option(None, help="Kubernetes API URL (default: in-cluster, "
+                                                                   "with the pod's service account)."),
+               once: bool = typer.Option(False, "--once", help="One decision pass over every job, then exit.")) -> None:
+    """Size every configured elastic Job by the policy core: grow and shrink its parallelism,
+    suspend and resume its Kueue Workload. Exits 2 listing every problem of a bad config."""
+    import logging
+    import signal
+    import threading
+
+    from tensile.cluster.config import load_controller_config
+    from tensile.config import ConfigError
+
+    try:
+        cfg = load_controller_config(config)
+    except ConfigError as e:
+        errors.print(f"[bold red]config error[/]: {e}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        from tensile.cluster.controller import ScalerController
+        from tensile.cluster.kube import KubeApi
+    except ImportError as e:
+        errors.print(f"[red]the scaler needs the cluster extra[/] ({e.name} is missing): pip install 'training[cluster]'")
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    controller = ScalerController(cfg, KubeApi.at(api_server) if api_server else KubeApi.in_cluster())
+    if once:
+        controller.decide_all()
+        return
+    controller.metrics.serve(cfg.metrics_port, metrics_host)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    controller.run(stop)
+
+
 checkpoint_app = typer.Typer(no_args_is_help=True, help="A run's checkpoints on its shared tier.")
 app.add_typer(checkpoint_app, name="checkpoint")
 SHARED = typer.Argument(..., help="The run's shared tier (checkpoint.shared_dir): a directory or s3://bucket/prefix.")

@@ -9,7 +9,6 @@ reason (docs/design/scaler.md).
 from __future__ import annotations
 
 import dataclasses
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -49,11 +48,6 @@ class ScalingLog:
     """(elapsed s, step, decision) for every decision that changed the size or its reason."""
     terminated: list[str] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
-
-
-def _gist(decision: Decision) -> tuple[ReasonKind, str]:
-    """A decision without its figures: a hold is printed again only when its reason changes."""
-    return decision.kind, re.sub(r"[-+~$]?\d[\d.,]*", "#", decision.reason)
 
 
 class LocalScaler:
@@ -148,7 +142,7 @@ class LocalScaler:
         decision = decide(job, team, {self.pool: market}, self.scaler, now_s=now)
         self._act(decision, job)
         previous = self.log.decisions[-1][2] if self.log.decisions else None
-        if decision.desired_nodes != job.current_nodes or previous is None or _gist(previous) != _gist(decision):
+        if decision.desired_nodes != job.current_nodes or previous is None or previous.gist() != decision.gist():
             step = last_step(events)
             self.log.decisions.append((elapsed, step, decision))
             price = "unknown" if market.spot_usd_per_hour is None else f"${market.spot_usd_per_hour:.2f}/h"

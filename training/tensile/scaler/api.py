@@ -7,6 +7,7 @@ each translate their world into these, so one core decides for both (docs/design
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -125,3 +126,7 @@ class Decision:
 
     def __str__(self) -> str:
         return f"{self.kind.value} -> {self.desired_nodes}: {self.reason}"
+
+    def gist(self) -> tuple[ReasonKind, str]:
+        """The decision without its figures: actuators report a hold again only when this changes."""
+        return self.kind, re.sub(r"[-+~$]?\d[\d.,]*", "#", self.reason)
