@@ -28,7 +28,7 @@ $(VENV)/.stamp-torch: requirements/torch.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.stamp-training: $(VENV)/.stamp-torch training/pyproject.toml $(CONSTRAINTS)
-	$(PIP) install -c $(CONSTRAINTS) -e 'training[dev,data,hf]'
+	$(PIP) install -c $(CONSTRAINTS) -e 'training[dev,data,hf,report,tensorboard]'
 	touch $@
 
 # The .pth makes this checkout's infra/ and policies/ installed packages (as an editable install

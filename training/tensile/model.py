@@ -320,3 +320,24 @@ def token_loss_sum(
     ).view_as(targets)
     loss_sum = torch.where(selected, per_token, torch.zeros((), device=per_token.device)).sum()
     return loss_sum, selected.sum()
+
+
+def token_loss_per_sample(
+    logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's sum of float32 cross-entropy over its counted targets, and their count: [B], [B].
+
+    For evaluation, where per-sample sums are added in sample order (tensile.evaluation) so the
+    total does not depend on how samples were spread over workers."""
+    if logits.shape[:-1] != targets.shape or targets.shape != loss_mask.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocabulary "
+            f"dimension, and loss_mask {tuple(loss_mask.shape)} must match targets"
+        )
+    selected = loss_mask.bool()
+    safe_targets = targets.masked_fill(~selected, 0)
+    per_token = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), safe_targets.reshape(-1), reduction="none"
+    ).view_as(targets)
+    per_sample = torch.where(selected, per_token, torch.zeros((), device=per_token.device)).sum(dim=1)
+    return per_sample, selected.sum(dim=1)

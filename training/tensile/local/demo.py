@@ -113,7 +113,8 @@ def ensure_data(config: TrainingConfig) -> None:
         if config.data.generate is None:
             raise
         generate_corpus(config.data.url, num_samples=config.data.generate.num_samples,
-                        seq_len=config.model.seq_len, seed=config.data.generate.seed)
+                        seq_len=config.model.seq_len, seed=config.data.generate.seed,
+                        held_out_samples=config.data.generate.held_out_samples)
 
 
 def reference_config(config_path: Path, config: TrainingConfig, run_dir: Path) -> Path:
