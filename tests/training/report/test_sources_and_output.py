@@ -94,3 +94,19 @@ def test_the_report_command_writes_beside_the_run_by_default_and_exits_2_on_a_ba
     assert bad.exit_code == 2 and "cannot report" in bad.output
     wrong = CliRunner().invoke(app, ["report", str(run_dir), "--format", "pdf"])
     assert wrong.exit_code == 2 and "--format" in wrong.output
+
+
+def test_an_s3_shared_tier_is_reported_from_its_commit_log(bucket, moto_url, monkeypatch, tmp_path):
+    import boto3
+
+    shared = FIXTURES / "format-v2" / "zero2-sharded-2workers" / "shared"
+    s3 = boto3.client("s3", endpoint_url=moto_url)
+    for path in shared.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"runs/r1/{path.relative_to(shared).as_posix()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
+    source = load_run(f"s3://{bucket}/runs/r1")
+    assert [(e["event"], e.get("step")) for e in source.events] == [("round-start", None), ("checkpoint", 6)]
+    assert source.notes and "commit log" in source.notes[0]
+    out = write_report(f"s3://{bucket}/runs/r1", out=tmp_path / "s3.html")
+    assert "commit log" in out.read_text()
