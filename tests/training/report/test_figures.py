@@ -113,3 +113,12 @@ def test_run_figures_take_the_reference_run_and_prices_when_given():
     assert plain.reference_loss is None and plain.cost is None and plain.start_t == 0.0
     both = run_figures(events, label="run", reference=events, reference_label="ref", prices=Prices(1.0))
     assert both.reference_loss == plain.loss and both.reference_label == "ref" and both.cost is not None
+
+
+def test_a_round_that_never_stepped_is_recovery_counted_once():
+    events = run(start(0.0, 2), step(2, 1), step(3, 2), start(10.0, 1, resumed=2, number=2),
+                 start(20.0, 2, resumed=2, number=3), step(26, 3), step(27, 4), {"t": 30, "event": "completed"})
+    g = goodput(events)
+    assert g.seconds["recovery"] == pytest.approx(22.0)  # from step 2 (t=3) until step 3 began (t=25)
+    assert sum(g.seconds.values()) == pytest.approx(g.wall_s) == 30.0
+    assert [(d.steps_replayed, d.recovery_s) for d in disruptions(events)] == [(0, None), (0, pytest.approx(15.0))]

@@ -243,7 +243,8 @@ def goodput(events: Sequence[Event]) -> Goodput:
     eval_at = [(float(e["t"]), float(e.get("eval_s", 0.0))) for e in events if e["event"] == "eval"]
     recovery = 0.0
     for before, after in zip(rounds, rounds[1:]):
-        began = after.first_step_began_t if after.first_step_began_t is not None else run_end(events)
+        # A round that never stepped ends its gap at its start: the next boundary goes on from there.
+        began = after.first_step_began_t if after.first_step_began_t is not None else after.started_t
         inside = sum(s for t, s in stall_at + eval_at if before.last_step_t < t <= began)
         recovery += max(0.0, began - before.last_step_t - inside)
     wall = max(0.0, run_end(events) - rounds[0].started_t)
