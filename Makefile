@@ -9,7 +9,7 @@ CONSTRAINTS := requirements/constraints.txt
 # DeepSpeed on this machine runs on the CPU accelerator with gloo.
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: demo test test-full bench install install-infra preview validate scan clean
+.PHONY: demo test test-full bench install install-infra install-browser preview validate scan clean
 
 STACK ?= dev
 
@@ -28,7 +28,7 @@ $(VENV)/.stamp-torch: requirements/torch.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.stamp-training: $(VENV)/.stamp-torch training/pyproject.toml $(CONSTRAINTS)
-	$(PIP) install -c $(CONSTRAINTS) -e 'training[dev,data,hf,cluster]'
+	$(PIP) install -c $(CONSTRAINTS) -e 'training[dev,data,hf,cluster,report,tensorboard]'
 	touch $@
 
 # The .pth makes this checkout's infra/ and policies/ installed packages (as an editable install
@@ -37,6 +37,14 @@ $(VENV)/.stamp-infra: $(VENV)/.stamp-training infra/requirements.txt policies/re
 	$(PIP) install -c $(CONSTRAINTS) -r infra/requirements.txt -r policies/requirements.txt
 	$(BIN)/python -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'tensile-infra.pth').write_text('$(CURDIR)\n')"
 	touch $@
+
+# Headless Chromium from Debian's packages, for the report's browser test (tests/training/report):
+# nothing downloads a browser of its own. Quick when it is there already; apt needs root (or sudo).
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  else sudo apt-get update -q && sudo apt-get install -y -q chromium; fi; }
+	@chromium --version
 
 demo: $(VENV)/.stamp-training
 	$(BIN)/tensile demo

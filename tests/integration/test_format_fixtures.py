@@ -134,3 +134,18 @@ def test_an_fp32_zero0_checkpoint_is_refused_in_bf16_naming_both(tmp_path, fixtu
     status = ledger.status()
     assert status["state"] == "failed" and "was saved in fp32 and this config trains in bf16" in status["reason"]
     assert ledger.failures_spent() == 0
+
+
+def test_a_ledger_from_before_eval_events_still_reports(tmp_path):
+    # tests/fixtures/ledger-v1: `tensile demo`'s ledger at fd38dd6, before the `eval` event kind.
+    from tensile.metrics import run_history
+    from tensile.report import load_run, run_figures, write_report
+
+    ledger = ROOT / "ledger-v1" / "demo"
+    events = RunLedger(ledger).events()
+    assert run_history(events) == {"restarts": 2, "preemptions": 1, "steps_lost": 10}
+    figures = run_figures(load_run(str(ledger)).events, label="old")
+    assert figures.eval_loss.steps == [] and len(figures.loss.steps) == 200
+    assert [(d.kind, d.at_step, d.steps_replayed) for d in figures.disruptions] == [("lost node", 40, 10), ("join", 113, 0)]
+    out = write_report(str(ledger), reference=str(ROOT / "ledger-v1" / "reference"), out=tmp_path / "report.html")
+    assert out.stat().st_size > 1_000_000  # the page, with plotly.js inside

@@ -9,8 +9,10 @@ def test_trainer_metrics_expose_every_figure():
     metrics.step_done(step=11, seconds=0.5, samples=16)
     metrics.checkpoint_stalled(0.02)
     metrics.checkpoint_done(step=11, reason="stop", persist_s=0.3, size=1e6)
+    metrics.evaluated(step=10, loss=2.5)
     text = generate_latest(metrics.registry).decode()
-    for line in ('tensile_world_size{run="demo"} 2.0', 'tensile_samples_per_second{run="demo"} 32.0',
+    for line in ('tensile_eval_loss{run="demo"} 2.5', 'tensile_eval_step{run="demo"} 10.0',
+                 'tensile_world_size{run="demo"} 2.0', 'tensile_samples_per_second{run="demo"} 32.0',
                  'tensile_last_durable_step{run="demo"} 11.0', 'tensile_steps_lost{run="demo"} 3.0',
                  'tensile_checkpoint_stall_seconds{run="demo"} 0.02', 'tensile_restarts{run="demo"} 1.0',
                  'tensile_checkpoints_total{reason="stop",run="demo"} 1.0'):

@@ -115,16 +115,32 @@ def one_process_group(monkeypatch):
     dist.destroy_process_group()
 
 
-def small_config(tmp_path: Path):
+def small_config(tmp_path: Path, **sections):
     data = str(tmp_path / "corpus")
-    generate_corpus(data, num_samples=64, seq_len=16, seed=3)
-    return config_from_dict({
+    generate_corpus(data, num_samples=64, seq_len=16, seed=3, held_out_samples=10)
+    return config_from_dict({**sections,
         "run": {"steps": 2, "seed": 5},
         "model": {"vocab_size": 256, "seq_len": 16, "d_model": 16, "n_layers": 1, "n_heads": 2},
         "batch": {"global_batch_size": 4, "micro_batch_sizes": [2]},
         "elastic": {"min_workers": 1, "max_workers": 1},
         "data": {"url": data},
         "checkpoint": {"shared_dir": str(tmp_path / "shared"), "local_dir": str(tmp_path / "local")}})
+
+
+class CheckedCollectives:
+    """torch.distributed, with all_reduce checking its tensor is where the placement's backend takes it."""
+
+    def __init__(self, placement: ClaimedDevice):
+        self.placement, self.reduced = placement, []
+
+    def all_reduce(self, tensor, *args, **kwargs):
+        assert any(_storage(tensor) == _storage(t) for t in self.placement.for_collectives), (
+            f"a tensor handed to all_reduce is not where the {self.placement.backend} group takes it")
+        self.reduced.append(tensor)
+        return dist.all_reduce(tensor, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(dist, name)
 
 
 def test_a_step_hands_the_engine_loss_and_collectives_only_tensors_on_the_placements_device(
@@ -145,23 +161,30 @@ def test_a_step_hands_the_engine_loss_and_collectives_only_tensors_on_the_placem
             assert placement.on_device(value, computed), f"the {name} handed to the loss is not on {placement.device}"
         return real_loss(logits, targets, mask)
 
-    reduced = []
-
-    class CheckedCollectives:
-        def all_reduce(self, tensor, *args, **kwargs):
-            assert any(_storage(tensor) == _storage(t) for t in placement.for_collectives), (
-                f"a tensor handed to all_reduce is not where the {placement.backend} group takes it")
-            reduced.append(tensor)
-            return dist.all_reduce(tensor, *args, **kwargs)
-
-        def __getattr__(self, name):
-            return getattr(dist, name)
-
+    collectives = CheckedCollectives(placement)
     monkeypatch.setattr(trainer_module, "token_loss_sum", checked_loss)
-    monkeypatch.setattr(trainer_module, "dist", CheckedCollectives())
+    monkeypatch.setattr(trainer_module, "dist", collectives)
     loss, stop_votes, checkpoint_votes = trainer._train_step(0)
     assert engine.checked == 2 * 2, "tokens and sample keys of both micro-batches were checked"
-    assert len(reduced) == 1 and (stop_votes, checkpoint_votes) == (0, 0) and 0 < loss < 10
+    assert len(collectives.reduced) == 1 and (stop_votes, checkpoint_votes) == (0, 0) and 0 < loss < 10
+
+
+def test_an_evaluation_hands_the_engine_and_its_all_reduce_tensors_on_the_placements_device(
+        tmp_path, monkeypatch, one_process_group):
+    placement, computed = ClaimedDevice(), []
+    config = small_config(tmp_path, eval={"every_steps": 1, "micro_batch_size": 4})
+    trainer = trainer_module.Trainer(config, rank=0, world_size=1, local_dir=tmp_path / "local", stop=StopRequest(),
+                                     watchdog=StepWatchdog(60, lambda s: None), control=None, placement=placement)
+    trainer.round = trainer_module.RoundStart(None, 1, "t" * 32, None)
+    trainer.build()
+    trainer.engine = engine = DeviceCheckingEngine(trainer.engine, placement, computed)
+    collectives = CheckedCollectives(placement)
+    monkeypatch.setattr(trainer_module, "dist", collectives)
+    trainer._evaluate(1)
+    assert engine.checked == 2 * 3, "tokens and sample keys of the 3 chunks (4 + 4 + 2 samples) were checked"
+    assert len(collectives.reduced) == 1 and engine.training, "one all-reduce; back in training mode after"
+    (record,) = [e for e in trainer.ledger.events() if e["event"] == "eval"]
+    assert record["samples"] == 10 and record["targets"] == 10 * 16 and 0 < record["loss"] < 10
 
 
 def test_fp16_on_a_cpu_worker_is_refused_naming_the_field_and_the_alternative(tmp_path):

@@ -119,6 +119,26 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), help="Where the run is 
         raise typer.Exit(1)
 
 
+@app.command()
+def report(run: str = typer.Argument(..., help="The run: its directory, its ledger directory "
+                                     "(checkpoint.ledger_dir), or a shared tier (a directory or s3://bucket/prefix)."),
+           reference: Optional[str] = typer.Option(None, help="Another run whose loss curve is drawn beside it."),
+           prices: Optional[Path] = typer.Option(None, help="YAML/JSON: usd_per_node_hour (or pools + pool), "
+                                                 "processes_per_node; draws the cost over time."),
+           format: str = typer.Option("html", "--format", help="html (one self-contained page) or png (matplotlib)."),
+           out: Optional[Path] = typer.Option(None, help="Where it goes (default: RUN/report.<format>).")) -> None:
+    """A run as one page of plots: loss, world size and disruptions, replays, recovery, checkpoints, goodput, cost."""
+    from tensile.report import ReportSourceError, load_prices, write_report
+
+    try:
+        path = write_report(run, reference=reference, prices=load_prices(prices) if prices else None,
+                            fmt=format, out=out)
+    except ReportSourceError as e:
+        errors.print(f"[red]cannot report[/]: {e}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"report: {path}")
+
+
 def _print_demo(result: dict) -> None:
     s, ref = result["summary"], result["reference"]
     console.rule("Tensile demo")
@@ -141,6 +161,7 @@ def _print_demo(result: dict) -> None:
                   f"max absolute {result['max_weight_diff']:.2e}")
     console.print(f"elastic run {result['elastic_s']:.0f} s, whole demo {result['total_s']:.0f} s; "
                   f"run directory: {result['run_dir']}")
+    console.print(f"report of the run: {result['report']}")
 
 
 INFRA_COMMANDS = {"run_preview": "infra.tools.preview", "team_add": "infra.tools.team_add",

@@ -176,6 +176,10 @@ class RunConfig:
     """Print a progress line every this many steps (every step is still recorded)."""
     metrics_port: int = 0
     """Prometheus endpoint on each node (its first worker); 0 = off. TENSILE_METRICS_PORT overrides."""
+    tensorboard_dir: str = ""
+    """Also write TensorBoard scalars (training loss, held-out loss, world size) here, from rank 0;
+    empty = off. Needs the `tensorboard` extra (`pip install 'tensile-training[tensorboard]'`).
+    Relative paths are resolved against the config file's directory."""
 
     def __post_init__(self) -> None:
         p = _Problems()
@@ -196,10 +200,15 @@ class CorpusConfig:
     """Samples (of seq_len + 1 tokens) to generate."""
     seed: int = 7
     """Seed of the generated text; changes the data version."""
+    held_out_samples: int = 0
+    """Samples of the same text, generated after the corpus's last one, written to `<url>/heldout`
+    for evaluation (eval.every_steps); 0 = none. The training samples (and the data version) are
+    the same whatever this is."""
 
     def __post_init__(self) -> None:
         p = _Problems()
         p.check(self.num_samples > 0, "num_samples", f"must be > 0, got {self.num_samples}")
+        p.check(self.held_out_samples >= 0, "held_out_samples", f"must be >= 0 (0: none), got {self.held_out_samples}")
         p.raise_if_any()
 
 
@@ -215,6 +224,41 @@ class DataConfig:
         p = _Problems()
         p.check(bool(self.url), "url", "must name a dataset directory or URL")
         p.raise_if_any()
+
+
+@dataclass(kw_only=True, slots=True)
+class EvalConfig:
+    """Held-out loss during training: every rank evaluates fixed chunks of the split and the
+    per-sample sums are summed in sample order, so the loss is the same at any worker count."""
+
+    every_steps: int = 0
+    """Evaluate after every this many steps (and after the last); 0 = off."""
+    url: str = ""
+    """The held-out dataset; empty means `<data.url>/heldout` (what `tensile data prepare --held-out`
+    and data.generate.held_out_samples write). Relative paths resolve against the config file's directory."""
+    max_samples: int = 0
+    """Evaluate only the split's first this many samples (0: all of them), to bound its time."""
+    micro_batch_size: int = 8
+    """Samples per forward pass. Fixed, not per world size: each sample is evaluated in the same
+    batch whatever the worker count, so its loss is the same bits."""
+
+    def __post_init__(self) -> None:
+        p = _Problems()
+        p.check(self.every_steps >= 0, "every_steps", f"must be >= 0 (0: off), got {self.every_steps}")
+        p.check(self.max_samples >= 0, "max_samples", f"must be >= 0 (0: the whole split), got {self.max_samples}")
+        p.check(self.micro_batch_size > 0, "micro_batch_size", f"must be > 0, got {self.micro_batch_size}")
+        p.raise_if_any()
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_steps > 0
+
+    def dataset_url(self, data_url: str) -> str:
+        return self.url or f"{data_url.rstrip('/')}/{contract.HELD_OUT_DIRECTORY}"
+
+    def due(self, step: int, *, final: bool) -> bool:
+        """Whether the held-out loss is computed after `step` (1-based: the steps done)."""
+        return self.enabled and (final or step % self.every_steps == 0)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -460,6 +504,7 @@ class TrainingConfig:
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def cross_checks(self) -> list[tuple[str, str]]:
         """Invariants between sections."""
@@ -648,6 +693,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, *,
     config.checkpoint.local_dir = _resolve(config.checkpoint.local_dir, base)
     if config.checkpoint.ledger_dir:
         config.checkpoint.ledger_dir = _resolve(config.checkpoint.ledger_dir, base)
+    if config.eval.url:
+        config.eval.url = _resolve(config.eval.url, base)
+    if config.run.tensorboard_dir:
+        config.run.tensorboard_dir = _resolve(config.run.tensorboard_dir, base)
     return config
 
 

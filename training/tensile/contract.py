@@ -102,6 +102,9 @@ URL = "url"
 DEFAULT_DATA_URL = "data"
 """A relative data path resolves against the config file's directory; the renderer moves it under
 the pod's work directory."""
+HELD_OUT_DIRECTORY = "heldout"
+"""A dataset's evaluation split, a dataset of its own beside it: `tensile data prepare --held-out` and a
+generated corpus with data.generate.held_out_samples write it; eval.url defaults to it."""
 RUN = "run"
 NAME = "name"
 

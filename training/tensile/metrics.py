@@ -1,5 +1,6 @@
 """The trainer's Prometheus endpoint: step time, throughput, nodes and world size, restarts, preemptions,
-checkpoint stall and persist times, the last durable step and the steps lost.
+checkpoint stall and persist times, the last durable step, the steps lost and the held-out loss;
+and the optional TensorBoard scalars.
 
 One endpoint per node (its local rank 0), on TENSILE_METRICS_PORT; off when unset or 0.
 """
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from tensile.config import ConfigError
 
 
 class TrainerMetrics:
@@ -37,6 +40,8 @@ class TrainerMetrics:
                                                 "Time to make the last checkpoint durable on the shared tier.")
         self.last_durable_step = gauge("tensile_last_durable_step", "Step of the newest committed checkpoint.")
         self.checkpoint_bytes = gauge("tensile_checkpoint_bytes", "Size of the last checkpoint.")
+        self.eval_loss = gauge("tensile_eval_loss", "Held-out loss of the last evaluation (eval.every_steps).")
+        self.eval_step = gauge("tensile_eval_step", "Step after which the last held-out loss was computed.")
         self._checkpoints = Counter("tensile_checkpoints", "Checkpoints committed by this group.",
                                     labelnames=["run", "reason"], registry=self.registry)
         self._labels = labels
@@ -68,11 +73,40 @@ class TrainerMetrics:
         """The loop was blocked this long by a checkpoint (a host copy, or the whole save)."""
         self.checkpoint_stall_seconds.set(stall_s)
 
+    def evaluated(self, *, step: int, loss: float) -> None:
+        self.eval_loss.set(loss)
+        self.eval_step.set(step)
+
     def checkpoint_done(self, *, step: int, reason: str, persist_s: float, size: float) -> None:
         self.checkpoint_persist_seconds.set(persist_s)
         self.last_durable_step.set(step)
         self.checkpoint_bytes.set(size)
         self._checkpoints.labels(reason=reason, **self._labels).inc()
+
+
+class TensorBoardScalars:
+    """The same numbers as TensorBoard scalars (run.tensorboard_dir), for teams that look there:
+    `loss/train` and `world_size` per step, `loss/eval` per evaluation. Rank 0 writes them; each
+    round adds an event file to the directory, which TensorBoard reads as one run. tensorboardX,
+    not torch.utils.tensorboard: see the `tensorboard` extra in training/pyproject.toml."""
+
+    def __init__(self, directory: str) -> None:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError as e:
+            raise ConfigError([("run.tensorboard_dir", f"needs the tensorboard package ({e}): install "
+                                "'tensile-training[tensorboard]', or leave run.tensorboard_dir empty")]) from e
+        self._writer = SummaryWriter(log_dir=directory)
+
+    def step_done(self, *, step: int, loss: float, world_size: int) -> None:
+        self._writer.add_scalar("loss/train", loss, step)
+        self._writer.add_scalar("world_size", world_size, step)
+
+    def evaluated(self, *, step: int, loss: float) -> None:
+        self._writer.add_scalar("loss/eval", loss, step)
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -299,14 +299,10 @@ def parameter_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def token_loss_sum(
+def _masked_token_losses(
     logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of float32 cross-entropy over tokens where loss_mask is set, and how many there were.
-
-    Dividing by the step's global token count (not a micro-batch mean) makes gradients independent
-    of how the global batch is split across workers and micro-batches.
-    """
+    """float32 cross-entropy per target [B, T], zero where loss_mask is off, and the mask as bools."""
     if logits.shape[:-1] != targets.shape or targets.shape != loss_mask.shape:
         raise ValueError(
             f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocabulary "
@@ -318,5 +314,27 @@ def token_loss_sum(
     per_token = F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), safe_targets.reshape(-1), reduction="none"
     ).view_as(targets)
-    loss_sum = torch.where(selected, per_token, torch.zeros((), device=per_token.device)).sum()
-    return loss_sum, selected.sum()
+    return torch.where(selected, per_token, torch.zeros((), device=per_token.device)), selected
+
+
+def token_loss_sum(
+    logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of float32 cross-entropy over tokens where loss_mask is set, and how many there were.
+
+    Dividing by the step's global token count (not a micro-batch mean) makes gradients independent
+    of how the global batch is split across workers and micro-batches.
+    """
+    losses, selected = _masked_token_losses(logits, targets, loss_mask)
+    return losses.sum(), selected.sum()
+
+
+def token_loss_per_sample(
+    logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's sum of float32 cross-entropy over its counted targets, and their count: [B], [B].
+
+    For evaluation, where per-sample sums are added in sample order (tensile.evaluation) so the
+    total does not depend on how samples were spread over workers."""
+    losses, selected = _masked_token_losses(logits, targets, loss_mask)
+    return losses.sum(dim=1), selected.sum(dim=1)

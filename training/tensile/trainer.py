@@ -33,8 +33,9 @@ from tensile.elastic.ledger import RunLedger
 from tensile.elastic.signals import CheckpointRequest, StepWatchdog, StopRequest
 from tensile.errors import MembershipChange
 from tensile import grad_norm
+from tensile.evaluation import HeldOutEvaluator
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
-from tensile.metrics import RunHistory, TrainerMetrics
+from tensile.metrics import RunHistory, TensorBoardScalars, TrainerMetrics
 from tensile.model import build_model, logits_of, parameter_groups, takes_sample_keys, token_loss_sum
 from tensile.placement import CPU_PLACEMENT, Placement
 
@@ -185,6 +186,13 @@ class Trainer:
         self.dataset = TokenDataset(config.data.url)
         self.reader = PrefetchingReader(self.dataset)
         """Reads the next step's samples while this one trains."""
+        self.evaluator = (HeldOutEvaluator(TokenDataset(config.eval.dataset_url(config.data.url)),
+                                           max_samples=config.eval.max_samples,
+                                           micro_batch_size=config.eval.micro_batch_size, placement=placement)
+                          if config.eval.enabled else None)
+        """The held-out loss every eval.every_steps; None when eval is off."""
+        self.tensorboard = (TensorBoardScalars(config.run.tensorboard_dir)
+                            if config.run.tensorboard_dir and rank == 0 else None)
         self.plan = plan_batch(config.batch.global_batch_size, config.batch.micro_batch_sizes, world_size)
         self.state = TrainState(step=0, sampler=GlobalSampler(self.dataset.num_samples,
                                                               config.batch.global_batch_size, config.run.seed),
@@ -385,12 +393,18 @@ class Trainer:
                 if self.rank == 0:
                     self.ledger.record("step", step=step, loss=loss, world_size=self.world_size,
                                        step_s=round(step_s, 4))
+                    if self.tensorboard:
+                        self.tensorboard.step_done(step=step, loss=loss, world_size=self.world_size)
                     if step % self.config.run.log_every == 0:
                         log.info("step %d/%d loss %.4f (%d workers)", step, self.config.run.steps,
                                  loss, self.world_size)
                 stopping = stop_votes > 0
                 self.stop_agreed = self.stop_agreed or stopping
                 final = step == self.config.run.steps
+                if self.evaluator and self.config.eval.due(step, final=final):
+                    watchdog.pause()  # a pass over the split, not a step
+                    self._evaluate(step)
+                    watchdog.beat()
                 reason = self.save_policy.reason(step, final=final, stopping=stopping, asked=checkpoint_votes > 0)
                 if reason is not None:
                     watchdog.pause()
@@ -403,6 +417,8 @@ class Trainer:
         finally:
             watchdog.stop()
             self.reader.close()
+            if self.tensorboard:
+                self.tensorboard.close()
         if self.rank == 0:
             self.ledger.write_status("completed", step=step)
             self.ledger.record("completed", step=step)
@@ -440,6 +456,30 @@ class Trainer:
         fields = {k: round(v, 4) if isinstance(v, float) else v for k, v in fields.items()}
         self.ledger.record("checkpoint" if result.published else "checkpoint-failed", asynchronous=True, **fields)
         return result.error is not None
+
+    def _evaluate(self, step: int) -> None:
+        """The held-out loss after `step`, on every rank at once (a collective), without dropout."""
+        def forward(tokens: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+            return self.engine(tokens, keys, step) if self._keyed_forward else self.engine(tokens)
+
+        def reduce_sum(vector: torch.Tensor) -> torch.Tensor:
+            vector = self.placement.for_collective(vector)
+            dist.all_reduce(vector)
+            return vector.cpu()
+
+        self.engine.eval()
+        try:
+            result = self.evaluator.evaluate(forward, rank=self.rank, world_size=self.world_size, reduce_sum=reduce_sum)
+        finally:
+            self.engine.train()
+        if self.metrics:
+            self.metrics.evaluated(step=step, loss=result.loss)
+        if self.rank == 0:
+            self.ledger.record("eval", step=step, loss=result.loss, samples=result.samples, targets=result.targets,
+                               world_size=self.world_size, eval_s=round(result.seconds, 4))
+            if self.tensorboard:
+                self.tensorboard.evaluated(step=step, loss=result.loss)
+            log.info("step %d held-out loss %.4f (%d samples)", step, result.loss, result.samples)
 
     def _step_request(self, step: int) -> StepRequest:
         sample_ids = self.sampler.sample_ids_for_step(step)

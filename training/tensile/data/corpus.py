@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tensile import contract
+
 from .shards import TokenDataset, TokenShardWriter
 
 # (name, subject pronoun); each story reuses a few of these so a model can learn to copy them.
@@ -155,21 +157,30 @@ def generate_text(*, seed: int, min_length: int) -> str:
 
 
 def generate_corpus(
-    url: str, *, num_samples: int, seq_len: int, seed: int, samples_per_shard: int = 4096
+    url: str, *, num_samples: int, seq_len: int, seed: int, samples_per_shard: int = 4096,
+    held_out_samples: int = 0,
 ) -> TokenDataset:
-    """Generates text, tokenises it bytewise, packs it into samples of seq_len + 1 and writes a dataset."""
+    """Generates text, tokenises it bytewise, packs it into samples of seq_len + 1 and writes a dataset.
+
+    With held_out_samples, the text goes on past the corpus's last sample and the next samples
+    go to `<url>/heldout`, an evaluation split no training sample overlaps. The text is generated
+    in one stream, so the training samples are the same bytes (the same data version) either way."""
     for name, value in (("num_samples", num_samples), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(held_out_samples, bool) or not isinstance(held_out_samples, int) or held_out_samples < 0:
+        raise ValueError(f"held_out_samples must be a non-negative integer, got {held_out_samples!r}")
     sample_length = seq_len + 1
-    needed_tokens = num_samples * sample_length
-    text = generate_text(seed=seed, min_length=needed_tokens)
+    total = num_samples + held_out_samples
+    text = generate_text(seed=seed, min_length=total * sample_length)
     # The text is ASCII, so its UTF-8 bytes are exactly ByteTokenizer's token ids.
-    tokens = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)[:needed_tokens]
-    samples = tokens.reshape(num_samples, sample_length)
-    with TokenShardWriter(
-        url, seq_len=seq_len, vocab_size=ByteTokenizer.vocab_size, samples_per_shard=samples_per_shard
-    ) as writer:
-        for sample in samples:
-            writer.write(sample)
+    samples = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)[:total * sample_length].reshape(total, sample_length)
+    # The held-out split first: the training set's index.json, written last, says both are there.
+    parts = [(f"{url.rstrip('/')}/{contract.HELD_OUT_DIRECTORY}", samples[num_samples:])] if held_out_samples else []
+    parts.append((url, samples[:num_samples]))
+    for destination, rows in parts:
+        with TokenShardWriter(destination, seq_len=seq_len, vocab_size=ByteTokenizer.vocab_size,
+                              samples_per_shard=samples_per_shard) as writer:
+            for sample in rows:
+                writer.write(sample)
     return TokenDataset(url)

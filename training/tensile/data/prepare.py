@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tensile import contract
+
 from .sampler import FeistelPermutation
 from .shards import TokenDataset, TokenShardWriter, token_dtype_for_vocab
 from .sources import Document, SourceError, SourceSpec, open_source
 
-HELD_OUT_DIRECTORY = "heldout"
+HELD_OUT_DIRECTORY = contract.HELD_OUT_DIRECTORY
 """The held-out split lives at DEST/heldout, a dataset of its own (DEST holds the training one)."""
 SHARD_BYTES = 64 << 20
 """Default shard size: few enough files for a large dataset, small enough to verify one at a time."""

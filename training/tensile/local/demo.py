@@ -16,6 +16,7 @@ import torch
 from tensile.config import TrainingConfig, dump_config, load_config
 from tensile.elastic.ledger import RunLedger
 from tensile.local.cluster import LocalCluster, current_world_size, last_step
+from tensile.report import write_report
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,8 @@ def ensure_data(config: TrainingConfig) -> None:
         if config.data.generate is None:
             raise
         generate_corpus(config.data.url, num_samples=config.data.generate.num_samples,
-                        seq_len=config.model.seq_len, seed=config.data.generate.seed)
+                        seq_len=config.model.seq_len, seed=config.data.generate.seed,
+                        held_out_samples=config.data.generate.held_out_samples)
 
 
 def reference_config(config_path: Path, config: TrainingConfig, run_dir: Path) -> Path:
@@ -176,7 +178,9 @@ def run_demo(run_dir: Path, *, lose_at_step: int = 40, add_at_step: int = 80,
                                                    final_weights(run_dir / "reference" / "shared"))
     loss_diffs = [abs(summary.losses[s] - reference_summary.losses[s])
                   for s in summary.losses if s in reference_summary.losses]
+    report = write_report(str(run_dir), reference=str(run_dir / "reference"))
     return {
+        "report": report,
         "summary": summary, "reference": reference_summary, "status": ledger.status(),
         "weight_rel_l2": weight_rel_l2, "max_weight_diff": weight_max, "max_loss_diff": max(loss_diffs, default=float("nan")),
         "elastic_s": elastic_s, "total_s": time.time() - started, "run_dir": run_dir,
