@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import NAMESPACE, controller_config, elastic_job, set_spend, write_checkpoints
+from cluster_bench import NAMESPACE, controller_config, elastic_job, set_spend, write_checkpoints
 from typer.testing import CliRunner
 
 from tensile.cli import app

@@ -5,7 +5,7 @@ and ends by checking every request against the contract's RBAC and the two field
 from __future__ import annotations
 
 import pytest
-from conftest import (NAMESPACE, assert_only_allowed_requests, controller_config, elastic_job, set_spend,
+from cluster_bench import (NAMESPACE, assert_only_allowed_requests, controller_config, elastic_job, set_spend,
                       write_checkpoints)
 
 from tensile.cluster.config import parse_controller_config
@@ -206,7 +206,7 @@ def test_controller_never_sizes_a_job_that_is_not_elastic(standin, team, clock, 
 def test_rbac_check_refuses_what_the_rules_do_not_grant(standin, team, clock, cloud):
     import json
 
-    from conftest import RBAC, rbac_allows
+    from cluster_bench import RBAC, rbac_allows
 
     start_job(standin, clock, cloud, nodes=1)
     make_controller(standin, clock, cloud).decide_all()

@@ -5,7 +5,7 @@ anything would let a wrong controller pass its scenarios."""
 from __future__ import annotations
 
 import pytest
-from conftest import NAMESPACE, elastic_job
+from cluster_bench import NAMESPACE, elastic_job
 from lightkube import ApiError
 
 from tensile.cluster.kube import KubeApi
