@@ -32,7 +32,6 @@ SCALED_LABEL = "tensile.dev/scaled"
 """On the Jobs the scaler manages (/work/scaler-contract.md)."""
 JOB_NAME_POD_LABEL = "batch.kubernetes.io/job-name"
 """Set by the Job controller on every pod of a Job: a CronJob's run names its rendezvous by it."""
-ENV_RDZV_ID = "TENSILE_RDZV_ID"
 CRON_STARTING_DEADLINE_SECONDS = 3600
 """A run that could not start within an hour of its time (controller down, the previous run still
 going) is skipped until the next: later still is a resume too, but not the slot asked for; and
@@ -227,7 +226,7 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_nodes: int, max_nodes:
     if job.schedule:
         # One store serves every scheduled run, but a run that ended (completed, or failed)
         # leaves its rendezvous closed in it: each run's Job names its own rendezvous.
-        env.append({"name": ENV_RDZV_ID,
+        env.append({"name": contract.ENV_RDZV_ID,
                     "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_NAME_POD_LABEL}']"}}})
     if shape.efa_interfaces:
         requests[EFA_RESOURCE] = str(shape.efa_interfaces)
