@@ -162,7 +162,8 @@ def scaler_objects(*, config: dict, image: str, team_namespaces: Iterable[str]) 
                           "command": list(COMMAND),
                           "env": [{"name": "HOME", "value": "/tmp"}],
                           "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-                          "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                          # One decision pass every decide_every_s over a few jobs: mostly idle.
+                          "resources": {"requests": {"cpu": "50m", "memory": "192Mi"},
                                         "limits": {"cpu": "500m", "memory": "512Mi"}},
                           "readinessProbe": {"httpGet": {"path": "/metrics", "port": METRICS_PORT},
                                              "periodSeconds": 30},
