@@ -28,6 +28,8 @@ MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"
 COMPLETIONS_EQUAL_PARALLELISM = "kueue.x-k8s.io/job-completions-equal-parallelism"
 ELASTIC_JOB = "kueue.x-k8s.io/elastic-job"
 """Kueue's elastic Job (workload slices): parallelism may change while it runs; immutable."""
+DELETION_PROPAGATION = "pulumi.com/deletionPropagationPolicy"
+"""How Pulumi deletes the object (pulumi-kubernetes >= 4.12): `foreground` waits for its pods."""
 SCALED_LABEL = "tensile.dev/scaled"
 """On the Jobs the scaler manages (/work/scaler-contract.md)."""
 JOB_NAME_POD_LABEL = "batch.kubernetes.io/job-name"
@@ -320,7 +322,11 @@ def _elastic_job(job: JobConfig, labels: dict, pod_spec: dict, *, min_nodes: int
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": job.name, "namespace": job.team,
                      "labels": {**labels, QUEUE_LABEL: LOCAL_QUEUE, SCALED_LABEL: "true"},
-                     "annotations": {ELASTIC_JOB: "true", "pulumi.com/skipAwait": "true"}},
+                     "annotations": {ELASTIC_JOB: "true", "pulumi.com/skipAwait": "true",
+                                     # When `up` replaces it (delete first), the Job goes only once
+                                     # its pods have (SIGTERM, the agreed save): the new Job's
+                                     # workers never meet the old ones on the run's checkpoints.
+                                     DELETION_PROPAGATION: "foreground"}},
         "spec": {
             "completionMode": "Indexed", "parallelism": min_nodes, "completions": max_nodes,
             # Every node ends at the same final step: the first success means the run is done,
@@ -340,7 +346,8 @@ def scheduled_job(job: JobConfig, worker: dict) -> dict:
     queue label on it). Each run resumes the same run from its newest checkpoint (one
     checkpoint.shared_dir, one run name); one run at a time."""
     metadata = worker["metadata"]
-    annotations = {k: v for k, v in metadata["annotations"].items() if k != "pulumi.com/skipAwait"}
+    # Pulumi's own annotations mean nothing on the Jobs the CronJob creates.
+    annotations = {k: v for k, v in metadata["annotations"].items() if not k.startswith("pulumi.com/")}
     return {
         "apiVersion": "batch/v1", "kind": "CronJob",
         "metadata": {"name": job.name, "namespace": job.team, "labels": _labels(job, "schedule")},

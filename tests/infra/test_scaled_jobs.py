@@ -120,7 +120,9 @@ def test_scaled_job_renders_the_contracts_elastic_job():
     *_, job = _objects(cfg, demo)
     meta, spec = job["metadata"], job["spec"]
     assert meta["labels"][job_plan.SCALED_LABEL] == "true" and meta["labels"][job_plan.QUEUE_LABEL] == "training"
-    assert meta["annotations"] == {"kueue.x-k8s.io/elastic-job": "true", "pulumi.com/skipAwait": "true"}
+    # Replaced delete-first, the old Job goes once its pods have (foreground): no two groups at once.
+    assert meta["annotations"] == {"kueue.x-k8s.io/elastic-job": "true", "pulumi.com/skipAwait": "true",
+                                   "pulumi.com/deletionPropagationPolicy": "foreground"}
     assert job_plan.MIN_PARALLELISM not in meta["annotations"]
     assert job_plan.COMPLETIONS_EQUAL_PARALLELISM not in meta["annotations"]
     low, high = job_plan.job_bounds(demo, read_training_config(demo.training_config))
@@ -185,7 +187,7 @@ def test_scheduled_job_is_a_cronjob_of_the_same_job_resuming_the_same_run():
     # Kueue manages the CronJob's Jobs by the queue label on the template.
     assert template["metadata"]["labels"][job_plan.QUEUE_LABEL] == "training"
     assert template["metadata"]["annotations"] == {k: v for k, v in plain["metadata"]["annotations"].items()
-                                                   if k != "pulumi.com/skipAwait"}
+                                                   if not k.startswith("pulumi.com/")}
     # The same Job but for the rendezvous id: each run's Job names its own rendezvous in the one store.
     pod, plain_pod = template["spec"]["template"]["spec"], plain["spec"]["template"]["spec"]
     env = pod["containers"][0].pop("env")
