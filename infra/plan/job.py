@@ -294,12 +294,15 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_nodes: int, max_nodes:
         "spec": {
             "completionMode": "Indexed", "parallelism": max_nodes, "completions": max_nodes,
             **_failure_policy(max_nodes),
-            "template": {"metadata": {"labels": labels,
-                                      "annotations": {"prometheus.io/scrape": "true",
-                                                      "prometheus.io/port": str(METRICS_PORT)}},
-                         "spec": pod_spec},
+            "template": _pod_template(labels, pod_spec),
         },
     }
+
+
+def _pod_template(labels: dict, pod_spec: dict) -> dict:
+    return {"metadata": {"labels": labels,
+                         "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}},
+            "spec": pod_spec}
 
 
 def _failure_policy(max_nodes: int) -> dict:
@@ -333,10 +336,7 @@ def _elastic_job(job: JobConfig, labels: dict, pod_spec: dict, *, min_nodes: int
             # and the indexes never started (completions = max) must not be started then.
             "successPolicy": {"rules": [{"succeededCount": 1}]},
             **_failure_policy(max_nodes),
-            "template": {"metadata": {"labels": {**labels, SCALED_LABEL: "true"},
-                                      "annotations": {"prometheus.io/scrape": "true",
-                                                      "prometheus.io/port": str(METRICS_PORT)}},
-                         "spec": pod_spec},
+            "template": _pod_template({**labels, SCALED_LABEL: "true"}, pod_spec),
         },
     }
 
