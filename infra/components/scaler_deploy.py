@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 from infra import enforcer
 from infra.components.cluster import assume_role_policy
 from infra.components.k8s_objects import declare
+from infra.config.types import JobConfig
 from infra.plan import scaler as scaler_plan
 
 
@@ -23,8 +24,8 @@ class ScalerControllerArgs:
     """The controller's config.json (scaler_plan.scaler_config), resolved with the bucket's name."""
     image: str
     team_namespaces: tuple[str, ...]
-    scaled_jobs: tuple
-    """The scaled JobConfigs: their checkpoint prefixes are all the controller may read."""
+    scaled_jobs: tuple[JobConfig, ...]
+    """The scaled jobs: their checkpoint prefixes are all the controller may read."""
     cluster_name: pulumi.Input[str]
     bucket_arn: pulumi.Input[str]
     kms_key_arn: pulumi.Input[str]
@@ -42,11 +43,13 @@ class ScalerController(pulumi.ComponentResource):
         # Planned with the config's shape now (every object known at preview), its text filled in.
         template = scaler_plan.scaler_objects(config={"spend": {"configmap": enforcer.SPEND_CONFIGMAP}},
                                               image=args.image, team_namespaces=args.team_namespaces)
-        for manifest in template:
+        live = config.apply(lambda c: scaler_plan.scaler_objects(config=c, image=args.image,
+                                                                 team_namespaces=args.team_namespaces))
+        for i, manifest in enumerate(template):
             kind, meta = manifest["kind"], manifest["metadata"]
-            if kind == "ConfigMap":
-                manifest = {**manifest, "data": config.apply(lambda c: scaler_plan.scaler_objects(
-                    config=c, image=args.image, team_namespaces=args.team_namespaces)[1]["data"])}
+            if kind in ("ConfigMap", "Deployment"):  # the config's text, and its hash on the pods
+                field = "data" if kind == "ConfigMap" else "spec"
+                manifest = {**manifest, field: live.apply(lambda objs, i=i, field=field: objs[i][field])}
             where = "" if meta.get("namespace") in (None, scaler_plan.NAMESPACE) else f"-{meta['namespace']}"
             declare(f"{name}-{kind.lower()}{where}", manifest, k8s_opts)
 

@@ -5,6 +5,7 @@ system nodes. The controller is `tensile scaler run` in the training image (docs
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -24,6 +25,7 @@ CONFIG_VERSION = 1
 DEFAULT_DECIDE_EVERY_S = 30
 COMMAND = ("tensile", "scaler", "run", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}")
 KUEUE = "kueue.x-k8s.io"
+CONFIG_HASH = "tensile.dev/config-sha256"
 RUN_AS = 10001
 """The training image's user (training/Dockerfile)."""
 
@@ -115,6 +117,7 @@ def scaler_objects(*, config: dict, image: str, team_namespaces: Iterable[str]) 
     """Every Kubernetes object of the controller, in apply order."""
     labels = {"app.kubernetes.io/name": NAME}
     meta = {"namespace": NAMESPACE, "labels": labels}
+    config_text = json.dumps(config, indent=1, sort_keys=True) + "\n"
     binding_subject = [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
     objects: list[dict] = [
         # Its AWS identity comes from EKS Pod Identity (by this account's name), its API token
@@ -122,7 +125,7 @@ def scaler_objects(*, config: dict, image: str, team_namespaces: Iterable[str]) 
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": NAME, **meta},
          "automountServiceAccountToken": False},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME, **meta},
-         "data": {CONFIG_KEY: json.dumps(config, indent=1, sort_keys=True) + "\n"}},
+         "data": {CONFIG_KEY: config_text}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": NAME, "labels": labels},
          "rules": [{"apiGroups": [KUEUE], "resources": ["clusterqueues"], "verbs": ["get", "list", "watch"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -151,7 +154,9 @@ def scaler_objects(*, config: dict, image: str, team_namespaces: Iterable[str]) 
          # through a rollout. If it is down, jobs stay at their size.
          "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": labels},
                   "template": {"metadata": {"labels": labels, "annotations": {
-                      "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}}, "spec": {
+                      "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+                      # A new config (a job scaled or dropped) restarts the controller on it.
+                      CONFIG_HASH: hashlib.sha256(config_text.encode()).hexdigest()[:16]}}, "spec": {
                       "serviceAccountName": NAME, "nodeSelector": dict(SYSTEM_NODE_LABEL),
                       "tolerations": [dict(SYSTEM_TOLERATION)],
                       "automountServiceAccountToken": False,

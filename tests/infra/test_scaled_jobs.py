@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -327,8 +328,12 @@ def test_scaler_deployment_runs_the_controller_hardened_on_the_system_nodes(cont
     assert container["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
     service = controller_objects[("Service", "tensile-system", "tensile-scaler")]
     assert service["spec"]["ports"][0]["port"] == 9464
-    data = json.loads(controller_objects[("ConfigMap", "tensile-system", "tensile-scaler")]["data"]["config.json"])
+    text = controller_objects[("ConfigMap", "tensile-system", "tensile-scaler")]["data"]["config.json"]
+    data = json.loads(text)
     assert data["version"] == 1 and [j["name"] for j in data["jobs"]] == ["demo"]
+    # The config's hash on the pods: a new config restarts the controller.
+    assert spec["template"]["metadata"]["annotations"]["tensile.dev/config-sha256"] == \
+        hashlib.sha256(text.encode()).hexdigest()[:16]
     association = next(r for r in dev.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")
                        if r["name"] == "scaler-identity")
     assert (association["inputs"]["namespace"], association["inputs"]["serviceAccount"]) == (
