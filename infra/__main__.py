@@ -78,7 +78,8 @@ for job in (j for j in cfg.jobs if j.enabled):  # a disabled entry is an example
         # Job would run unsuspended (Karpenter buying GPU nodes) until Kueue suspends it.
         provider=cluster.provider, depends_on=(teams.namespaces[job.team], addons.kueue,
                                                teams.local_queues[job.team][team_plan.LOCAL_QUEUE])))
-scaled = [scaler_plan.ScaledJob(job=j, min_nodes=low, max_nodes=high) for j in cfg.jobs if j.enabled and j.scaler
+scaled = [scaler_plan.ScaledJob(job=j, min_nodes=low, max_nodes=high)
+          for j in cfg.jobs if j.enabled and j.scaler is not None  # `scaler: {}` is every default
           for low, high in [job_plan.job_bounds(j, read_training_config(j.training_config))]]
 if scaled:  # the controller exists only while there is a scaled job to resize
     quotas = {t.name: team_plan.team_quota(t, cfg.gpu_pools, cfg.prices) for t in cfg.teams}

@@ -373,3 +373,14 @@ def test_scaler_iam_allows_what_the_controller_requests_and_refuses_the_rest(req
     demo = next(j for j in cfg.jobs if j.name == "demo")
     policy = json.loads(scaler_plan.scaler_iam_policy(bucket_arn=BUCKET, kms_key_arn=KEY, jobs=[demo]))
     assert (evaluate(policy, request_).effect == ALLOW) is allowed
+
+
+def test_scaler_controller_is_deployed_for_a_scaler_section_of_defaults_only(raw_configs):
+    """`scaler: {}` (every setting at its default) scales the job: it gets the controller too."""
+    from infra import mocks
+
+    raw = _dev_with(raw_configs, enabled=True, scaler={})
+    run = mocks.run_isolated("dev", config=raw)
+    assert run.error is None, run.error
+    (config_map,) = [r for r in run.of_type("kubernetes:core/v1:ConfigMap") if r["name"] == "scaler-configmap"]
+    assert json.loads(config_map["inputs"]["data"]["config.json"])["jobs"][0]["scaler"] == {}
