@@ -20,12 +20,16 @@ from infra.components.enforcer_deploy import BudgetEnforcer, BudgetEnforcerArgs 
 from infra.components.gpu_pools import GpuNodePools, GpuNodePoolsArgs  # noqa: E402
 from infra.components.interruption import InterruptionQueue, InterruptionQueueArgs  # noqa: E402
 from infra.components.job import TrainingJob, TrainingJobArgs  # noqa: E402
+from infra.components.job import read_training_config  # noqa: E402
 from infra.components.karpenter import Karpenter, KarpenterArgs  # noqa: E402
+from infra.components.scaler_deploy import ScalerController, ScalerControllerArgs  # noqa: E402
 from infra.components.network import Network, NetworkArgs  # noqa: E402
 from infra.components.storage import Storage, StorageArgs  # noqa: E402
 from infra.components.teams import Teams, TeamsArgs  # noqa: E402
 from infra.config import stack as stack_config  # noqa: E402
 from infra.config.checks import cost_estimate  # noqa: E402
+from infra.plan import job as job_plan  # noqa: E402
+from infra.plan import scaler as scaler_plan  # noqa: E402
 from infra.plan import teams as team_plan  # noqa: E402
 from infra.plan.budgets import team_gpu_hour_prices  # noqa: E402
 
@@ -74,6 +78,23 @@ for job in (j for j in cfg.jobs if j.enabled):  # a disabled entry is an example
         # Job would run unsuspended (Karpenter buying GPU nodes) until Kueue suspends it.
         provider=cluster.provider, depends_on=(teams.namespaces[job.team], addons.kueue,
                                                teams.local_queues[job.team][team_plan.LOCAL_QUEUE])))
+scaled = [scaler_plan.scaled_job(j, training, min_nodes=low, max_nodes=high)
+          for j in cfg.jobs if j.enabled and j.scaler is not None  # `scaler: {}` is every default
+          for training in [read_training_config(j.training_config)]
+          for low, high in [job_plan.job_bounds(j, training)]]
+if scaled:  # the controller exists only while there is a scaled job to resize
+    quotas = {t.name: team_plan.team_quota(t, cfg.gpu_pools, cfg.prices) for t in cfg.teams}
+    scaler_config = storage.bucket_name.apply(lambda bucket: scaler_plan.scaler_config(
+        scaled, teams=cfg.teams, quotas=quotas, pools=cfg.gpu_pools, prices=cfg.prices, region=cfg.region,
+        bucket=bucket, decide_every_s=cfg.scaler.decide_every_s))
+    scaler_namespaces = tuple(sorted({s.job.team for s in scaled}))
+    scaler_controller = ScalerController("scaler", ScalerControllerArgs(
+        config=scaler_config, image=cfg.scaler.image, team_namespaces=scaler_namespaces,
+        scaled_jobs=tuple(s.job for s in scaled), cluster_name=cluster.name, bucket_arn=storage.bucket_arn,
+        kms_key_arn=storage.kms_key_arn, provider=cluster.provider,
+        depends_on=(budgets.namespace, *addons.kueue_crds, *(teams.namespaces[t] for t in scaler_namespaces))))
+    pulumi.export("scalerServiceAccount", scaler_controller.service_account)
+    pulumi.export("scalerRoleArn", scaler_controller.role_arn)
 
 estimate = cost_estimate(pools=cfg.gpu_pools, cluster=cfg.cluster, network=cfg.network, prices=cfg.prices)
 pulumi.export("clusterName", cluster.name)

@@ -124,6 +124,9 @@ def _make_mocks(region: str):
                     "property_dependencies": {k: list(v.urns) for k, v in request.propertyDependencies.items()},
                     "ignore_changes": list(request.ignoreChanges),
                     "retain_on_delete": bool(request.retainOnDelete),
+                    # How a replacement would go (a Job turned elastic is replaced, deleted first).
+                    "replace_on_changes": list(request.replaceOnChanges),
+                    "delete_before_replace": bool(request.deleteBeforeReplace),
                     "protect": bool(request.protect),
                     # The URNs this resource was known by before (a rename with an alias is no
                     # replacement): what the engine would match against its state.

@@ -23,6 +23,8 @@ rm -rf "$OUT"
 for stack in "${stacks[@]}"; do
   # Validation runs too; the scan needs only the written objects, so its verdict is not fatal here.
   .venv/bin/python -m infra.tools.validation --stack "$stack" --out "$OUT/$stack" >/dev/null || true
+  # And with its example jobs enabled: the jobs, and the scaler controller for a scaled one.
+  .venv/bin/python -m infra.tools.validation --stack "$stack" --examples --out "$OUT/$stack-examples" >/dev/null || true
 done
 
 skip=$(grep -Ev '^\s*(#|$)' scripts/checkov-waivers.txt | awk '{print $1}' | paste -sd, -)

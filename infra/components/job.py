@@ -1,5 +1,6 @@
 """A run of the training package on the cluster: the objects `infra.plan.job` plans (config,
-rendezvous store on the system nodes, headless Service, Kueue-admitted Indexed Job)."""
+rendezvous store on the system nodes, headless Service, Kueue-admitted Indexed Job, or the CronJob
+that creates it on a schedule)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from infra.components.k8s_objects import declare
 from infra.config.stack import REPO_ROOT
 from infra.config.types import GpuPoolConfig, JobConfig
 from infra.plan import job as job_plan
+
+ELASTIC_ANNOTATION_PATH = f'metadata.annotations["{job_plan.ELASTIC_JOB}"]'
 
 
 def read_training_config(path: str, root: Path = REPO_ROOT) -> dict:
@@ -54,11 +57,23 @@ class TrainingJob(pulumi.ComponentResource):
             resolved = {**manifest, **{k: live.apply(lambda o, k=k: o[k]) for k in manifest
                                        if k not in ("apiVersion", "kind", "metadata")}}
             opts = base
-            if kind == "Job":
+            if kind == "Job" and args.job.scaler is not None:
+                # The scaler owns parallelism, Kueue suspension: `up` must not fight either. The
+                # elastic annotation is immutable (Kueue refuses its change), so turning a job
+                # elastic replaces the Job: the old one deleted first (its pods get SIGTERM and
+                # save at an agreed step), the new one, same name, resumes the same run from
+                # the same checkpoint.shared_dir; config, store and Services are kept
+                # (docs/upgrades.md, "A job becomes elastic").
+                opts = pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(
+                    depends_on=declared, ignore_changes=["spec.parallelism", "spec.completions", "spec.suspend"],
+                    replace_on_changes=[ELASTIC_ANNOTATION_PATH], delete_before_replace=True))
+            elif kind == "Job":
                 # Kueue owns these after admission (partial admission, suspension): Pulumi must
                 # not fight it on the next `up`.
                 opts = pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(
                     depends_on=declared, ignore_changes=["spec.parallelism", "spec.completions", "spec.suspend"]))
+            elif kind == "CronJob":
+                opts = pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(depends_on=declared))
             suffix = manifest["metadata"]["name"].removeprefix(args.job.name).strip("-") or "workers"
             declared.append(declare(f"{name}-{kind.lower()}-{suffix}", resolved, opts))
         self.register_outputs({"job": args.job.name, "team": args.job.team,

@@ -9,10 +9,15 @@ import re
 from typing import Any, Mapping
 
 from infra import cost
+from tensile.config import ConfigError as ScalerConfigError
+from tensile.scaler.config import load_scaler_config
+
+from infra.config.cron import schedule_problem
 from infra.config.reader import (DNS_LABEL, DURATION, EMAIL, ISO_DATE, RESERVATION_ID, ZONE_ID, Reader, at_least,
                                  cidr_problem, image_problem, one_of, positive, role_arn_problem)
 from infra.config.types import (BudgetConfig, ClusterConfig, GpuPoolConfig, JobConfig, KarpenterConfig,
-                                NetworkConfig, PlatformConfig, StorageConfig, SystemNodesConfig, TeamConfig)
+                                NetworkConfig, PlatformConfig, ScalerControllerConfig, StorageConfig,
+                                SystemNodesConfig, TeamConfig)
 
 # EKS standard support end per Kubernetes minor (AWS EKS version calendar, checked 2026-11-28;
 # 1.36's date is its EKS release + 14 months). Refresh with each EKS release.
@@ -401,7 +406,8 @@ def parse_platform(r: Reader, raw: Any) -> PlatformConfig:
                           pods_ready_timeout=timeout or "15m")
 
 
-def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[GpuPoolConfig, ...]) -> tuple[JobConfig, ...]:
+def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[GpuPoolConfig, ...],
+               platform: PlatformConfig | None = None) -> tuple[JobConfig, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -412,7 +418,8 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
     for i, entry in enumerate(raw):
         path = f"jobs[{i}]"
         obj = r.section(entry, path, {"name", "team", "trainingConfig", "image", "gpuModel", "gpusPerWorker",
-                                      "emergencyCheckpointSeconds", "enabled", "modelParameters"})
+                                      "emergencyCheckpointSeconds", "enabled", "modelParameters", "scaler",
+                                      "schedule"})
         name = r.value(obj, "name", path, str,
                        check=lambda v: None if DNS_LABEL.match(v) and len(v) <= 40 else f"must be a DNS label of at most 40 characters, got {v!r}")
         team_name = r.value(obj, "team", path, str,
@@ -439,9 +446,78 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
         # A YAML `no`/`off` is already a bool; "false" in quotes is not, and is refused rather than read as true.
         enabled = r.value(obj, "enabled", path, bool, True)
         parameters = r.value(obj, "modelParameters", path, int, None, check=positive)
+        schedule = r.value(obj, "schedule", path, str, None, check=schedule_problem)
+        scaler = obj.get("scaler")
+        scaler_pool = None
+        if scaler is not None:
+            scaler_ok = _check_scaler(r, scaler, f"{path}.scaler", platform)
+            scaler_pool = _scaler_pool(r, path, model, team, pools)
+            if schedule is not None:
+                r.problem(f"{path}.schedule", "a scaled job cannot be scheduled yet: the scaler finds its Job by name, "
+                                              "and a CronJob names each run's Job anew; drop schedule or scaler")
+            if not scaler_ok:
+                scaler = None
         if None in (name, team_name, training, image, gpus, grace, enabled) or team is None:
             continue
         jobs.append(JobConfig(name=name, team=team_name, training_config=training, image=image, gpu_model=model,
                               gpus_per_worker=gpus, emergency_checkpoint_seconds=grace, enabled=enabled,
-                              model_parameters=parameters))
+                              model_parameters=parameters, scaler=dict(scaler) if scaler is not None else None,
+                              scaler_pool=scaler_pool, schedule=schedule))
     return tuple(jobs)
+
+
+def _check_scaler(r: Reader, raw: Any, path: str, platform: PlatformConfig | None) -> bool:
+    """The trainer package's own parser checks the section (the controller reads it with the same),
+    each problem reported at its stack property path; and a scale-up must give up on nodes that do
+    not come before Kueue's waitForPodsReady would evict the whole job (docs/design/scaler.md)."""
+    try:
+        parsed = load_scaler_config(raw, path=path)
+    except ScalerConfigError as e:
+        for where, reason in e.problems:
+            r.problem(where, reason)
+        return False
+    timeout = platform.pods_ready_timeout if platform else None
+    if timeout and DURATION.match(timeout):
+        seconds = int(timeout[:-1]) * {"s": 1, "m": 60, "h": 3600}[timeout[-1]]
+        if parsed.grow_ready_deadline_s >= seconds:
+            r.problem(f"{path}.grow_ready_deadline_s",
+                      f"{parsed.grow_ready_deadline_s:g} s is not below platform.podsReadyTimeout ({timeout} = "
+                      f"{seconds} s): a scale-up whose nodes never come would have Kueue evict the whole job "
+                      f"first; set it below {seconds}")
+    return True
+
+
+def _scaler_pool(r: Reader, path: str, model: str | None, team: TeamConfig | None,
+                 pools: tuple[GpuPoolConfig, ...]) -> str | None:
+    """The one NodePool a scaled job runs in: the scaler prices and counts offers per pool."""
+    if team is None:
+        return None
+    models = (model,) if model else team.gpu_models
+    fitting = [p for p in pools if p.gpu_model in models]
+    if len(fitting) != 1:
+        r.problem(f"{path}.gpuModel", f"a scaled job runs in one GPU pool (the scaler reads that pool's prices and "
+                                      f"offers), but {', '.join(models)} is offered by {len(fitting)} "
+                                      f"({', '.join(p.name for p in fitting) or 'none'}): set gpuModel to a model "
+                                      "one pool offers")
+        return None
+    if fitting[0].efa:
+        r.problem(f"{path}.scaler", f"pool {fitting[0].name} has EFA, whose NodePools are one per zone; the scaler "
+                                    "reads one NodePool's market: not supported yet, drop the scaler")
+        return None
+    return fitting[0].name
+
+
+def parse_scaler_controller(r: Reader, raw: Any, jobs: tuple[JobConfig, ...]) -> ScalerControllerConfig | None:
+    """`scaler`: the controller's image and pace; required once an enabled job has a scaler."""
+    path = "scaler"
+    needed = [j.name for j in jobs if j.enabled and j.scaler is not None]
+    if raw is None and not needed:
+        return None
+    obj = r.section(raw, path, {"image", "decideEverySeconds"}, required=False)
+    image = r.value(obj, "image", path, str, None, check=image_problem)
+    every = r.value(obj, "decideEverySeconds", path, int, 30,
+                    check=lambda v: None if 5 <= v <= 600 else f"must be 5..600 seconds (got {v})")
+    if needed and not obj.get("image"):
+        r.problem(f"{path}.image", f"is required: job(s) {', '.join(needed)} have a scaler, and the controller that "
+                                   "resizes them runs the training image; set the platform's pinned training image")
+    return ScalerControllerConfig(image=image, decide_every_s=every or 30)

@@ -35,7 +35,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
     r = Reader()
     top: dict[str, Any] = {}
     known_top = {"environment", "costCentre", "network", "cluster", "karpenter", "gpuPools", "storage",
-                 "budget", "teams", "prices", "spotDiscounts", "platform", "jobs"}
+                 "budget", "teams", "prices", "spotDiscounts", "platform", "jobs", "scaler"}
     for key, value in raw.items():
         namespace, _, name = key.partition(":")
         if namespace != NAMESPACE:
@@ -64,7 +64,8 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
     budget = sections.parse_budget(r, top.get("budget"))
     teams = sections.parse_teams(r, top.get("teams"), pools)
     platform = sections.parse_platform(r, top.get("platform"))
-    jobs = sections.parse_jobs(r, top.get("jobs"), teams, pools)
+    jobs = sections.parse_jobs(r, top.get("jobs"), teams, pools, platform)
+    scaler = sections.parse_scaler_controller(r, top.get("scaler"), jobs)
 
     if caller is not None:
         check_identities(r, cluster=cluster, teams=teams, caller=caller)
@@ -78,7 +79,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, today: dt.date | None = None,
     return StackConfig(
         stack=stack, environment=environment, region=region, cost_centre=cost_centre, network=network,
         cluster=cluster, karpenter=karpenter, gpu_pools=pools, storage=storage, budget=budget, teams=teams,
-        prices=prices, platform=platform, jobs=jobs, warnings=tuple(warnings),
+        prices=prices, platform=platform, jobs=jobs, scaler=scaler, warnings=tuple(warnings),
         aws_profile=profile, aws_role_arn=role_arn,
     )
 
@@ -153,7 +154,7 @@ def parse_job_entry(entry: Mapping[str, Any], cfg: StackConfig) -> JobConfig:
     """One `tensile:jobs` entry checked against a parsed stack exactly as the stack's own jobs are
     (`tensile job render`); ConfigError's paths are relative to the entry."""
     r = Reader()
-    jobs = sections.parse_jobs(r, [dict(entry)], cfg.teams, cfg.gpu_pools)
+    jobs = sections.parse_jobs(r, [dict(entry)], cfg.teams, cfg.gpu_pools, cfg.platform)
     if r.problems:
         raise ConfigError([Problem(p.path.removeprefix("jobs[0]."), p.reason) for p in r.problems])
     return jobs[0]

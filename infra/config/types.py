@@ -4,7 +4,7 @@ the error that lists every problem of a stack config with its property path (par
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from infra import cost
 
@@ -127,6 +127,17 @@ class PlatformConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ScalerControllerConfig:
+    """The in-cluster scaler controller (docs/design/scaler.md), deployed when an enabled job has
+    a scaler section."""
+
+    image: str | None
+    """The training image the controller runs (`tensile scaler run`): the platform's, pinned, never
+    a team's own (the controller acts in every team namespace with a scaled job)."""
+    decide_every_s: int = 30
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class JobConfig:
     """A training run the stack deploys (optional; `tensile job render` makes the same objects)."""
 
@@ -144,6 +155,15 @@ class JobConfig:
     model_parameters: int | None = None
     """The model's parameter count where the renderer cannot compute it (a `model.factory` model);
     it sizes the emergency checkpoint (plan/checkpoint_window.py)."""
+    scaler: Mapping[str, Any] | None = None
+    """The scaler section (validated by tensile.scaler.config, passed to the controller as
+    written); set, the job is an elastic Kueue Job the scaler grows and shrinks
+    (docs/design/scaler.md). None: partial admission, as before."""
+    scaler_pool: str | None = None
+    """The one GPU pool (Karpenter NodePool) a scaled job runs in: the scaler reads its market."""
+    schedule: str | None = None
+    """A CronJob schedule (five fields, UTC): each run resumes the same run from its newest
+    checkpoint; None: one Job, started by `pulumi up`."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -171,6 +191,7 @@ class StackConfig:
     prices: cost.PriceBook
     platform: PlatformConfig | None = None
     jobs: tuple[JobConfig, ...] = ()
+    scaler: ScalerControllerConfig | None = None
     warnings: tuple[str, ...] = ()
     """Problems that `budget.onWorstCaseOverBudget: warn` lets through; logged at preview."""
     aws_profile: str = ""

@@ -1,5 +1,6 @@
 """The elastic training job as plain manifests: an Indexed Job of N..M worker pods (nodes) admitted by the
-team's Kueue queue (partial admission down to N), a headless Service for the workers, and the
+team's Kueue queue (partial admission down to N; an elastic Job the scaler resizes when the job has
+a scaler), or a CronJob creating that Job on a schedule, a headless Service for the workers, and the
 rendezvous store as its own small Deployment + Service on the on-demand system nodes.
 Pure: `tensile job render` prints these, the TrainingJob component declares them."""
 
@@ -25,6 +26,19 @@ ROLE_LABEL = "tensile.io/role"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"
 COMPLETIONS_EQUAL_PARALLELISM = "kueue.x-k8s.io/job-completions-equal-parallelism"
+ELASTIC_JOB = "kueue.x-k8s.io/elastic-job"
+"""Kueue's elastic Job (workload slices): parallelism may change while it runs; immutable."""
+DELETION_PROPAGATION = "pulumi.com/deletionPropagationPolicy"
+"""How Pulumi deletes the object (pulumi-kubernetes >= 4.12): `foreground` waits for its pods."""
+SCALED_LABEL = "tensile.dev/scaled"
+"""On the Jobs the scaler manages (docs/design/scaler.md)."""
+JOB_NAME_POD_LABEL = "batch.kubernetes.io/job-name"
+"""Set by the Job controller on every pod of a Job: a CronJob's run names its rendezvous by it."""
+CRON_STARTING_DEADLINE_SECONDS = 3600
+"""A run that could not start within an hour of its time (controller down, the previous run still
+going) is skipped until the next: later still is a resume too, but not the slot asked for; and
+without a deadline the CronJob controller gives up after 100 missed starts."""
+CRON_HISTORY = 3
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 CONFIG_DIR = "/etc/tensile"
 WORK_DIR = "/var/lib/tensile"
@@ -200,7 +214,8 @@ def rendezvous_objects(job: JobConfig) -> list[dict]:
 
 
 def worker_job(job: JobConfig, shape: WorkerShape, *, min_nodes: int, max_nodes: int, bucket: str) -> dict:
-    """The Indexed Job of worker pods (one pod is one node: Kueue's parallelism counts pods)."""
+    """The Indexed Job of worker pods (one pod is one node: Kueue's parallelism counts pods);
+    an elastic one when the job has a scaler, its template in a CronJob when it has a schedule."""
     labels = _labels(job, "worker")
     rdzv = f"{job.name}-rdzv.{job.team}.svc.cluster.local:{RDZV_PORT}"
     requests = {"cpu": str(shape.cpu), "memory": f"{shape.memory_gib}Gi", GPU: str(shape.gpus)}
@@ -210,6 +225,11 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_nodes: int, max_nodes:
         {"name": contract.ENV_METRICS_PORT, "value": str(METRICS_PORT)},
         {"name": contract.ENV_CHECKPOINT_URL, "value": checkpoint_url(bucket, job)},
     ]
+    if job.schedule:
+        # One store serves every scheduled run, but a run that ended (completed, or failed)
+        # leaves its rendezvous closed in it: each run's Job names its own rendezvous.
+        env.append({"name": contract.ENV_RDZV_ID,
+                    "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_NAME_POD_LABEL}']"}}})
     if shape.efa_interfaces:
         requests[EFA_RESOURCE] = str(shape.efa_interfaces)
         # libfabric's EFA provider; GPUDirect RDMA where the host supports it (p4d, p5).
@@ -259,6 +279,8 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_nodes: int, max_nodes:
         }],
         "volumes": volumes,
     }
+    if job.scaler is not None:
+        return _elastic_job(job, labels, pod_spec, min_nodes=min_nodes, max_nodes=max_nodes)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": job.name, "namespace": job.team, "labels": {**labels, QUEUE_LABEL: LOCAL_QUEUE},
@@ -271,18 +293,72 @@ def worker_job(job: JobConfig, shape: WorkerShape, *, min_nodes: int, max_nodes:
                          "pulumi.com/skipAwait": "true"}},
         "spec": {
             "completionMode": "Indexed", "parallelism": max_nodes, "completions": max_nodes,
-            # Preemptions (SIGTERM after a save, node drains) do not use up the failure budget;
-            # the Job controller recreates the worker and Karpenter finds it a node.
-            "backoffLimit": 3 * max_nodes,
+            **_failure_policy(max_nodes),
+            "template": _pod_template(labels, pod_spec),
+        },
+    }
+
+
+def _pod_template(labels: dict, pod_spec: dict) -> dict:
+    return {"metadata": {"labels": labels,
+                         "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}},
+            "spec": pod_spec}
+
+
+def _failure_policy(max_nodes: int) -> dict:
+    # Preemptions (SIGTERM after a save, node drains) do not use up the failure budget; the Job
+    # controller recreates the worker and Karpenter finds it a node.
+    return {"backoffLimit": 3 * max_nodes,
             "podFailurePolicy": {"rules": [
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In",
                                                      "values": [contract.EXIT_STOPPED]}},
-            ]},
-            "template": {"metadata": {"labels": labels,
-                                      "annotations": {"prometheus.io/scrape": "true",
-                                                      "prometheus.io/port": str(METRICS_PORT)}},
-                         "spec": pod_spec},
+            ]}}
+
+
+def _elastic_job(job: JobConfig, labels: dict, pod_spec: dict, *, min_nodes: int, max_nodes: int) -> dict:
+    """A Kueue elastic Job (docs/design/scaler.md): admitted at exactly its parallelism, created at
+    the minimum and grown by workload slices as the scaler raises `parallelism`. Kueue refuses the
+    elastic annotation with partial admission, and completions stay at the maximum (removing pods
+    by `parallelism` takes the not-ready ones first, not the highest indexes)."""
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": job.name, "namespace": job.team,
+                     "labels": {**labels, QUEUE_LABEL: LOCAL_QUEUE, SCALED_LABEL: "true"},
+                     "annotations": {ELASTIC_JOB: "true", "pulumi.com/skipAwait": "true",
+                                     # When `up` replaces it (delete first), the Job goes only once
+                                     # its pods have (SIGTERM, the agreed save): the new Job's
+                                     # workers never meet the old ones on the run's checkpoints.
+                                     DELETION_PROPAGATION: "foreground"}},
+        "spec": {
+            "completionMode": "Indexed", "parallelism": min_nodes, "completions": max_nodes,
+            # Every node ends at the same final step: the first success means the run is done,
+            # and the indexes never started (completions = max) must not be started then.
+            "successPolicy": {"rules": [{"succeededCount": 1}]},
+            **_failure_policy(max_nodes),
+            "template": _pod_template({**labels, SCALED_LABEL: "true"}, pod_spec),
+        },
+    }
+
+
+def scheduled_job(job: JobConfig, worker: dict) -> dict:
+    """A CronJob whose every run is the worker Job (the same template: Kueue admits each by the
+    queue label on it). Each run resumes the same run from its newest checkpoint (one
+    checkpoint.shared_dir, one run name); one run at a time."""
+    metadata = worker["metadata"]
+    # Pulumi's own annotations mean nothing on the Jobs the CronJob creates.
+    annotations = {k: v for k, v in metadata["annotations"].items() if not k.startswith("pulumi.com/")}
+    return {
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": job.name, "namespace": job.team, "labels": _labels(job, "schedule")},
+        "spec": {
+            "schedule": job.schedule, "timeZone": "Etc/UTC",
+            # Never two runs of one run: both would write its checkpoints (the lease fences one).
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": CRON_STARTING_DEADLINE_SECONDS,
+            "successfulJobsHistoryLimit": CRON_HISTORY, "failedJobsHistoryLimit": CRON_HISTORY,
+            "jobTemplate": {"metadata": {"labels": dict(metadata["labels"]), "annotations": annotations},
+                            "spec": worker["spec"]},
         },
     }
 
@@ -335,5 +411,12 @@ def job_objects(job: JobConfig, *, training_config: dict, team_models: tuple[str
     config_map = {"apiVersion": "v1", "kind": "ConfigMap",
                   "metadata": {"name": f"{job.name}-config", "namespace": job.team, "labels": _labels(job, "config")},
                   "data": {"train.yaml": text}}
+    worker = worker_job(job, shape, min_nodes=low, max_nodes=high, bucket=bucket)
     return [config_map, *rendezvous_objects(job), headless_service(job),
-            worker_job(job, shape, min_nodes=low, max_nodes=high, bucket=bucket)]
+            scheduled_job(job, worker) if job.schedule else worker]
+
+
+def job_bounds(job: JobConfig, training_config: dict) -> tuple[int, int]:
+    """The job's node bounds (min, max) as its rendered config says them."""
+    _text, low, high = training_config_document(training_config, job=job, bucket="bucket")
+    return low, high

@@ -18,8 +18,10 @@ from infra.tools.team_add import EXIT_OK, EXIT_REFUSED, error
 
 def job_render(stack: str, *, name: str, team: str, training_config: str, image: str, bucket: str | None,
                gpu_model: str | None = None, gpus_per_worker: int = 1, emergency_checkpoint_seconds: int = 60,
-               root: Path = REPO_ROOT, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print the objects of one training run as YAML (for `kubectl apply -f -`)."""
+               schedule: str | None = None, root: Path = REPO_ROOT, out: TextIO = sys.stdout,
+               err: TextIO = sys.stderr) -> int:
+    """Print the objects of one training run as YAML (for `kubectl apply -f -`); with a schedule
+    (cron, UTC), a CronJob whose runs resume the run instead of its Job."""
     try:
         _path, _text, document = read_stack_document(stack, root)
         cfg = parse_document(document, stack)
@@ -33,6 +35,8 @@ def job_render(stack: str, *, name: str, team: str, training_config: str, image:
              "gpusPerWorker": gpus_per_worker, "emergencyCheckpointSeconds": emergency_checkpoint_seconds}
     if gpu_model:
         entry["gpuModel"] = gpu_model
+    if schedule is not None:
+        entry["schedule"] = schedule
     try:
         job = parse_job_entry(entry, cfg)
     except ConfigError as e:

@@ -292,9 +292,15 @@ def validate(manifests: list[dict], kubernetes_version: str, crd_schemas: dict |
     return report
 
 
-def render_stack(stack: str) -> tuple[list[dict], str]:
-    """The stack's objects from a mocked run (own process) and its Kubernetes version."""
-    run = mocks.run_isolated(stack)
+def render_stack(stack: str, *, examples: bool = False) -> tuple[list[dict], str]:
+    """The stack's objects from a mocked run (own process) and its Kubernetes version; with
+    `examples`, its example jobs enabled (what a team that turns one on deploys: the jobs and, for
+    a scaled one, the scaler controller)."""
+    config = None
+    if examples:
+        config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+        config = {**config, "tensile:jobs": [dict(job, enabled=True) for job in config.get("tensile:jobs") or []]}
+    run = mocks.run_isolated(stack, config=config)
     if run.error:
         raise RuntimeError(f"stack {stack} failed under mocks: {run.error}")
     cluster = next(r for r in run.resources if r["type"] == "aws:eks/cluster:Cluster")
@@ -305,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Render a stack's Kubernetes objects and validate them.")
     parser.add_argument("--stack", required=True)
     parser.add_argument("--out", type=Path, help="write each object as YAML here (for checkov)")
+    parser.add_argument("--examples", action="store_true", help="with the stack file's example jobs enabled")
     args = parser.parse_args(argv)
-    manifests, version = render_stack(args.stack)
+    manifests, version = render_stack(args.stack, examples=args.examples)
     if args.out:
         write_manifests(manifests, args.out)
     report = validate(manifests, version)

@@ -11,6 +11,7 @@ that the provider marks ForceNew changes; both are visible offline.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +58,22 @@ FORCING_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# A running Job is a run in progress: replacing it stops the run (one agreed stop, resumed from
+# its checkpoint by the new Job). The stacks as shipped deploy no job, so these are recorded from
+# each stack with its example jobs enabled (`<stack>-examples`). Kueue refuses any change of the
+# elastic annotation (`jobframework/validation.go`), so the program replaces the Job on it
+# (infra/components/job.py: replace_on_changes, delete before replace).
+ELASTIC_ANNOTATION_PATH = 'metadata.annotations["kueue.x-k8s.io/elastic-job"]'
+JOB_FORCING_INPUTS: dict[str, tuple[str, ...]] = {
+    "kubernetes:batch/v1:Job": ("metadata.name", "metadata.namespace", ELASTIC_ANNOTATION_PATH),
+}
+_PATH_PART = re.compile(r'([^.\[\]]+)|\["([^"]+)"\]')
+
+
 def _at(inputs: dict, path: str):
     value = inputs
-    for key in path.removesuffix("[]").split("."):
+    for plain, quoted in _PATH_PART.findall(path.removesuffix("[]")):
+        key = plain or quoted
         if not isinstance(value, dict):
             return None
         value = value.get(key)
@@ -68,19 +82,20 @@ def _at(inputs: dict, path: str):
     return value
 
 
-def record_of(resources: list[dict]) -> dict:
+def record_of(resources: list[dict], forcing: dict[str, tuple[str, ...]] = FORCING_INPUTS) -> dict:
     """URN → type and forcing inputs, for every resource that holds data or identity."""
-    return {r["urn"]: {"type": r["type"], "forcing": {p: _at(r["inputs"], p) for p in FORCING_INPUTS[r["type"]]}}
-            for r in resources if r["type"] in FORCING_INPUTS}
+    return {r["urn"]: {"type": r["type"], "forcing": {p: _at(r["inputs"], p) for p in forcing[r["type"]]}}
+            for r in resources if r["type"] in forcing}
 
 
-def current_of(resources: list[dict]) -> tuple[dict, dict[str, str]]:
+def current_of(resources: list[dict], forcing: dict[str, tuple[str, ...]] = FORCING_INPUTS
+               ) -> tuple[dict, dict[str, str]]:
     """The record of a run, and each alias URN → the URN that now carries it. Only a resource's
     own aliases count: children of a renamed component, which the engine matches through their
     parent's alias, are reported gone (a false alarm, never a missed replacement); give them
     their own alias."""
-    aliases = {alias: r["urn"] for r in resources if r["type"] in FORCING_INPUTS for alias in r.get("aliases", [])}
-    return record_of(resources), aliases
+    aliases = {alias: r["urn"] for r in resources if r["type"] in forcing for alias in r.get("aliases", [])}
+    return record_of(resources, forcing), aliases
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ def test_preview_renders_dev_as_plain_text(dev):
     out = io.StringIO()
     preview._render_plain(dev, out, REPO_ROOT)
     text = out.getvalue()
-    assert "Stack dev: 154 resources (mocked, no cloud)" in text
+    # dev with its examples: the scaled `demo`, the scheduled `demo-nightly` and the scaler controller.
+    assert "Stack dev: 174 resources (mocked, no cloud)" in text
     assert ("    - kubernetes:karpenter.sh/v1:NodePool  gpu-l4  [capacity=spot>on-demand gpu=l4 "
             "types=g6.xlarge,g6.2xlarge,g6.4xlarge,g6.12xlarge zones=us-east-1a,us-east-1b limit=4 GPUs]") in text
     assert "  - tensile:infra:GpuNodePools  gpu\n" in text

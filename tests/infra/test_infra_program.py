@@ -80,7 +80,7 @@ def _requests_gpus(value) -> bool:
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_stack_files_ship_no_training_job_and_no_gpu_capacity_that_starts_by_default(stack, stack_runs,
-                                                                                     example_runs):
+                                                                                     example_runs, raw_configs):
     shipped, example = stack_runs[stack], example_runs[stack]
     # No workload asks for GPUs (the teams' quotas and the admission policy name them, run nothing).
     workloads = [r for r in shipped.resources if r["type"].split(":")[1] in ("batch/v1", "apps/v1", "core/v1")
@@ -93,11 +93,14 @@ def test_stack_files_ship_no_training_job_and_no_gpu_capacity_that_starts_by_def
     assert pools and all("replicas" not in p["inputs"]["spec"] for p in pools)
     groups = shipped.of_type("aws:eks/nodeGroup:NodeGroup")
     assert [t for g in groups for t in g["inputs"]["instanceTypes"] if t in cost.CATALOGUE] == []
-    # The example entry, enabled, adds its TrainingJob (Job, config, services) and removes nothing.
+    # The example entries, enabled, add their TrainingJobs (Job or CronJob, config, services) and,
+    # for a scaled job, the scaler controller; they remove nothing.
     before = {r["urn"] for r in shipped.resources}
     added = [r for r in example.resources if r["urn"] not in before]
-    assert {r["type"] for r in added if r["type"].startswith("tensile:")} == {"tensile:infra:TrainingJob"}
-    assert all("tensile:infra:TrainingJob" in r["urn"] for r in added)
+    scaled = any("scaler" in j for j in raw_configs[stack]["tensile:jobs"])
+    assert {r["type"] for r in added if r["type"].startswith("tensile:")} == (
+        {"tensile:infra:TrainingJob", "tensile:infra:ScalerController"} if scaled else {"tensile:infra:TrainingJob"})
+    assert all("tensile:infra:TrainingJob" in r["urn"] or "tensile:infra:ScalerController" in r["urn"] for r in added)
     assert "kubernetes:batch/v1:Job" in {r["type"] for r in added}
     assert before <= {r["urn"] for r in example.resources}
 

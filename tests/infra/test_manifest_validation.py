@@ -24,11 +24,14 @@ KUEUE_PINNED = {"kueue/kueue.x-k8s.io_resourceflavors.yaml": "19e339c47e9c",
                 "kueue/kueue.x-k8s.io_workloadpriorityclasses.yaml": "0b755726aab0",
                 "prometheus-operator/monitoring.coreos.com_servicemonitors.yaml": "a99047972c9d"}
 EXPECTED_KINDS = {
-    "dev": {"CustomResourceDefinition": 14, "ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1, "NodePool": 1, "EC2NodeClass": 1, "Namespace": 2, "ConfigMap": 3,
+    # dev's examples: the scaled `demo` (elastic Job) and the scheduled `demo-nightly` (CronJob),
+    # each with its config, store and Services; the scaler controller (SA, config, RBAC in
+    # tensile-system and sandbox, Deployment, Service).
+    "dev": {"CustomResourceDefinition": 14, "ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1, "NodePool": 1, "EC2NodeClass": 1, "Namespace": 2, "ConfigMap": 5,
             "ResourceFlavor": 1, "Cohort": 1, "ClusterQueue": 1, "LocalQueue": 2, "ResourceQuota": 1, "LimitRange": 1,
-            "ServiceAccount": 2, "Role": 2, "RoleBinding": 2, "NetworkPolicy": 6, "PersistentVolume": 1,
-            "PersistentVolumeClaim": 1, "Deployment": 2, "Service": 2, "Job": 1, "ClusterRole": 1,
-            "ClusterRoleBinding": 1},
+            "ServiceAccount": 3, "Role": 4, "RoleBinding": 4, "NetworkPolicy": 6, "PersistentVolume": 1,
+            "PersistentVolumeClaim": 1, "Deployment": 4, "Service": 5, "Job": 1, "CronJob": 1, "ClusterRole": 2,
+            "ClusterRoleBinding": 2},
     "prod": {"CustomResourceDefinition": 15, "ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1, "NodePool": 4, "EC2NodeClass": 4, "Namespace": 3, "ConfigMap": 3,
              "ResourceFlavor": 3, "Cohort": 1, "ClusterQueue": 2, "LocalQueue": 4, "ResourceQuota": 2, "LimitRange": 2,
              "ServiceAccount": 3, "Role": 3, "RoleBinding": 3, "NetworkPolicy": 12, "PersistentVolume": 2,

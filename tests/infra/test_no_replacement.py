@@ -3,6 +3,9 @@ its access points and mount targets, KMS keys, VPC, subnets, IAM roles, the OIDC
 access entries, pod identity associations) unless it is listed, with its migration, in
 fixtures/migrations.yaml.
 
+The running Jobs of each stack's example jobs (enabled) are checked the same way against
+fixtures/no-replacement-<stack>-examples.json (a Job replaced is a run stopped and resumed).
+
 fixtures/no-replacement-<stack>.json holds, per such resource, its URN and the inputs that force
 replacement (no_replacement.FORCING_INPUTS), as first recorded from the code before issue 17:
 it stands for what is deployed. Unlike the identity record (test_stack_identity.py, re-recorded
@@ -44,9 +47,32 @@ def test_no_replacement_of_data_or_identity_unless_listed(stack, stack_runs):
                           + "\n".join(str(r) for r in unlisted[:40]))
 
 
-def test_no_replacement_listed_migrations_are_all_still_needed(stack_runs):
-    found = [r for stack in STACKS for r in _findings(stack, stack_runs[stack])]
-    stale = nr.stale(found, nr.load_migrations(), STACKS)
+def _example_findings(stack: str, example_runs) -> list[nr.Replacement]:
+    """The stack with its example jobs enabled: their Jobs, against the record from before the scaler."""
+    recorded = json.loads(nr.record_path(f"{stack}-examples").read_text())
+    current, aliases = nr.current_of(example_runs[stack].resources, nr.JOB_FORCING_INPUTS)
+    return nr.replacements(f"{stack}-examples", recorded, current, aliases)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_no_replacement_of_a_running_example_job_unless_listed(stack, example_runs):
+    found = _example_findings(stack, example_runs)
+    unlisted = nr.unlisted(found, nr.load_migrations())
+    assert not unlisted, (f"{len(unlisted)} change(s) would replace a Job of stack {stack}'s examples, stopping its "
+                          "run; list it with its migration in tests/infra/fixtures/migrations.yaml:\n"
+                          + "\n".join(str(r) for r in unlisted))
+
+
+def test_no_replacement_sees_a_job_turned_elastic(example_runs):
+    """dev's example `demo` gained a scaler: its Job's elastic annotation is a replacement."""
+    found = _example_findings("dev", example_runs)
+    assert [(r.urn.rsplit("::", 1)[1], r.change) for r in found] == [
+        ("job-sandbox-demo-job-workers", f"input:{nr.ELASTIC_ANNOTATION_PATH}")]
+
+
+def test_no_replacement_listed_migrations_are_all_still_needed(stack_runs, example_runs):
+    found = [r for stack in STACKS for r in _findings(stack, stack_runs[stack]) + _example_findings(stack, example_runs)]
+    stale = nr.stale(found, nr.load_migrations(), STACKS + tuple(f"{s}-examples" for s in STACKS))
     assert not stale, "migrations.yaml lists changes that no longer happen; remove them:\n" + "\n".join(
         f"{m.stack}: {m.urn}: {m.change}" for m in stale)
 
@@ -55,6 +81,8 @@ def test_no_replacement_record_covers_every_kind_of_stateful_resource():
     recorded = {stack: json.loads(nr.record_path(stack).read_text()) for stack in STACKS}
     kinds = {r["type"] for record in recorded.values() for r in record.values()}
     assert kinds == set(nr.FORCING_INPUTS), f"never recorded: {set(nr.FORCING_INPUTS) - kinds}"
+    examples = {r["type"] for s in STACKS for r in json.loads(nr.record_path(f"{s}-examples").read_text()).values()}
+    assert examples == set(nr.JOB_FORCING_INPUTS)
     prod = recorded["prod"]
     assert sum(r["type"] == "aws:efs/accessPoint:AccessPoint" for r in prod.values()) == 2
     assert sum(r["type"] == "aws:ec2/subnet:Subnet" for r in prod.values()) == 6
@@ -111,6 +139,8 @@ def test_no_replacement_migrations_need_what_and_steps(tmp_path):
 
 
 def record_after_migration() -> None:
+    import yaml
+
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root))
     from infra.mocks import run_isolated
@@ -122,6 +152,13 @@ def record_after_migration() -> None:
         record = nr.record_of(run.resources)
         nr.record_path(stack).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         print(f"recorded {len(record)} stateful resources of {stack} in {nr.record_path(stack)}")
+        config = yaml.safe_load((root / f"Pulumi.{stack}.yaml").read_text())["config"]
+        jobs = [dict(job, enabled=True) for job in config.get("tensile:jobs") or []]
+        examples = run_isolated(stack, config={**config, "tensile:jobs": jobs})
+        if examples.error:
+            raise SystemExit(f"stack {stack} with its example jobs failed under mocks: {examples.error}")
+        record = nr.record_of(examples.resources, nr.JOB_FORCING_INPUTS)
+        nr.record_path(f"{stack}-examples").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record-after-migration"]:

@@ -109,7 +109,19 @@ def test_job_render_prints_the_objects_of_one_run(root):
         "s3://tensile-dev-ckpt-abc/teams/sandbox/runs/trial"
 
 
+def test_job_render_with_a_schedule_prints_a_cronjob_of_the_run(root):
+    out, err = io.StringIO(), io.StringIO()
+    code = render_tool.job_render("dev", name="trial", team="sandbox", training_config="training/tensile/configs/demo.yaml",
+                                  image="111122223333.dkr.ecr.us-east-1.amazonaws.com/tensile-training:0.1.0",
+                                  bucket="b", gpu_model="l4", schedule="30 1 * * *", root=root, out=out, err=err)
+    assert code == 0, err.getvalue()
+    objects = list(yaml.safe_load_all(out.getvalue()))
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Deployment", "Service", "Service", "CronJob"]
+    assert objects[-1]["spec"]["schedule"] == "30 1 * * *"
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    ({"schedule": "30 1 * *"}, "schedule: '30 1 * *' has 4 field(s)"),
     ({"team": "nobody"}, "team: no team 'nobody'"),
     ({"image": "tensile-training:latest"}, "image: must pin a version, not :latest"),
     ({"gpu_model": "h100"}, "gpuModel: team sandbox may use l4, not 'h100'"),

@@ -24,9 +24,9 @@ def test_platform_and_jobs_parse_from_both_stack_files(raw_configs):
     dev = config.parse(raw_configs["dev"], stack="dev", today=TODAY)
     prod = config.parse(raw_configs["prod"], stack="prod", today=TODAY)
     assert (dev.platform.prometheus_operator, prod.platform.prometheus_operator) == (False, True)
-    assert [j.name for j in dev.jobs] == ["demo"] and prod.jobs[0].gpus_per_worker == 8
+    assert [j.name for j in dev.jobs] == ["demo", "demo-nightly"] and prod.jobs[0].gpus_per_worker == 8
     # Shipped as examples: validated like any entry, deployed by neither stack.
-    assert [j.enabled for j in dev.jobs + prod.jobs] == [False, False]
+    assert [j.enabled for j in dev.jobs + prod.jobs] == [False, False, False]
     assert all(t.member_role_arn.startswith("arn:aws:iam::") for t in dev.teams + prod.teams)
 
 

@@ -63,8 +63,12 @@ def test_rendered_train_yaml_loads_with_the_trainers_own_config_loader(rendered,
     # The bounds Kueue admits (N..M pods) are the node bounds the trainer's rendezvous uses, and
     # each pod runs one process per GPU: the world size the trainer's batch plan is checked at.
     worker = _worker_job(rendered)
-    assert int(worker["metadata"]["annotations"][job_plan.MIN_PARALLELISM]) == cfg.elastic.min_nodes
-    assert worker["spec"]["parallelism"] == cfg.elastic.max_nodes
+    if job.scaler is not None:  # elastic: created at the minimum, the scaler grows it to at most completions
+        assert worker["spec"]["parallelism"] == cfg.elastic.min_nodes
+    else:
+        assert int(worker["metadata"]["annotations"][job_plan.MIN_PARALLELISM]) == cfg.elastic.min_nodes
+        assert worker["spec"]["parallelism"] == cfg.elastic.max_nodes
+    assert worker["spec"]["completions"] == cfg.elastic.max_nodes
     assert (cfg.elastic.min_nodes, cfg.elastic.max_nodes) == (rendered["raw"]["elastic"]["min_nodes"],
                                                               rendered["raw"]["elastic"]["max_nodes"])
     assert cfg.elastic.processes_per_node == job.gpus_per_worker

@@ -217,12 +217,13 @@ def job_render(name: str = typer.Argument(..., help="Run name."),
                bucket: str = typer.Option(..., help="Checkpoint bucket (pulumi stack output checkpointBucket)."),
                gpu_model: Optional[str] = typer.Option(None, help="Pin one GPU model."),
                gpus_per_worker: int = typer.Option(1, help="GPUs per worker pod."),
-               emergency_checkpoint_seconds: int = typer.Option(60, help="Measured emergency-save time.")) -> None:
+               emergency_checkpoint_seconds: int = typer.Option(60, help="Measured emergency-save time."),
+               schedule: Optional[str] = typer.Option(None, help="Cron schedule (UTC): a CronJob of the run.")) -> None:
     """Print a training run's Kubernetes objects (for kubectl apply -f -)."""
     raise typer.Exit(_infra("job_render")(
         stack, name=name, team=team, training_config=config, image=image, bucket=bucket,
         gpu_model=gpu_model, gpus_per_worker=gpus_per_worker,
-        emergency_checkpoint_seconds=emergency_checkpoint_seconds))
+        emergency_checkpoint_seconds=emergency_checkpoint_seconds, schedule=schedule))
 
 
 scaler_app = typer.Typer(no_args_is_help=True, help="The in-cluster scaler of elastic jobs (docs/design/scaler.md).")

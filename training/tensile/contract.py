@@ -54,6 +54,9 @@ ENV_METRICS_PORT = "TENSILE_METRICS_PORT"
 """Overrides run.metrics_port: where each node's first worker serves Prometheus metrics."""
 ENV_CHECKPOINT_URL = "TENSILE_CHECKPOINT_URL"
 """Overrides checkpoint.shared_dir: the run's shared tier (s3://bucket/teams/<team>/runs/<job>)."""
+ENV_RDZV_ID = "TENSILE_RDZV_ID"
+"""The rendezvous' id in the store (default: run.name). A scheduled run's Job sets its own name:
+each run then joins a rendezvous of its own in the one store, never one a finished run closed."""
 
 # ---------------------------------------------------------------------------------------------
 # Config sections and keys the job renderer reads or writes, and the defaults it assumes

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from tensile import contract
-from tensile.elastic.api import NodeDirectory, NodeOutcome, RendezvousLeaveError, WorkerExit
+from tensile.elastic.api import NodeDirectory, NodeOutcome, RendezvousLeaveError, WorkerExit, rendezvous_id
 
 log = logging.getLogger("tensile.worker")
 
@@ -79,7 +79,7 @@ def membership_witness(config, me: WorkerIdentity, members=None):
     from tensile.elastic.rendezvous import RendezvousReader, agent_address
 
     elastic = config.elastic
-    return MembershipWitness(RendezvousReader(me.rdzv_endpoint, config.run.name),
+    return MembershipWitness(RendezvousReader(me.rdzv_endpoint, rendezvous_id(config.run.name)),
                              node_name(agent_address(me.rdzv_local_addr), me.agent_pid), members,
                              expiry_s=elastic.keep_alive_interval_s * elastic.keep_alive_max_attempts,
                              group_size=me.nodes)
@@ -309,7 +309,7 @@ def remember_round_members(config, me: WorkerIdentity):
     from tensile.elastic.membership import RoundMembers
     from tensile.elastic.rendezvous import RendezvousReader
 
-    read = RendezvousReader(me.rdzv_endpoint, config.run.name)
+    read = RendezvousReader(me.rdzv_endpoint, rendezvous_id(config.run.name))
     for _ in range(3):
         view = read()
         if view is not None:

@@ -28,6 +28,15 @@ def test_torchrun_command_counts_nodes_and_runs_processes_per_node(tmp_path):
     assert "--nnodes=2:3" in command and "--nproc-per-node=4" in command
 
 
+def test_torchrun_command_names_the_rendezvous_by_the_platforms_id_else_the_run(tmp_path, monkeypatch):
+    """A scheduled run's Job sets TENSILE_RDZV_ID to its own name: a rendezvous of its own."""
+    config = config_from_dict({"run": {"name": "demo-nightly"}})
+    monkeypatch.delenv("TENSILE_RDZV_ID", raising=False)
+    assert "--rdzv-id=demo-nightly" in torchrun_command(config, _spec(tmp_path))
+    monkeypatch.setenv("TENSILE_RDZV_ID", "demo-nightly-29412345")
+    assert "--rdzv-id=demo-nightly-29412345" in torchrun_command(config, _spec(tmp_path))
+
+
 def test_read_outcome_of_a_torn_outcome_file_falls_back_to_the_ledger(tmp_path):
     config = config_from_dict({"checkpoint": {"shared_dir": str(tmp_path / "shared")}})
     spec = _spec(tmp_path)
@@ -129,3 +138,19 @@ STARTED_AT = 1000.0
 ])
 def test_run_is_over_for_a_status(status, over):
     assert run_is_over(status, RUN_CONFIG, started_at=STARTED_AT) is over
+
+
+def test_run_node_of_a_completed_run_is_a_logged_no_op_that_starts_no_torchrun(tmp_path, monkeypatch, capsys):
+    """A scheduled run's next start (or a Job restarted) after the run completed exits 0 at once:
+    torchrun would join a rendezvous the finished run closed."""
+    from tensile.elastic.ledger import RunLedger
+
+    config = config_from_dict({"run": {"steps": 18}, "checkpoint": {"shared_dir": str(tmp_path / "shared")}})
+    RunLedger(config.checkpoint.ledger_path).write_status("completed", step=18)
+
+    def no_torchrun(*args, **kwargs):
+        raise AssertionError("torchrun started for a completed run")
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", no_torchrun)
+    assert launcher.run_node(config, _spec(tmp_path)) == (NodeOutcome.COMPLETED, 0)
+    assert "already completed at step 18 (run.steps 18): nothing to do" in capsys.readouterr().out

@@ -67,6 +67,15 @@ def test_load_scaler_config_reports_every_problem_together():
         assert fix in message, message
 
 
+@pytest.mark.parametrize("data", [{"grow_below_budget_fraction": 0.97}, {"shrink_at_budget_fraction": 0.5}])
+def test_load_scaler_config_checks_one_budget_fraction_against_the_others_default(data):
+    """Grow 0.97 against the default shrink 0.95 (or shrink 0.5 against the default grow 0.8)
+    would grow and shrink at the same spend."""
+    with pytest.raises(ConfigError) as raised:
+        load_scaler_config(data)
+    assert [path for path, _ in raised.value.problems] == ["scaler.grow_below_budget_fraction"]
+
+
 def test_load_scaler_config_refuses_a_section_that_is_not_a_mapping():
     with pytest.raises(ConfigError, match="scaler: must be a mapping"):
         load_scaler_config(["grow"])

@@ -1,4 +1,4 @@
-"""The cluster scaler's config file (JSON, schema version 1, /work/scaler-contract.md): the jobs it
+"""The cluster scaler's config file (JSON, schema version 1, docs/design/scaler.md): the jobs it
 sizes, their teams, pools and the enforcer's spend ConfigMap, validated once at start.
 
 Every problem is reported together with its property path and the fix, as the training config

@@ -16,6 +16,11 @@ from typing import Any
 from tensile import contract
 
 
+def rendezvous_id(run_name: str) -> str:
+    """The run's rendezvous id in the store: the platform's (TENSILE_RDZV_ID), else the run's name."""
+    return os.environ.get(contract.ENV_RDZV_ID) or run_name
+
+
 class NodeOutcome(StrEnum):
     """Why a node stopped, as its worker writes it to `outcome.json` and its launcher reports it.
 

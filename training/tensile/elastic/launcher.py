@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from tensile.config import TrainingConfig
-from tensile.elastic.api import NodeDirectory, NodeOutcome, RendezvousLeaveError
+from tensile.elastic.api import NodeDirectory, NodeOutcome, RendezvousLeaveError, rendezvous_id
 from tensile.elastic.ledger import RunLedger
 
 # torchrun's --max-restarts counts membership changes too; Tensile's ledger counts real
@@ -56,7 +56,7 @@ def torchrun_command(config: TrainingConfig, spec: NodeSpec) -> list[str]:
         f"--nproc-per-node={spec.nproc_per_node}",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={spec.rdzv_endpoint}",
-        f"--rdzv-id={config.run.name}",
+        f"--rdzv-id={rendezvous_id(config.run.name)}",
         f"--rdzv-conf={rdzv_conf}",
         f"--max-restarts={AGENT_RESTART_BACKSTOP}",
         f"--monitor-interval={spec.monitor_interval_s}",
@@ -103,12 +103,19 @@ def read_outcome(config: TrainingConfig, spec: NodeSpec, torchrun_code: int) -> 
 
 
 def run_node(config: TrainingConfig, spec: NodeSpec, log_file=None) -> tuple[NodeOutcome | str, int]:
-    """Run one node until the run ends for it. Stops waiting as a spare once the run is over."""
+    """Run one node until the run ends for it. Stops waiting as a spare once the run is over.
+    A run already completed (a scheduled run's next start, a Job restarted after the end) is a
+    logged no-op that exits 0: no torchrun, so no rendezvous is joined (a finished run's is closed)."""
     node_dir = spec.node_dir
     node_dir.clear()
+    ledger = RunLedger(config.checkpoint.ledger_path)
+    status = ledger.status()
+    if status and status["state"] == NodeOutcome.COMPLETED and run_is_over(status, config, started_at=time.time()):
+        print(f"{spec.node_id}: run {config.run.name} already completed at step "
+              f"{status.get('step', config.run.steps)} (run.steps {config.run.steps}): nothing to do", flush=True)
+        return NodeOutcome.COMPLETED, NodeOutcome.COMPLETED.exit_code
     process = subprocess.Popen(torchrun_command(config, spec), env=worker_environment(spec),
                                stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
-    ledger = RunLedger(config.checkpoint.ledger_path)
     node_processes = NodeProcesses(process)
     stopping = []
     started_at = time.time()

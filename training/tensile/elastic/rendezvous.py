@@ -47,7 +47,7 @@ from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
 )
 from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
 
-from tensile.elastic.api import RendezvousLeaveError
+from tensile.elastic.api import RendezvousLeaveError, rendezvous_id
 from tensile.elastic.membership import RendezvousView
 
 if TYPE_CHECKING:
@@ -178,7 +178,8 @@ def leave_and_record(config: TrainingConfig, ledger: RunLedger, *, endpoint: str
     began for the caller, if before this call (the worker counts ending its agent in)."""
     began = time.monotonic() if began is None else began
     try:
-        result = leave_rendezvous(endpoint, config.run.name, agent_pid=agent_pid, local_addr=local_addr,
+        result = leave_rendezvous(endpoint, rendezvous_id(config.run.name), agent_pid=agent_pid,
+                                  local_addr=local_addr,
                                   min_nodes=config.elastic.min_nodes, max_nodes=config.elastic.max_nodes)
     except RendezvousLeaveError as e:
         ledger.record("rendezvous-leave-failed", node=node, by=by, error=str(e)[:300])

@@ -154,8 +154,10 @@ def load_scaler_config(data: Any, *, path: str = "scaler") -> ScalerConfig:
         if not isinstance(data["grow_on_demand"], bool):
             problems.append((f"{path}.grow_on_demand", f"must be true or false, got {data['grow_on_demand']!r}"))
         values["grow_on_demand"] = data["grow_on_demand"]
-    grow_at = values.get("grow_below_budget_fraction", ScalerConfig.grow_below_budget_fraction)
-    shrink_at = values.get("shrink_at_budget_fraction", ScalerConfig.shrink_at_budget_fraction)
+    # Defaults from an instance: on a slots dataclass the class attribute is the slot, not the default.
+    defaults = ScalerConfig()
+    grow_at = values.get("grow_below_budget_fraction", defaults.grow_below_budget_fraction)
+    shrink_at = values.get("shrink_at_budget_fraction", defaults.shrink_at_budget_fraction)
     if _number(grow_at) and _number(shrink_at) and grow_at >= shrink_at:
         problems.append((f"{path}.grow_below_budget_fraction",
                          f"{grow_at} must be below shrink_at_budget_fraction {shrink_at}, or the job "
