@@ -2,7 +2,7 @@
 
 import sys
 
-from benchmarks import checkpoint_io, data_prefetch, recovery, reshard, resume_verify
+from benchmarks import checkpoint_io, data_prefetch, recovery, reshard, resume_verify, scaler
 
 
 def main() -> int:
@@ -11,6 +11,7 @@ def main() -> int:
     recovery.main()
     resume_verify.main()
     data_prefetch.main()
+    scaler.main()
     return 0
 
 

@@ -14,6 +14,7 @@ from tensile.model import (
     parameter_groups,
     splitmix64,
     token_loss_sum,
+    zero_gradient_slices,
 )
 
 SMALL = {"vocab_size": 64, "seq_len": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
@@ -330,3 +331,18 @@ def test_frozen_prefixes_stop_training_those_parameters_and_keep_them_out_of_the
 def test_a_frozen_prefix_that_names_no_parameter_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"model.frozen: 'encoder' names no parameter.*token_embedding"):
         build_model(ModelConfig(**SMALL, frozen=["encoder"]))
+
+
+def test_zero_gradient_slices_are_the_key_biases_whose_true_gradient_is_zero():
+    """Why the market demo reports the key biases apart from the other weights."""
+    model = _model(dropout=0.0).double()
+    tokens = _tokens(4)
+    logits = model(tokens[:, :-1])
+    F.cross_entropy(logits.reshape(-1, SMALL["vocab_size"]), tokens[:, 1:].reshape(-1)).backward()
+    slices = zero_gradient_slices(dict(model.named_parameters()))
+    assert sorted(slices) == [f"blocks.{i}.attention.qkv_projection.bias" for i in range(SMALL["n_layers"])]
+    for name, part in slices.items():
+        grad = dict(model.named_parameters())[name].grad
+        assert part == slice(SMALL["d_model"], 2 * SMALL["d_model"])
+        assert grad[part].abs().max() < 1e-12 * grad.abs().max(), name  # rounding only
+        assert grad[: SMALL["d_model"]].abs().max() > 1e-6, "the query bias does learn"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import importlib
 import sys
 from pathlib import Path
@@ -108,12 +109,23 @@ def rdzv_store(host: str = typer.Option(contract.DEFAULT_RDZV_STORE_HOST, contra
     serve(host, port)
 
 
+class DemoScenario(str, enum.Enum):
+    market = "market"
+
+
 @app.command()
-def demo(run_dir: Path = typer.Option(Path("runs/demo"), help="Where the run is left for inspection.")) -> None:
+def demo(run_dir: Optional[Path] = typer.Option(None, help="Where the run is left for inspection "
+                                                          "[default: runs/demo, runs/demo-<scenario>]."),
+         scenario: Optional[DemoScenario] = typer.Option(
+             None, help="market: the scaler sizes the job against a scripted spot market (1 → 3, a price "
+                        "spike, capacity gone and back), final weights checked against an undisturbed run.")) -> None:
     """A local elastic job: 2 nodes, one lost mid-run, one added back, vs an uninterrupted run."""
+    if scenario is DemoScenario.market:
+        _market_demo((run_dir or Path("runs/demo-market")).resolve())
+        return
     from tensile.local.demo import run_demo
 
-    result = run_demo(run_dir.resolve(), progress=lambda m: console.print(f"[cyan]demo[/] {m}"))
+    result = run_demo((run_dir or Path("runs/demo")).resolve(), progress=lambda m: console.print(f"[cyan]demo[/] {m}"))
     _print_demo(result)
     if not result["status"] or result["status"]["state"] != "completed":
         raise typer.Exit(1)
@@ -139,6 +151,33 @@ def report(run: str = typer.Argument(..., help="The run: its directory, its ledg
     console.print(f"report: {path}")
 
 
+def _market_demo(run_dir: Path) -> None:
+    from tensile.local.scenario import run_market_scenario
+
+    result = run_market_scenario(run_dir, progress=lambda m: console.print(f"[cyan]scaler[/] {m}", highlight=False))
+    s = result["summary"]
+    console.rule("Tensile demo: the scaler against a spot market")
+    console.print(f"steps done: {s.steps_done}   status: {result['status']['state']}   failures spent: "
+                  f"{result['failures_spent']}   node exit codes: {result['exit_codes']}")
+    console.print("worker-count timeline: " + " → ".join(f"{w} (from step {r})" for _, w, r in s.timeline))
+    console.print(_events_table(s.events, "each resize: the agreed stop and the round after it",
+                                ("decision", "node", "at step", "resumed at", "steps lost", "first step after (s)",
+                                 "world size after")))
+    within = result["max_trained_weight_diff"] <= result["weight_tolerance"]
+    console.print(f"final weights vs the undisturbed run: max absolute difference "
+                  f"{result['max_trained_weight_diff']:.2e} over every weight but the attention key biases "
+                  f"({'within' if within else '[bold red]beyond[/]'} the tolerance {result['weight_tolerance']:.0e}, "
+                  f"in {result['max_trained_weight_diff_in']}); {result['max_weight_diff']:.2e} with them (in "
+                  f"{result['max_weight_diff_in']}: a true gradient of zero, Adam steps on rounding noise); "
+                  f"relative L2 {result['weight_rel_l2']:.2e}; max per-step loss difference {result['max_loss_diff']:.2e}",
+                  highlight=False)
+    console.print(f"scenario {result['scenario_s']:.0f} s, whole demo {result['total_s']:.0f} s; run directory: "
+                  f"{result['run_dir']}")
+    lost = [e for e in s.events if e.steps_lost]
+    if not result["status"] or result["status"]["state"] != "completed" or not within or lost:
+        raise typer.Exit(1)
+
+
 def _print_demo(result: dict) -> None:
     s, ref = result["summary"], result["reference"]
     console.rule("Tensile demo")
@@ -146,13 +185,8 @@ def _print_demo(result: dict) -> None:
                   f"failures spent: {s.failures_spent}   status: {result['status']['state']}")
     timeline = " → ".join(f"{w} (from step {r})" for _, w, r in s.timeline)
     console.print(f"worker-count timeline: {timeline}")
-    table = Table(title="disruptions")
-    for column in ("event", "node", "at step", "resumed at", "steps lost", "recovery (s)", "world size after"):
-        table.add_column(column)
-    for e in s.events:
-        table.add_row(e.kind, e.node, str(e.at_step), str(e.resumed_step), str(e.steps_lost),
-                      f"{e.recovery_s:.1f}" if e.recovery_s is not None else "-", str(e.new_world_size))
-    console.print(table)
+    console.print(_events_table(s.events, "disruptions", ("event", "node", "at step", "resumed at", "steps lost",
+                                                          "recovery (s)", "world size after")))
     console.print(f"final loss: elastic {s.final_loss:.5f}   uninterrupted reference {ref.final_loss:.5f}   "
                   f"max per-step loss difference {result['max_loss_diff']:.2e}")
     # The largest single difference is usually in an attention key bias: its true gradient is
@@ -162,6 +196,16 @@ def _print_demo(result: dict) -> None:
     console.print(f"elastic run {result['elastic_s']:.0f} s, whole demo {result['total_s']:.0f} s; "
                   f"run directory: {result['run_dir']}")
     console.print(f"report of the run: {result['report']}")
+
+
+def _events_table(events: list, title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for e in events:
+        table.add_row(e.kind, e.node or "-", str(e.at_step), str(e.resumed_step), str(e.steps_lost),
+                      f"{e.recovery_s:.1f}" if e.recovery_s is not None else "-", str(e.new_world_size))
+    return table
 
 
 INFRA_COMMANDS = {"run_preview": "infra.tools.preview", "team_add": "infra.tools.team_add",

@@ -20,8 +20,9 @@ class FaultHooks:
         """The shared tier the trainer works through (a test may slow it)."""
         return tier
 
-    def before_step(self, *, step: int, rank: int) -> None:
-        """At the start of every training step (a test may raise, or stretch the step)."""
+    def before_step(self, *, step: int, rank: int, world_size: int) -> None:
+        """At the start of every training step (a test may raise, or stretch the step, or stand
+        in for compute that the world shares)."""
 
     def before_build(self, *, rank: int) -> None:
         """Before a rank builds its model (a test may make one rank slow)."""

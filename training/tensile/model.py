@@ -9,7 +9,7 @@ import contextlib
 import importlib
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -85,6 +85,18 @@ class CausalSelfAttention(nn.Module):
         # Attention-probability dropout would need per-sample keyed masks inside the fused kernel.
         attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=0.0)
         return self.output_projection(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+KEY_BIAS_SUFFIX = "attention.qkv_projection.bias"
+
+
+def zero_gradient_slices(weights: Mapping[str, torch.Tensor]) -> dict[str, slice]:
+    """The parts of CausalLM's weights whose true gradient is zero: each attention's key bias
+    (q·b_k shifts every logit of a query alike, and softmax ignores a shift). Only rounding noise
+    reaches them, which Adam normalises into real steps, so two runs that agree everywhere else
+    can differ there by 1e-3: comparisons of runs report them apart."""
+    return {name: slice(tensor.numel() // 3, 2 * tensor.numel() // 3)
+            for name, tensor in weights.items() if name.endswith(KEY_BIAS_SUFFIX)}
 
 
 class MLP(nn.Module):

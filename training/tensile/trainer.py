@@ -487,7 +487,7 @@ class Trainer:
                                               for positions, _ in self.plan.micro_batches(self.rank)])
 
     def _train_step(self, step: int) -> tuple[float, int, int]:
-        self.faults.before_step(step=step, rank=self.rank)
+        self.faults.before_step(step=step, rank=self.rank, world_size=self.world_size)
         request = self._step_request(step)
         samples = self.reader.read(request)
         if step + 1 < self.config.run.steps:

@@ -147,3 +147,11 @@ def test_job_state_refuses_what_no_actuator_should_report():
     message = str(raised.value)
     for part in ("min_nodes <= max_nodes", "ready_nodes 3 outside 0..current_nodes 2", "gpus_per_node must be >= 1"):
         assert part in message, message
+
+
+def test_decide_below_minimum_waits_for_starting_nodes_without_a_suspend_countdown():
+    """Nodes placed and starting (no `below_min_since_s`) lack no capacity: hold, and say so."""
+    starting = dataclasses.replace(JOB, min_nodes=2, ready_nodes=0)
+    decision = decide(starting, TEAM, {"a100": POOL}, ScalerConfig(), now_s=NOW)
+    assert (decision.kind, decision.desired_nodes) == (ReasonKind.HOLD, 2)
+    assert "to become ready" in decision.reason and "suspend" not in decision.reason, decision.reason

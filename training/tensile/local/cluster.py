@@ -7,6 +7,7 @@ separate process, as it is a separate pod in a cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -115,8 +116,12 @@ class LocalCluster:
 
     def terminate(self, node_id: str) -> None:
         """A graceful stop (pod deletion): SIGTERM to the node's launcher and torchrun agent,
-        which forwards it to its workers."""
-        os.killpg(self.nodes[node_id].process.pid, signal.SIGTERM)
+        which forwards it to its workers. A node already gone has nothing left to stop."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.nodes[node_id].process.pid, signal.SIGTERM)
+
+    def is_running(self, node_id: str) -> bool:
+        return self.nodes[node_id].running
 
     def wait(self, timeout_s: float, *, on_poll: Callable[[], None] | None = None,
              poll_s: float = 0.2) -> bool:

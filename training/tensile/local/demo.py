@@ -94,6 +94,19 @@ def weight_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
     return (diff.norm() / norm).item(), diff.abs().max().item()
 
 
+def max_difference_apart_from(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                              left_out: dict[str, slice]) -> tuple[float, str]:
+    """The largest absolute difference over every weight but the left-out parts, and where."""
+    worst, where = 0.0, ""
+    for name in a:
+        diff = (a[name].float() - b[name].float()).flatten().abs()
+        if name in left_out:
+            diff[left_out[name]] = 0.0
+        if diff.numel() and diff.max().item() > worst:
+            worst, where = diff.max().item(), name
+    return worst, where
+
+
 def prepare_run(run_dir: Path, config_name: str = "demo.yaml") -> tuple[Path, TrainingConfig]:
     """Copy the packaged config into the run directory and generate its data."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,22 +179,41 @@ def run_demo(run_dir: Path, *, lose_at_step: int = 40, add_at_step: int = 80,
             raise TimeoutError(f"the demo did not finish in {timeout_s} s; logs in {run_dir / 'logs'}")
         elastic_s = time.time() - started
         progress(f"elastic run finished in {elastic_s:.0f} s; now the uninterrupted reference run")
-        reference_path = reference_config(config_path, config, run_dir)
-        reference = LocalCluster(run_dir / "reference", reference_path, rdzv_port=None)
-        with reference:
-            reference.start_store()
-            reference.start_node("ref-node")
-            reference.wait(timeout_s)
+        reference_shared = run_reference(config_path, config, run_dir, timeout_s)
     summary = summarize(ledger.events(), disruptions)
-    reference_summary = summarize(RunLedger(run_dir / "reference" / "shared").events(), [])
-    weight_rel_l2, weight_max = weight_differences(final_weights(Path(config.checkpoint.shared_dir)),
-                                                   final_weights(run_dir / "reference" / "shared"))
-    loss_diffs = [abs(summary.losses[s] - reference_summary.losses[s])
-                  for s in summary.losses if s in reference_summary.losses]
-    report = write_report(str(run_dir), reference=str(run_dir / "reference"))
+    report = write_report(str(run_dir), reference=str(reference_shared.parent))
     return {
         "report": report,
-        "summary": summary, "reference": reference_summary, "status": ledger.status(),
-        "weight_rel_l2": weight_rel_l2, "max_weight_diff": weight_max, "max_loss_diff": max(loss_diffs, default=float("nan")),
+        "summary": summary, "status": ledger.status(),
+        **against_reference(summary, Path(config.checkpoint.shared_dir), reference_shared),
         "elastic_s": elastic_s, "total_s": time.time() - started, "run_dir": run_dir,
     }
+
+
+def run_reference(config_path: Path, config: TrainingConfig, run_dir: Path, timeout_s: float) -> Path:
+    """The same job uninterrupted on one node (no fault hooks armed); returns its shared tier."""
+    reference_path = reference_config(config_path, config, run_dir)
+    reference = LocalCluster(run_dir / "reference", reference_path, rdzv_port=None)
+    with reference:
+        reference.start_store()
+        reference.start_node("ref-node")
+        if not reference.wait(timeout_s):
+            raise TimeoutError(f"the reference run did not finish in {timeout_s} s; logs in {run_dir / 'reference'}")
+    return run_dir / "reference" / "shared"
+
+
+def against_reference(summary: RunSummary, shared_dir: Path, reference_shared: Path) -> dict[str, Any]:
+    """The run's final weights and per-step losses beside the reference run's."""
+    from tensile.model import zero_gradient_slices
+
+    reference_summary = summarize(RunLedger(reference_shared).events(), [])
+    weights, reference_weights = final_weights(shared_dir), final_weights(reference_shared)
+    weight_rel_l2, weight_max = weight_differences(weights, reference_weights)
+    trained_max, trained_where = max_difference_apart_from(weights, reference_weights,
+                                                           zero_gradient_slices(reference_weights))
+    _, where = max_difference_apart_from(weights, reference_weights, {})
+    loss_diffs = [abs(summary.losses[s] - reference_summary.losses[s])
+                  for s in summary.losses if s in reference_summary.losses]
+    return {"reference": reference_summary, "weight_rel_l2": weight_rel_l2, "max_weight_diff": weight_max,
+            "max_weight_diff_in": where, "max_trained_weight_diff": trained_max,
+            "max_trained_weight_diff_in": trained_where, "max_loss_diff": max(loss_diffs, default=float("nan"))}

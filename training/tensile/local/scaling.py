@@ -22,23 +22,36 @@ from tensile.scaler import Decision, JobState, PoolMarket, ReasonKind, ScalerCon
 
 RECENT_STEPS = 8
 """Throughput at a size is the median of its newest steps: old ones may predate a warm cache."""
+MEASURED_STEPS = 4
+"""A size counts as measured after this many steps at it (a round's first step left out): the
+collapse rule must not shrink a node on one slow step."""
 
 
 def throughput_by_nodes(events: list[dict[str, Any]], *, samples_per_step: int,
                         processes_per_node: int) -> dict[int, float]:
-    """Samples/s at each node count the run has trained at, from the step events' durations."""
+    """Samples/s at each node count the run has trained at, from the step events' durations.
+    A round's first step is left out: it carries the round's warm-up (first collectives, caches)."""
     durations: dict[int, list[float]] = {}
+    first_of_round = False
     for event in events:
-        if event["event"] == "step" and event.get("step_s"):
-            durations.setdefault(event["world_size"] // processes_per_node, []).append(event["step_s"])
+        if event["event"] == "round-start":
+            first_of_round = True
+        elif event["event"] == "step" and event.get("step_s"):
+            if not first_of_round:
+                durations.setdefault(event["world_size"] // processes_per_node, []).append(event["step_s"])
+            first_of_round = False
     return {nodes: samples_per_step / statistics.median(steps[-RECENT_STEPS:])
-            for nodes, steps in durations.items()}
+            for nodes, steps in durations.items() if len(steps) >= MEASURED_STEPS}
 
 
 def training_nodes(events: list[dict[str, Any]], processes_per_node: int) -> int:
     """Nodes in the group that took the newest step (0 before any)."""
     steps = [e for e in events if e["event"] == "step"]
     return steps[-1]["world_size"] // processes_per_node if steps else 0
+
+
+def newest_step_at(events: list[dict[str, Any]]) -> float | None:
+    return next((e["t"] for e in reversed(events) if e["event"] == "step"), None)
 
 
 @dataclass(slots=True)
@@ -63,7 +76,9 @@ class LocalScaler:
         self.recovery_s = first_recovery_s
         """Until a resize is measured: a guess, replaced by each measured recovery."""
         self.asked: list[str] = []
-        """Nodes the job should have, oldest first (terminated ones leave it at once)."""
+        """Nodes the job should have, oldest first (terminated ones leave it at once; one that
+        died by itself stays, as a reclaimed pod's replacement stays Pending)."""
+        self.asked_at: dict[str, float] = {}
         self.next_index = 0
         self.started_at = clock()
         self.last_decided_at: float | None = None
@@ -89,6 +104,7 @@ class LocalScaler:
         self.next_index += 1
         self.cluster.start_node(node_id)
         self.asked.append(node_id)
+        self.asked_at[node_id] = self.clock()
         self.log.started.append(node_id)
 
     def _stop_newest(self) -> None:
@@ -98,16 +114,35 @@ class LocalScaler:
         self.cluster.terminate(node_id)
         self.log.terminated.append(node_id)
 
+    def ready_nodes(self, events: list[dict[str, Any]]) -> int:
+        """Nodes training now: the newest step's group, counting only nodes still running that
+        were started before that step (a node just added, or one that resumed a suspended job,
+        is not training until a step shows it; a reclaimed one no longer is)."""
+        newest = newest_step_at(events)
+        if newest is None:
+            return 0
+        alive = sum(1 for node_id in self.asked
+                    if self.cluster.is_running(node_id) and self.asked_at[node_id] <= newest)
+        return min(training_nodes(events, self.processes_per_node), alive)
+
     def observe(self, events: list[dict[str, Any]], now: float) -> JobState:
         elastic = self.training.elastic
-        ready = min(training_nodes(events, self.processes_per_node), len(self.asked))
+        ready = self.ready_nodes(events)
         if self.resize_target is not None and ready == self.resize_target and self.last_resize_at is not None:
             first = next((e for e in events if e["event"] == "step" and e["t"] > self.last_resize_at
                           and e["world_size"] == ready * self.processes_per_node), None)
             if first is not None:
-                self.recovery_s = first["t"] - self.last_resize_at
+                # From the stop, not the decision: the group trains on while a new node boots, so
+                # what a resize costs is the gap from the last step at the old size (or from the
+                # resume, for a job that had stopped) to the first at the new one.
+                stopped_at = max([e["t"] for e in events if e["event"] == "step" and e["t"] < first["t"]]
+                                 + [self.last_resize_at])
+                self.recovery_s = first["t"] - stopped_at
                 self.resize_target = None
-        below_min = ready < elastic.min_nodes and not self.suspended
+        # Below the minimum counts only while nodes are missing (reclaimed, never started): nodes
+        # running but not yet in a step are starting, as a scheduled pod is, and are waited for.
+        running = sum(1 for node_id in self.asked if self.cluster.is_running(node_id))
+        below_min = ready < elastic.min_nodes and running < elastic.min_nodes and not self.suspended
         self.below_min_since = (now if self.below_min_since is None else self.below_min_since) if below_min else None
         unready = ready < len(self.asked)
         self.unready_since = (now if self.unready_since is None else self.unready_since) if unready else None
@@ -166,11 +201,14 @@ class LocalScaler:
         self.resize_target = desired if desired > 0 else None
         self.unready_since = None
 
-    def run(self, timeout_s: float, *, poll_s: float = 0.2) -> bool:
-        """Start the job at its minimum and size it until the run completes; True if it did."""
+    def run(self, timeout_s: float, *, poll_s: float = 0.2, on_poll: Callable[[], None] | None = None) -> bool:
+        """Start the job at its minimum and size it until the run completes; True if it did.
+        `on_poll` runs before each decision (a simulated cloud reclaiming nodes, say)."""
         self.start()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if on_poll is not None:
+                on_poll()
             self.poll()
             status = self.ledger.status()
             done = status is not None and status.get("state") == "completed"

@@ -34,7 +34,9 @@ class JobState:
     last_resize_at_s: float | None = None
     """When the scaler last changed the size (the caller's clock, the same as `now_s`)."""
     below_min_since_s: float | None = None
-    """Since when ready_nodes < min_nodes; None while at or above it."""
+    """Since when the job has lacked capacity for its minimum: ready_nodes < min_nodes with fewer
+    than min_nodes nodes even placed (pods Pending for want of a node; in the local mode, processes
+    gone). None otherwise, also while placed nodes are still starting: those are waited for."""
     unready_since_s: float | None = None
     """Since when ready_nodes < current_nodes (nodes asked for, not training); None if none."""
     suspended: bool = False

@@ -160,7 +160,11 @@ def decide(job: JobState, team: TeamState, market: Mapping[str, PoolMarket], con
         return _resume(job, team, market, config, now_s)
     if job.ready_nodes < job.min_nodes:
         since = job.below_min_since_s
-        if since is not None and now_s - since >= config.suspend_after_s:
+        if since is None:  # its nodes are placed and starting: no capacity is missing
+            return Decision(desired_nodes=job.current_nodes, kind=ReasonKind.HOLD,
+                            reason=f"{job.ready_nodes} ready < minimum {job.min_nodes}: waiting for "
+                                   f"{job.min_nodes - job.ready_nodes} node(s) to become ready")
+        if now_s - since >= config.suspend_after_s:
             return Decision(desired_nodes=0, kind=ReasonKind.SUSPEND,
                             reason=f"{job.ready_nodes} ready < minimum {job.min_nodes} for "
                                    f"{now_s - since:.0f} s: releasing its quota until capacity returns")

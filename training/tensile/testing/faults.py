@@ -6,7 +6,8 @@ part of the background save at step 6; `abort@5`: rank 0 aborts (SIGABRT, as NCC
 ends a process) before step 5. `TENSILE_FAULT_ABORT_ON_COMMUNICATION_ERROR=1` makes a worker
 whose collective fails abort instead of raising, as NCCL does on a timeout (a gloo run otherwise
 raises). `TENSILE_FAULT_BUILD_DELAY_S` slows every non-zero rank's model build. `TENSILE_FAULT_STEP_DELAY_S` slows
-every step; `TENSILE_FAULT_PERSIST_DELAY_S` slows every background checkpoint before it writes;
+every step; `TENSILE_FAULT_STEP_WORK_S` stands in for a step's compute shared by the world (each
+rank sleeps that divided by the world size, so more workers are really faster, as on GPUs); `TENSILE_FAULT_PERSIST_DELAY_S` slows every background checkpoint before it writes;
 `TENSILE_FAULT_TIER_BYTES_PER_S` makes the shared tier move (write, read, hash) at most that
 many bytes a second, as a large checkpoint on a slow network would.
 Each fault fires once per run: a marker in TENSILE_FAULTS_DIR remembers it.
@@ -23,6 +24,10 @@ from tensile.checkpoint.api import FileEntry, Manifest, Tier
 from tensile.fault_hooks import FaultHooks
 
 
+STEP_WORK_VARIABLE = "TENSILE_FAULT_STEP_WORK_S"
+"""Seconds of simulated compute per step for the whole world: each rank sleeps its share."""
+
+
 class InjectedFailure(RuntimeError):
     """A deliberate, non-distributed error: counts as a real failure."""
 
@@ -35,13 +40,15 @@ class EnvironmentFaults(FaultHooks):
         rate = float(self.environ.get("TENSILE_FAULT_TIER_BYTES_PER_S", "0") or 0)
         return ThrottledTier(tier, rate) if rate > 0 else tier
 
-    def before_step(self, *, step: int, rank: int) -> None:
+    def before_step(self, *, step: int, rank: int, world_size: int) -> None:
         if rank == 0 and step in self._armed("raise") and self._first_time(f"raise-{step}"):
             raise InjectedFailure(f"injected failure at step {step}")
         if rank == 0 and step in self._armed("abort") and self._first_time(f"abort-{step}"):
             os.abort()
         # Stands in for a bigger model, so a test can act while a run is still in progress.
         self._sleep("TENSILE_FAULT_STEP_DELAY_S")
+        # Stands in for a model whose compute dominates: the global batch's work, split evenly.
+        self._sleep(STEP_WORK_VARIABLE, divided_by=world_size)
 
     def before_build(self, *, rank: int) -> None:
         if rank != 0:
@@ -73,8 +80,8 @@ class EnvironmentFaults(FaultHooks):
                 steps.add(int(step))
         return steps
 
-    def _sleep(self, variable: str) -> None:
-        delay = float(self.environ.get(variable, "0") or 0)
+    def _sleep(self, variable: str, *, divided_by: int = 1) -> None:
+        delay = float(self.environ.get(variable, "0") or 0) / max(1, divided_by)
         if delay > 0:
             time.sleep(delay)
 
