@@ -9,7 +9,7 @@ import contextlib
 import importlib
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -70,11 +70,37 @@ class SampleKeyedDropout(nn.Module):
         return inputs * keep / (1.0 - self.p)
 
 
+class QKVProjection(nn.Linear):
+    """The fused query/key/value projection, whose key bias takes no part.
+
+    A key bias adds q·b_k to every score of a query alike, and softmax ignores a shift: its true
+    gradient is zero and its computed one rounding noise (~1e-12 of the others), which Adam
+    divides by its own root mean square into steps of about the learning rate, in a direction set
+    by how the batch was split. Runs at different worker counts drifted apart there by ~1e-3 in
+    200 steps and fed it back into every weight through the rounding. Masked out of the forward,
+    b_k gets an exact zero gradient and stays where it is (weight decay aside: none, biases are
+    exempt). The parameter keeps its shape, so every checkpoint loads; a b_k trained before
+    this changes no output (the same shift argument), only the rounding.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width, 3 * width)
+        key = torch.zeros(3 * width, dtype=torch.bool)
+        key[width:2 * width] = True
+        # A bool buffer: no precision cast (bf16, fp16) touches it, and masked_fill keeps the
+        # bias's dtype.
+        self.register_buffer("key_slots", key, persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        # In the submodule's own forward, where ZeRO-3 has gathered weight and bias.
+        return F.linear(hidden, self.weight, self.bias.masked_fill(self.key_slots, 0.0))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_heads = config.n_heads
-        self.qkv_projection = nn.Linear(config.d_model, 3 * config.d_model)
+        self.qkv_projection = QKVProjection(config.d_model)
         self.output_projection = nn.Linear(config.d_model, config.d_model)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -85,18 +111,6 @@ class CausalSelfAttention(nn.Module):
         # Attention-probability dropout would need per-sample keyed masks inside the fused kernel.
         attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=0.0)
         return self.output_projection(attended.transpose(1, 2).reshape(batch, length, width))
-
-
-KEY_BIAS_SUFFIX = "attention.qkv_projection.bias"
-
-
-def zero_gradient_slices(weights: Mapping[str, torch.Tensor]) -> dict[str, slice]:
-    """The parts of CausalLM's weights whose true gradient is zero: each attention's key bias
-    (q·b_k shifts every logit of a query alike, and softmax ignores a shift). Only rounding noise
-    reaches them, which Adam normalises into real steps, so two runs that agree everywhere else
-    can differ there by 1e-3: comparisons of runs report them apart."""
-    return {name: slice(tensor.numel() // 3, 2 * tensor.numel() // 3)
-            for name, tensor in weights.items() if name.endswith(KEY_BIAS_SUFFIX)}
 
 
 class MLP(nn.Module):

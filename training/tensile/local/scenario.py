@@ -28,9 +28,7 @@ SPIKE_THRESHOLD_USD_PER_HOUR = 20.0
 
 WEIGHT_TOLERANCE = 1e-5
 """Largest absolute final-weight difference from the undisturbed run that still passes, over
-every weight but the attention key biases (the exactness tests' tolerance). Those have a true
-gradient of zero: Adam turns the rounding noise of a different worker count into steps there
-(`tensile.model.zero_gradient_slices`), ~1e-3 after 200 steps, so they are printed apart."""
+every weight (the exactness tests' tolerance)."""
 
 # Keyed on the run's progress: each phase ends after steps trained at a size, so the story is
 # the same however busy the machine is; only the phase in which the job cannot train is timed.
