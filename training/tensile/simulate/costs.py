@@ -36,13 +36,43 @@ def modelled_step_s(*, parameters: int, tokens_per_step: int, gpu_model: str, gp
     return compute_s + all_reduce_s
 
 
-def step_s_by_nodes_from_ledger(events: list[dict[str, Any]], processes_per_node: int) -> dict[int, float]:
-    """Median step time at each node count the run trained at."""
-    durations: dict[int, list[float]] = {}
+def step_intervals(events: list[dict[str, Any]]) -> list[tuple[dict[str, Any], float]]:
+    """Each step event with the wall time it took: from the step before it in the same round (so
+    the loop's own overhead, the ledger write and the data are in it, as they are in a run's
+    wall time), or its measured `step_s` for a round's first step."""
+    intervals, previous = [], None
     for event in events:
-        if event["event"] == "step" and event.get("step_s"):
-            durations.setdefault(event["world_size"] // processes_per_node, []).append(event["step_s"])
-    return {nodes: statistics.median(values) for nodes, values in durations.items()}
+        if event["event"] == "round-start":
+            previous = None
+        elif event["event"] == "step":
+            seconds = event["t"] - previous["t"] if previous is not None else float(event.get("step_s") or 0.0)
+            intervals.append((event, seconds))
+            previous = event
+    return intervals
+
+
+def step_s_by_nodes_from_ledger(events: list[dict[str, Any]], processes_per_node: int) -> dict[int, float]:
+    """Mean wall time per step at each node count the run trained at: the mean, not the median,
+    because a run's wall time is the sum of its steps, and step times are skewed (a slow step
+    now and then: a save's host copy, the data, a busy machine)."""
+    durations: dict[int, list[float]] = {}
+    for event, seconds in step_intervals(events):
+        durations.setdefault(event["world_size"] // processes_per_node, []).append(seconds)
+    return {nodes: statistics.fmean(values) for nodes, values in durations.items()}
+
+
+def measured_goodput(events: list[dict[str, Any]]) -> tuple[float, float]:
+    """(useful seconds, wall seconds) of a finished run: the wall time of the steps it kept (the
+    last time each step was done), and the first step's start to the `completed` event."""
+    kept: dict[int, float] = {}
+    for event, seconds in step_intervals(events):
+        kept[event["step"]] = seconds
+    steps = [e for e in events if e["event"] == "step"]
+    completed = [e for e in events if e["event"] == "completed"]
+    if not steps or not completed:
+        raise SimulationError("the ledger has no finished run (no step, or no completed event)")
+    start = steps[0]["t"] - float(steps[0].get("step_s") or 0.0)
+    return sum(kept.values()), completed[-1]["t"] - start
 
 
 def _median(values: list[float], fallback: float) -> float:

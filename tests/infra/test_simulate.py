@@ -1,0 +1,80 @@
+"""`tensile simulate` on the stacks (infra/tools/simulation_inputs.py + tensile.simulate), and the
+worst case of the autoscaling config with Karpenter's scale-out overrun (infra/plan/scale_out_overrun.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from infra.config import stack as config
+from infra.plan import scale_out_overrun
+from infra.tools.simulation_inputs import SimulationInputError, simulation_inputs
+from tensile.cli import app
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JOB_FILE = REPO_ROOT / "infra" / "examples" / "llm-1b.job.yaml"
+
+
+@pytest.fixture
+def in_checkout(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+
+
+def test_simulate_cli_on_the_prod_stack(in_checkout):
+    result = CliRunner().invoke(app, ["simulate", "--stack", "prod", "--job", "llm-1b", "--job-file", str(JOB_FILE),
+                                      "--seeds", "5"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for expected in ("spot, on-demand fallback", "all on-demand", "spot, no fallback", "Young/Daly",
+                     "Karpenter scale-out overrun", "eventually consistent", "V100", "p5.48xlarge"):
+        assert expected in out, expected
+
+
+def test_simulate_cli_json_on_the_prod_stacks_own_job(in_checkout):
+    result = CliRunner().invoke(app, ["simulate", "--stack", "prod", "--job", "llm-pretrain", "--seeds", "3",
+                                      "--band", ">20%", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    spot, on_demand = document["study"]["spot"], document["study"]["on_demand"]
+    assert spot["runs"] == on_demand["runs"] == 3
+    assert spot["cost_usd"]["median"] <= on_demand["cost_usd"]["median"]
+    assert any("V100" in line for line in document["assumptions"])
+
+
+def test_simulate_cli_names_an_unknown_job(in_checkout):
+    result = CliRunner().invoke(app, ["simulate", "--stack", "prod", "--job", "nope"])
+    assert result.exit_code == 2
+    assert "no job 'nope'" in result.output and "llm-pretrain" in result.output
+
+
+def test_simulation_inputs_cap_the_job_at_the_pools_node_limit():
+    inputs = simulation_inputs("prod", job_name="llm-1b", job_file=JOB_FILE)
+    assert inputs["pool"]["instance_type"] == "p5.48xlarge" and inputs["pool"]["node_limit"] == 2  # 16 GPUs / 8
+    assert inputs["pool"]["spot_usd_per_node_hour"] == pytest.approx(55.04 * 0.55)
+
+
+def test_simulation_inputs_refuse_a_job_file_naming_another_job(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB_FILE.read_text())
+    with pytest.raises(SimulationInputError, match="holds job 'llm-1b'"):
+        simulation_inputs("prod", job_name="other", job_file=path)
+
+
+@pytest.mark.parametrize("launch_to_counted_s, h100_overrun_gpus", [
+    (5.0, 0),     # counted within one batch: no stale batch, no overrun
+    (20.0, 16),   # one stale batch: 2 more p5 nodes past the 16-GPU limit
+    (30.0, 16),   # two stale batches could launch 32, but Kueue admits llm's 24 + 8 = 32 on h100: 16 past
+])
+def test_scale_out_overrun_per_pool(launch_to_counted_s, h100_overrun_gpus):
+    cfg = config.parse_document(config.read_stack_document("prod")[2], "prod")
+    worst = scale_out_overrun.worst_case(cfg, batch_nodes={"h100": 4}, launch_to_counted_s=launch_to_counted_s)
+    by_pool = {p.pool: p for p in worst.pools}
+    assert by_pool["h100"].overrun_gpus == h100_overrun_gpus
+    assert by_pool["l40s"].overrun_gpus == by_pool["a100"].overrun_gpus == 0, "Kueue admits no more than the limits"
+    assert worst.overrun_monthly_usd == pytest.approx(h100_overrun_gpus * 55.04 / 8 * 730)
+    assert worst.with_overrun_monthly_usd == pytest.approx(worst.at_limits_monthly_usd + worst.overrun_monthly_usd)
+    assert "eventually consistent" in worst.basis
