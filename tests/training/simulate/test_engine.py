@@ -9,7 +9,8 @@ import pytest
 from tensile.scaler import ScalerConfig, TeamState
 from tensile.scaler.traces import SpotTrace, generate_trace
 from tensile.simulate.api import SPOT_NOTICE_S, Disruption, DisruptionKind, SimJob, SimPool, TimeCosts
-from tensile.simulate.engine import ScalerInputs, simulate
+from tensile.simulate.engine import simulate
+from tensile.simulate.scaling import ScalerInputs
 
 FREE = TimeCosts(node_launch_s=0, image_pull_s=0, tensile_start_s=0, recovery_unwarned_s=0, recovery_warned_s=0,
                  recovery_join_s=0, checkpoint_stall_s=0, time_to_durable_s=0, emergency_save_s=0)

@@ -48,6 +48,16 @@ class SpotTrace:
     def available_at(self, at_s: float) -> int:
         return self.nodes_available[int(at_s // self.tick_s) % len(self.nodes_available)]
 
+    def next_change_s(self, at_s: float) -> float:
+        """The start of the first tick after `at_s` whose count differs from the count at `at_s`."""
+        counts = self.nodes_available
+        index = int(at_s // self.tick_s)
+        current = counts[index % len(counts)]
+        for ahead in range(1, len(counts) + 1):
+            if counts[(index + ahead) % len(counts)] != current:
+                return (index + ahead) * self.tick_s
+        return at_s + self.duration_s  # constant: nothing changes; look again a whole trace later
+
     def to_json(self) -> dict:
         """The spot-traces format itself: what `read_trace` reads back."""
         return {"metadata": {"gap_seconds": self.tick_s}, "data": list(self.nodes_available)}

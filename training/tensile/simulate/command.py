@@ -14,7 +14,7 @@ from tensile.scaler import TeamState, load_scaler_config
 from tensile.scaler.traces import read_trace
 from tensile.simulate.api import SimJob, SimPool, TimeCosts
 from tensile.simulate.costs import costs_from_ledger, modelled_step_s, step_s_by_nodes_from_ledger
-from tensile.simulate.engine import ScalerInputs
+from tensile.simulate.scaling import ScalerInputs
 from tensile.simulate.study import Study, TraceSource, study
 
 TRACE_ASSUMPTION = ("The spot traces are AWS V100/K80 capacity (SkyPilot's spot-traces, 2022-2023); applying them "

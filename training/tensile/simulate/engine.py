@@ -14,10 +14,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tensile.scaler import JobState, PoolMarket, ReasonKind, ScalerConfig, TeamState, decide
+from tensile.scaler import ReasonKind, decide
 from tensile.scaler.traces import SpotTrace
 from tensile.simulate.api import (SPOT_NOTICE_S, Disruption, DisruptionKind, LossRecord, SimJob, SimPool,
                                   SimResult, TimeCosts)
+from tensile.simulate.scaling import ScalerInputs, SimulatedState, policy_inputs
 
 MAX_SIMULATED_S = 180 * 24 * 3600.0
 """A run not done after 180 simulated days is reported as not completed (spot that never comes)."""
@@ -34,14 +35,6 @@ class _Node:
     """When it stopped being billed (reclaimed, or released plus the empty-node linger)."""
     leaving: bool = False
     in_group: bool = False
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ScalerInputs:
-    """What the scaler's core needs beyond the simulation's own state: its config and the team."""
-    config: ScalerConfig
-    team: TeamState
-    decide_every_s: float = 60.0
 
 
 @dataclass(slots=True)
@@ -88,11 +81,10 @@ class _Simulation:
         self.unready_since: float | None = None
         self.suspended = False
         self.trained_at: set[int] = set()
-        self.spend_usd = 0.0
         self.done_at: float | None = None
         self.recovery_until = -1.0
-        self.formed_once = False
         """The end of the re-formation in progress: a node ready before it joins that round."""
+        self.formed_once = False
 
     # --- plumbing -----------------------------------------------------------------------------
     def _push(self, at: float, kind: str, payload: object = None) -> None:
@@ -148,6 +140,9 @@ class _Simulation:
         self.train_t += stall
         self.tally.checkpoint_s += stall
         self.checkpoints.append((self.steps_done, self.train_t + self.costs.time_to_durable_s))
+        # Only the newest durable checkpoint and those after it can ever be rolled back to.
+        durable = self._durable_step(self.train_t)
+        self.checkpoints = [c for c in self.checkpoints if c[0] >= durable]
 
     def _stop_commit_time(self) -> float:
         """When a stop save asked for now would commit (the step in flight, the save in flight, the save)."""
@@ -299,16 +294,7 @@ class _Simulation:
                 self._notice(node, at)
         self._provision(at)
         if self.trace is not None:
-            self._push(self._next_change(at), "tick")
-
-    def _next_change(self, at: float) -> float:
-        trace, offset = self.trace, self.trace_offset_s
-        index = int((at + offset) // trace.tick_s)
-        current = trace.nodes_available[index % len(trace.nodes_available)]
-        for ahead in range(1, len(trace.nodes_available) + 1):
-            if trace.nodes_available[(index + ahead) % len(trace.nodes_available)] != current:
-                return (index + ahead) * trace.tick_s - offset
-        return at + trace.duration_s  # a constant trace: look again a whole trace later
+            self._push(self.trace.next_change_s(at + self.trace_offset_s) - self.trace_offset_s, "tick")
 
     # --- the scaler ---------------------------------------------------------------------------
     def _decide(self, at: float) -> None:
@@ -316,29 +302,18 @@ class _Simulation:
         self._advance(at)
         if self.done_at is not None:
             return
-        alive, group = self._alive(), self._group()
-        ready = 0 if self.forming else len(group)
+        alive = self._alive()
+        ready = 0 if self.forming else len(self._group())
         unready = ready < len(alive)
         self.unready_since = (self.unready_since if self.unready_since is not None else at) if unready else None
-        job = JobState(
-            name=self.job.name, pool=self.pool.name, min_nodes=self.job.min_nodes, max_nodes=self.job.max_nodes,
-            current_nodes=len(alive), ready_nodes=min(ready, len(alive)), gpus_per_node=self.job.processes_per_node,
-            samples_per_s_by_nodes={n: self.job.samples_per_step / self._step_s_of(n) for n in self.trained_at},
-            steps_left=self.job.steps - self.steps_done, samples_per_step=self.job.samples_per_step,
-            recovery_s=self.costs.recovery_join_s, last_resize_at_s=self.last_resize_at,
-            below_min_since_s=self.below_min_since if not self.suspended else None,
-            unready_since_s=self.unready_since, suspended=self.suspended)
-        spot_used = sum(1 for n in alive if n.capacity == "spot")
-        market = PoolMarket(pool=self.pool.name, on_demand_usd_per_hour=self.pool.on_demand_usd_per_node_hour,
-                            spot_usd_per_hour=self.pool.spot_usd_per_node_hour if self.pool.spot else None,
-                            spot_nodes_available=max(0, self._spot_available(at) - spot_used) if self.pool.spot else 0,
-                            reserved_nodes_free=max(0, self.pool.reserved_nodes - sum(
-                                1 for n in alive if n.capacity == "reserved")))
-        team = TeamState(gpu_quota=scaler.team.gpu_quota, borrowing_limit=scaler.team.borrowing_limit,
-                         gpus_in_use=scaler.team.gpus_in_use + len(alive) * self.job.processes_per_node,
-                         pending=scaler.team.pending, spend_usd=scaler.team.spend_usd + self._cost(at),
-                         budget_usd=scaler.team.budget_usd)
-        decision = decide(job, team, {self.pool.name: market}, scaler.config, now_s=at)
+        job, team, market = policy_inputs(self.job, self.pool, scaler, SimulatedState(
+            now_s=at, asked_nodes=len(alive), ready_nodes=ready,
+            spot_held=sum(1 for n in alive if n.capacity == "spot"),
+            reserved_held=sum(1 for n in alive if n.capacity == "reserved"), spot_on_offer=self._spot_available(at),
+            trained_at=self.trained_at, steps_done=self.steps_done, recovery_s=self.costs.recovery_join_s,
+            last_resize_at_s=self.last_resize_at, below_min_since_s=self.below_min_since,
+            unready_since_s=self.unready_since, suspended=self.suspended, spend_usd=self._cost(at)))
+        decision = decide(job, team, market, scaler.config, now_s=at)
         if decision.desired_nodes != len(alive):
             self.tally.decisions.append(f"t+{at:.0f}s step {self.steps_done}: {decision}")
             self.last_resize_at = at
@@ -381,7 +356,7 @@ class _Simulation:
         initial = self.initial_nodes if self.pool.node_limit is None else min(self.initial_nodes, self.pool.node_limit)
         self._launch(0.0, initial)
         if self.trace is not None:
-            self._push(self._next_change(0.0), "tick")
+            self._push(self.trace.next_change_s(self.trace_offset_s) - self.trace_offset_s, "tick")
         if self.scaler is not None:
             self._push(self.scaler.decide_every_s, "decide")
         while self.done_at is None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from tensile.scaler.traces import SpotTrace, generate_trace
 from tensile.simulate.api import SimJob, SimPool, SimResult, TimeCosts
-from tensile.simulate.engine import ScalerInputs, simulate
+from tensile.simulate.engine import simulate
+from tensile.simulate.scaling import ScalerInputs
 
 GENERATED_TRACE_DAYS = 60
 """A generated trace's length; the simulator repeats a trace past its end."""
