@@ -99,5 +99,7 @@ def simulation_inputs(stack: str, *, job_name: str, job_file: Path | None = None
         "scaler": scaler,
         "worst_case": {**asdict(worst), "overrun_monthly_usd": worst.overrun_monthly_usd,
                        "with_overrun_monthly_usd": worst.with_overrun_monthly_usd, "within_budget": worst.within_budget,
-                       "pools": [{**asdict(p), "monthly_usd": p.monthly_usd} for p in worst.pools]},
+                       "karpenter_only_monthly_usd": worst.karpenter_only_monthly_usd,
+                       "pools": [{**asdict(p), "monthly_usd": p.monthly_usd,
+                                  "karpenter_only_monthly_usd": p.karpenter_only_monthly_usd} for p in worst.pools]},
     }

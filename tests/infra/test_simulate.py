@@ -3,14 +3,15 @@ worst case of the autoscaling config with Karpenter's scale-out overrun (infra/p
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from infra.config import stack as config
+from infra.config.types import TeamConfig
 from infra.plan import scale_out_overrun
 from infra.tools.simulation_inputs import SimulationInputError, simulation_inputs
 from tensile.cli import app
@@ -30,7 +31,7 @@ def test_simulate_cli_on_the_prod_stack(in_checkout):
     assert result.exit_code == 0, result.output
     out = result.output
     for expected in ("spot, on-demand fallback", "all on-demand", "spot, no fallback", "Young/Daly",
-                     "Karpenter scale-out overrun", "eventually consistent", "V100", "p5.48xlarge"):
+                     "scale-out overrun", "eventually consistent", "V100", "p5.48xlarge"):
         assert expected in out, expected
 
 
@@ -64,17 +65,31 @@ def test_simulation_inputs_refuse_a_job_file_naming_another_job(tmp_path):
         simulation_inputs("prod", job_name="other", job_file=path)
 
 
-@pytest.mark.parametrize("launch_to_counted_s, h100_overrun_gpus", [
+@pytest.mark.parametrize("launch_to_counted_s, h100_karpenter_only_gpus", [
     (5.0, 0),     # counted within one batch: no stale batch, no overrun
-    (20.0, 16),   # one stale batch: 2 more p5 nodes past the 16-GPU limit
-    (30.0, 16),   # two stale batches could launch 32, but Kueue admits llm's 24 + 8 = 32 on h100: 16 past
+    (20.0, 16),   # one stale batch: 2 more p5 nodes (the pool's node limit) past the 16-GPU limit
+    (30.0, 32),   # two stale batches
 ])
-def test_scale_out_overrun_per_pool(launch_to_counted_s, h100_overrun_gpus):
+def test_scale_out_overrun_per_pool(launch_to_counted_s, h100_karpenter_only_gpus):
     cfg = config.parse_document(config.read_stack_document("prod")[2], "prod")
     worst = scale_out_overrun.worst_case(cfg, batch_nodes={"h100": 4}, launch_to_counted_s=launch_to_counted_s)
     by_pool = {p.pool: p for p in worst.pools}
-    assert by_pool["h100"].overrun_gpus == h100_overrun_gpus
-    assert by_pool["l40s"].overrun_gpus == by_pool["a100"].overrun_gpus == 0, "Kueue admits no more than the limits"
-    assert worst.overrun_monthly_usd == pytest.approx(h100_overrun_gpus * 55.04 / 8 * 730)
-    assert worst.with_overrun_monthly_usd == pytest.approx(worst.at_limits_monthly_usd + worst.overrun_monthly_usd)
+    h100 = by_pool["h100"]
+    assert h100.batch_nodes == 2, "a batch launches at most the pool's node limit"
+    assert h100.karpenter_only_overrun_gpus == h100_karpenter_only_gpus
+    # Kueue's h100 flavor quota for team llm (budget-capped, plan/teams.py) is below the pool's limit:
+    # nothing can be pending past it, so with Kueue there is no overrun at all.
+    assert h100.admissible_gpus <= h100.limit_gpus and h100.overrun_gpus == 0
+    assert worst.with_overrun_monthly_usd == pytest.approx(worst.at_limits_monthly_usd)
+    assert h100.karpenter_only_monthly_usd == pytest.approx(h100_karpenter_only_gpus * 55.04 / 8 * 730)
     assert "eventually consistent" in worst.basis
+
+
+def test_scale_out_overrun_with_kueue_is_what_the_teams_quotas_exceed_the_limit_by():
+    # A second team on H100: each team's flavor quota fits the pool, their sum does not.
+    cfg = config.parse_document(config.read_stack_document("prod")[2], "prod")
+    second = TeamConfig(name="speech", gpu_quota=12, borrowing_limit=0, monthly_budget_usd=1e6, gpu_models=("h100",))
+    shared = dataclasses.replace(cfg, teams=cfg.teams + (second,))
+    h100 = {p.pool: p for p in scale_out_overrun.worst_case(shared, batch_nodes={}).pools}["h100"]
+    assert h100.admissible_gpus > h100.limit_gpus == 16
+    assert h100.overrun_gpus == min(h100.karpenter_only_overrun_gpus, h100.admissible_gpus - 16) > 0

@@ -59,12 +59,15 @@ class TimeCosts:
     """`make bench`/leaving.md: a noticed node's leave to the survivors' first step (the save apart)."""
     recovery_join_s: float = 10.5
     """A joining node: the group's re-formation to the first step at the larger size (the floor)."""
-    checkpoint_stall_s: float = 0.3
-    """The loop blocked per periodic checkpoint (the async host copy)."""
-    time_to_durable_s: float = 2.0
+    checkpoint_stall_s: float = 2.07
+    """The loop blocked per periodic checkpoint (the async host copy). This and the next two:
+    `make bench` (benchmarks/checkpoint_io.py: 229 MB of ZeRO-2 state, one CPU worker, this
+    machine at load ~9, 2026-12-01)."""
+    time_to_durable_s: float = 8.9
     """A periodic checkpoint's start to its commit on the durable tier (written in the background)."""
-    emergency_save_s: float = 1.0
-    """A stop (notice, scale-up, shrink, the final step) to the synchronous checkpoint's commit."""
+    emergency_save_s: float = 6.83
+    """A stop (notice, scale-up, shrink, the final step) to the synchronous checkpoint's commit;
+    `tensile simulate` uses the job's emergencyCheckpointSeconds instead."""
     source: str = "defaults (make bench on this machine; cloud start-up assumed)"
 
     @property

@@ -118,14 +118,18 @@ def render(inputs: dict[str, Any], result: Study, notes: list[str]) -> str:
                      f"${interval.young_daly_cost_usd:,.0f}")
     else:
         lines.append("  Young/Daly: no unwarned loss in any run, so no MTBF: it would checkpoint as rarely as allowed")
-    lines += ["", f"worst-case monthly cost of the stack's autoscaling config: ${worst['at_limits_monthly_usd']:,.0f} "
-                  f"at the NodePool limits + ${worst['overrun_monthly_usd']:,.0f} Karpenter scale-out overrun = "
-                  f"${worst['with_overrun_monthly_usd']:,.0f} against the budget ${worst['budget_monthly_usd']:,.0f}: "
-                  + ("within" if worst["within_budget"] else "OVER")]
+    budget = worst["budget_monthly_usd"]
+    verdict = lambda usd: "within" if usd <= budget else "OVER"  # noqa: E731
+    lines += ["", f"worst-case monthly cost of the stack's autoscaling config (budget ${budget:,.0f}):",
+              f"  at the NodePool limits, all on-demand: ${worst['at_limits_monthly_usd']:,.0f}",
+              f"  with Karpenter's scale-out overrun, pending pods bounded by Kueue's quotas: "
+              f"${worst['with_overrun_monthly_usd']:,.0f} ({verdict(worst['with_overrun_monthly_usd'])})",
+              f"  with the overrun Karpenter's limits alone allow (pods not admitted by Kueue): "
+              f"${worst['karpenter_only_monthly_usd']:,.0f} ({verdict(worst['karpenter_only_monthly_usd'])})"]
     for p in worst["pools"]:
-        if p["overrun_gpus"]:
-            lines.append(f"  {p['pool']}: limit {p['limit_gpus']} GPUs, Kueue may admit {p['admissible_gpus']}: "
-                         f"overrun up to {p['overrun_gpus']} GPUs (${p['monthly_usd']:,.0f}/month)")
+        lines.append(f"    {p['pool']}: limit {p['limit_gpus']} GPUs, batches of {p['batch_nodes']} x {p['node_gpus']}-GPU "
+                     f"nodes; Kueue admits {p['admissible_gpus']}: overrun {p['overrun_gpus']} GPUs, "
+                     f"{p['karpenter_only_overrun_gpus']} without Kueue (${p['karpenter_only_monthly_usd']:,.0f}/month)")
     lines.append(f"  basis: {worst['basis']}")
     if result.decisions:
         lines += ["", "scaler decisions (seed 0):", *[f"  {d}" for d in result.decisions[:12]]]
