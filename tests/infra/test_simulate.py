@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from infra.config import stack as config
@@ -93,3 +94,15 @@ def test_scale_out_overrun_with_kueue_is_what_the_teams_quotas_exceed_the_limit_
     h100 = {p.pool: p for p in scale_out_overrun.worst_case(shared, batch_nodes={}).pools}["h100"]
     assert h100.admissible_gpus > h100.limit_gpus == 16
     assert h100.overrun_gpus == min(h100.karpenter_only_overrun_gpus, h100.admissible_gpus - 16) > 0
+
+
+def test_simulate_cli_drives_the_scaler_from_a_job_files_section(in_checkout, tmp_path):
+    document = yaml.safe_load(JOB_FILE.read_text())
+    document["scaler"] = {"grow_on_demand": False, "cooldown_min_s": 120}
+    path = tmp_path / "scaled.yaml"
+    path.write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["simulate", "--stack", "prod", "--job", "llm-1b", "--job-file", str(path),
+                                      "--seeds", "3", "--band", ">20%"])
+    assert result.exit_code == 0, result.output
+    assert "the scaler's policy core decides the size" in result.output
+    assert "scaler decisions (seed 0):" in result.output and "grow -> 2" in result.output

@@ -121,3 +121,15 @@ def test_simulate_drives_the_scalers_policy_core():
                       trace=trace, scaler=scaler)
     assert result.completed
     assert any("grow -> 2" in d for d in result.decisions) and any("grow -> 3" in d for d in result.decisions)
+
+
+def test_simulate_scaler_suspends_without_spot_and_resumes_once_when_it_returns():
+    # Spot for 20 min, none for 2 h, then spot again; no on-demand growth and no fallback.
+    trace = SpotTrace(300.0, (1,) * 4 + (0,) * 24 + (1,) * 200, "a two-hour gap")
+    scaler = ScalerInputs(config=ScalerConfig(grow_on_demand=False),
+                          team=TeamState(gpu_quota=8, borrowing_limit=0, gpus_in_use=0, spend_usd=0, budget_usd=1e6))
+    result = simulate(job(steps=3000, max_nodes=1, step_s_by_nodes={1: 2.0}), pool(fallback_to_on_demand=False),
+                      TimeCosts(node_launch_s=30, image_pull_s=30, tensile_start_s=10), trace=trace, scaler=scaler)
+    assert result.completed
+    kinds = [d.split(": ", 1)[1].split(" ")[0] for d in result.decisions]
+    assert kinds == ["suspend", "resume"], result.decisions  # a resumed job's nodes get time to start

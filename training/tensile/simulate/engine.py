@@ -85,6 +85,9 @@ class _Simulation:
         self.recovery_until = -1.0
         """The end of the re-formation in progress: a node ready before it joins that round."""
         self.formed_once = False
+        self._unsettled: list[_Node] = []
+        """Nodes whose cost is not yet in _settled_usd (not released for good by the last _cost)."""
+        self._settled_usd = 0.0
 
     # --- plumbing -----------------------------------------------------------------------------
     def _push(self, at: float, kind: str, payload: object = None) -> None:
@@ -277,6 +280,7 @@ class _Simulation:
                 return  # no capacity: pending until the next tick
             node = _Node(id=len(self.nodes), capacity=capacity, launched_at=at, ready_at=at + self.costs.startup_s)
             self.nodes.append(node)
+            self._unsettled.append(node)
             self._push(node.ready_at, "ready", node)
 
     def _provision(self, at: float) -> None:
@@ -304,20 +308,27 @@ class _Simulation:
             return
         alive = self._alive()
         ready = 0 if self.forming else len(self._group())
-        unready = ready < len(alive)
+        # The Job's parallelism is what was asked; nodes Karpenter could not launch (no capacity, the
+        # NodePool's limit) stay asked and unready, as pending pods do, until the core gives them up.
+        asked = max(self.desired, len(alive))
+        unready = ready < asked
         self.unready_since = (self.unready_since if self.unready_since is not None else at) if unready else None
         job, team, market = policy_inputs(self.job, self.pool, scaler, SimulatedState(
-            now_s=at, asked_nodes=len(alive), ready_nodes=ready,
+            now_s=at, asked_nodes=asked, ready_nodes=ready,
             spot_held=sum(1 for n in alive if n.capacity == "spot"),
             reserved_held=sum(1 for n in alive if n.capacity == "reserved"), spot_on_offer=self._spot_available(at),
             trained_at=self.trained_at, steps_done=self.steps_done, recovery_s=self.costs.recovery_join_s,
             last_resize_at_s=self.last_resize_at, below_min_since_s=self.below_min_since,
             unready_since_s=self.unready_since, suspended=self.suspended, spend_usd=self._cost(at)))
         decision = decide(job, team, market, scaler.config, now_s=at)
-        if decision.desired_nodes != len(alive):
+        if decision.desired_nodes != asked:
             self.tally.decisions.append(f"t+{at:.0f}s step {self.steps_done}: {decision}")
             self.last_resize_at = at
             self.suspended = decision.kind is ReasonKind.SUSPEND or (self.suspended and decision.desired_nodes == 0)
+            if decision.kind in (ReasonKind.SUSPEND, ReasonKind.RESUME):
+                # Below the minimum is counted afresh from a resume (its nodes still starting), as
+                # the local actuator counts it only while not suspended.
+                self.below_min_since = at if decision.kind is ReasonKind.RESUME else None
             self.desired = decision.desired_nodes
             surplus = sorted(alive, key=lambda n: -n.launched_at)[:max(0, len(alive) - self.desired)]
             if surplus:
@@ -349,7 +360,15 @@ class _Simulation:
         return max(0.0, end - node.launched_at) / 3600
 
     def _cost(self, until: float) -> float:
-        return sum(self._price(n) * self._hours(n, until) for n in self.nodes)
+        """Spend up to `until`; a node released by then is summed once (the scaler asks every minute)."""
+        still_open = []
+        for node in self._unsettled:
+            if node.released_at is not None and node.released_at <= until:
+                self._settled_usd += self._price(node) * self._hours(node, until)
+            else:
+                still_open.append(node)
+        self._unsettled = still_open
+        return self._settled_usd + sum(self._price(n) * self._hours(n, until) for n in still_open)
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self) -> SimResult:
