@@ -106,3 +106,15 @@ def test_simulate_cli_drives_the_scaler_from_a_job_files_section(in_checkout, tm
     assert result.exit_code == 0, result.output
     assert "the scaler's policy core decides the size" in result.output
     assert "scaler decisions (seed 0):" in result.output and "grow -> 2" in result.output
+
+
+def test_simulate_cli_takes_time_costs_from_a_runs_ledger(in_checkout):
+    ledger = REPO_ROOT / "tests" / "fixtures" / "demo-run" / "shared"
+    result = CliRunner().invoke(app, ["simulate", "--stack", "dev", "--job", "demo", "--seeds", "2",
+                                      "--costs", str(ledger), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert any(f"measured in {ledger}" in line for line in document["assumptions"])
+    # the demo's nodes are one process each, as the dev job's: its step times are the ledger's, not the model's
+    assert not any("throughput model" in line for line in document["assumptions"])
+    assert any("measured in the ledger; at [3] scaled linearly" in line for line in document["assumptions"])

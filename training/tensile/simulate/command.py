@@ -39,12 +39,21 @@ def build(inputs: dict[str, Any], *, costs_run: Path | None) -> tuple[SimJob, Si
         costs = base
         notes.append(f"time costs: {costs.source}; emergency save = the job's emergencyCheckpointSeconds")
     tokens = training.batch.global_batch_size * training.model.seq_len
-    step_s = {}
+    step_s, extrapolated, modelled = {}, [], []
     for nodes in range(elastic.min_nodes, elastic.max_nodes + 1):
-        step_s[nodes] = measured.get(nodes) or modelled_step_s(
-            parameters=job_in["model_parameters"], tokens_per_step=tokens, gpu_model=pool_in["gpu_model"],
-            gpus_per_node=processes, nodes=nodes)
-    modelled = [n for n in step_s if n not in measured]
+        if nodes in measured:
+            step_s[nodes] = measured[nodes]
+        elif measured:  # never mix a measured run with the model: scale the nearest measured count
+            nearest = min(measured, key=lambda m: (abs(m - nodes), m))
+            step_s[nodes] = measured[nearest] * nearest / nodes
+            extrapolated.append(nodes)
+        else:
+            step_s[nodes] = modelled_step_s(parameters=job_in["model_parameters"], tokens_per_step=tokens,
+                                            gpu_model=pool_in["gpu_model"], gpus_per_node=processes, nodes=nodes)
+            modelled.append(nodes)
+    if measured:
+        notes.append(f"step time at {sorted(measured)} node(s) measured in the ledger"
+                     + (f"; at {extrapolated} scaled linearly from the nearest measured count" if extrapolated else ""))
     if modelled:
         notes.append(f"step time at {modelled} node(s): throughput model (6·N FLOPs/token at 40% MFU of "
                      f"{pool_in['gpu_model']} bf16 peak + gradient all-reduce between nodes)")
