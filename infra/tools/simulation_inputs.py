@@ -18,24 +18,41 @@ from infra.config.types import ConfigError, JobConfig, StackConfig
 from infra.plan import job as job_plan
 from infra.plan import scale_out_overrun
 
-JOB_FILE_KEYS = {"job", "scaler"}
+JOB_FILE_KEYS = {"job", "scaler", "startup"}
+STARTUP_KEYS = {"nodeLaunchS": "node_launch_s", "imagePullS": "image_pull_s", "tensileStartS": "tensile_start_s"}
+"""A job file's `startup:` (seconds; each optional, the simulator's documented defaults otherwise)."""
 
 
 class SimulationInputError(ValueError):
     """The stack, the job or the job file cannot be simulated; the message says why and the fix."""
 
 
-def _job_from_file(path: Path, cfg: StackConfig) -> tuple[JobConfig, Any]:
+def _startup(path: Path, raw: Any) -> dict[str, float]:
+    if raw is None:
+        return {}
+    problems = [] if isinstance(raw, dict) else [f"startup must be a mapping of {', '.join(STARTUP_KEYS)}, got {raw!r}"]
+    for key, value in (raw.items() if isinstance(raw, dict) else ()):
+        if key not in STARTUP_KEYS:
+            problems.append(f"startup.{key}: unknown; known: {', '.join(STARTUP_KEYS)}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            problems.append(f"startup.{key}: must be seconds >= 0, got {value!r}")
+    if problems:
+        raise SimulationInputError(f"{path}: " + "; ".join(problems))
+    return {STARTUP_KEYS[key]: float(value) for key, value in raw.items()}
+
+
+def _job_from_file(path: Path, cfg: StackConfig) -> tuple[JobConfig, Any, dict[str, float]]:
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise SimulationInputError(f"cannot read job file {path}: {e}") from e
     unknown = set(document) - JOB_FILE_KEYS if isinstance(document, dict) else {"<not a mapping>"}
     if unknown or not isinstance(document.get("job"), dict):
-        raise SimulationInputError(f"{path}: expected `job:` (a tensile:jobs entry) and optionally `scaler:`, "
-                                   f"got {sorted(unknown) or 'no job'}")
+        raise SimulationInputError(f"{path}: expected `job:` (a tensile:jobs entry) and optionally `scaler:` and "
+                                   f"`startup:`, got {sorted(unknown) or 'no job'}")
+    startup = _startup(path, document.get("startup"))
     try:
-        return parse_job_entry(document["job"], cfg), document.get("scaler")
+        return parse_job_entry(document["job"], cfg), document.get("scaler"), startup
     except ConfigError as e:
         raise SimulationInputError(f"{path}: job: " + "; ".join(str(p) for p in e.problems)) from e
 
@@ -48,9 +65,9 @@ def simulation_inputs(stack: str, *, job_name: str, job_file: Path | None = None
         cfg = parse_document(document, stack)
     except (StackFileError, ConfigError) as e:
         raise SimulationInputError(f"stack {stack}: {e}") from e
-    scaler = None
+    scaler, startup = None, {}
     if job_file is not None:
-        job, scaler = _job_from_file(job_file, cfg)
+        job, scaler, startup = _job_from_file(job_file, cfg)
         if job.name != job_name:
             raise SimulationInputError(f"{job_file} holds job {job.name!r}, not {job_name!r}")
     else:
@@ -97,6 +114,7 @@ def simulation_inputs(stack: str, *, job_name: str, job_file: Path | None = None
         "team": {"gpu_quota": team.gpu_quota, "borrowing_limit": team.borrowing_limit,
                  "monthly_budget_usd": team.monthly_budget_usd},
         "scaler": scaler,
+        "startup": startup,
         "worst_case": {**asdict(worst), "overrun_monthly_usd": worst.overrun_monthly_usd,
                        "with_overrun_monthly_usd": worst.with_overrun_monthly_usd, "within_budget": worst.within_budget,
                        "karpenter_only_monthly_usd": worst.karpenter_only_monthly_usd,

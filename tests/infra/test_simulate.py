@@ -118,3 +118,37 @@ def test_simulate_cli_takes_time_costs_from_a_runs_ledger(in_checkout):
     # the demo's nodes are one process each, as the dev job's: its step times are the ledger's, not the model's
     assert not any("throughput model" in line for line in document["assumptions"])
     assert any("measured in the ledger; at [3] scaled linearly" in line for line in document["assumptions"])
+
+
+@pytest.mark.parametrize("startup, problem", [
+    ({"nodeLaunchS": -1}, "startup.nodeLaunchS: must be seconds >= 0"),
+    ({"bootS": 3}, "startup.bootS: unknown"),
+    ({"imagePullS": True}, "startup.imagePullS: must be seconds"),
+])
+def test_simulation_inputs_check_a_job_files_startup(tmp_path, startup, problem):
+    document = yaml.safe_load(JOB_FILE.read_text())
+    document["startup"] = startup
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(SimulationInputError, match=problem):
+        simulation_inputs("prod", job_name="llm-1b", job_file=path)
+
+
+def test_simulate_takes_startup_from_the_job_file(in_checkout, tmp_path):
+    document = yaml.safe_load(JOB_FILE.read_text())
+    document["startup"] = {"nodeLaunchS": 600, "imagePullS": 0, "tensileStartS": 0}
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump(document))
+    runs = {}
+    for name, job_file in (("example", JOB_FILE), ("slow", path)):
+        result = CliRunner().invoke(app, ["simulate", "--stack", "prod", "--job", "llm-1b", "--job-file", str(job_file),
+                                          "--seeds", "2", "--json"])
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads(result.output)
+    assert inputs_note(runs["slow"], "nodeLaunchS") is None and inputs_note(runs["slow"], "node_launch_s 600 s")
+    slower = runs["slow"]["study"]["on_demand"]["completion_h"]["median"] - runs["example"]["study"]["on_demand"]["completion_h"]["median"]
+    assert slower == pytest.approx((600 - 60 - 90 - 10.5) / 3600, abs=1e-3)
+
+
+def inputs_note(document: dict, text: str) -> str | None:
+    return next((line for line in document["assumptions"] if text in line), None)

@@ -27,7 +27,7 @@ def build(inputs: dict[str, Any], *, costs_run: Path | None) -> tuple[SimJob, Si
     training = load_config(job_in["training_config"])
     elastic = training.elastic
     processes = job_in["gpus_per_worker"]
-    notes = []
+    notes: list[str] = []
     base = TimeCosts(emergency_save_s=float(job_in["emergency_checkpoint_seconds"]))
     measured: dict[int, float] = {}
     if costs_run is not None:
@@ -38,6 +38,10 @@ def build(inputs: dict[str, Any], *, costs_run: Path | None) -> tuple[SimJob, Si
     else:
         costs = base
         notes.append(f"time costs: {costs.source}; emergency save = the job's emergencyCheckpointSeconds")
+    startup = inputs.get("startup") or {}
+    if startup:  # the job file's own figures win over defaults and a ledger alike
+        costs = dataclasses.replace(costs, **startup)
+        notes.append(f"start-up from the job file: {', '.join(f'{k} {v:g} s' for k, v in sorted(startup.items()))}")
     tokens = training.batch.global_batch_size * training.model.seq_len
     step_s, extrapolated, modelled = {}, [], []
     for nodes in range(elastic.min_nodes, elastic.max_nodes + 1):
