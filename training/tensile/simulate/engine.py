@@ -202,7 +202,8 @@ class _Simulation:
         self.recovery_until = self.train_t
         self.tally.recovery_s += recovery_s
 
-    def _lose(self, node: _Node, at: float, *, warned: bool) -> None:
+    def _lose(self, node: _Node, at: float) -> None:
+        """A node gone without warning: the group rolls back to its newest durable checkpoint."""
         was_member = node.in_group
         node.released_at = at
         node.in_group = False
@@ -211,18 +212,15 @@ class _Simulation:
         if self.forming:  # the group is waiting for its minimum: nothing trains, nothing to lose
             return
         self._advance(at)
-        if warned:
-            replayed = 0
-        else:
-            durable = self._durable_step(at)
-            replayed = self.steps_done - durable
-            self.tally.replay_s += replayed * self._step_s_of(len(self._group()) + 1)
-            self.tally.steps_replayed += replayed
-            self.steps_done = durable
-            self.checkpoints = [c for c in self.checkpoints if c[0] <= durable]
-            self.train_t = max(self.train_t, at)
-        self._reform(at, self.costs.recovery_warned_s if warned else self.costs.recovery_unwarned_s)
-        self.tally.losses.append(LossRecord(at_s=at, warned=warned, steps_replayed=replayed,
+        durable = self._durable_step(at)
+        replayed = self.steps_done - durable
+        self.tally.replay_s += replayed * self._step_s_of(len(self._group()) + 1)
+        self.tally.steps_replayed += replayed
+        self.steps_done = durable
+        self.checkpoints = [c for c in self.checkpoints if c[0] <= durable]
+        self.train_t = max(self.train_t, at)  # the step in flight is lost too
+        self._reform(at, self.costs.recovery_unwarned_s)
+        self.tally.losses.append(LossRecord(at_s=at, warned=False, steps_replayed=replayed,
                                             nodes_after=len(self._group())))
 
     def _step_s_of(self, nodes: int) -> float:
@@ -293,7 +291,7 @@ class _Simulation:
         spot = [n for n in self._alive() if n.capacity == "spot"]
         for node in sorted(spot, key=lambda n: -n.launched_at)[:max(0, len(spot) - available)]:
             if self.rng.random() < self.unwarned_fraction:
-                self._lose(node, at, warned=False)
+                self._lose(node, at)
             else:
                 self._notice(node, at)
         self._provision(at)
@@ -396,7 +394,7 @@ class _Simulation:
             elif kind == "reclaim":
                 if payload.released_at is None or payload.leaving:
                     payload.leaving = False
-                    self._lose(payload, at, warned=False)
+                    self._lose(payload, at)
                     self._provision(at)
             elif kind == "decide":
                 self._decide(at)
@@ -413,7 +411,7 @@ class _Simulation:
         if not group:
             return
         if disruption.kind is DisruptionKind.LOST_UNWARNED:
-            self._lose(group[0], at, warned=False)
+            self._lose(group[0], at)
         else:
             self._notice(group[0], at)
         if self.market_driven:
