@@ -204,7 +204,7 @@ def _events_table(events: list, title: str, columns: tuple[str, ...]) -> Table:
 
 
 INFRA_COMMANDS = {"run_preview": "infra.tools.preview", "team_add": "infra.tools.team_add",
-                  "job_render": "infra.tools.job_render"}
+                  "job_render": "infra.tools.job_render", "simulation_inputs": "infra.tools.simulation_inputs"}
 
 
 def _infra(function_name: str):
@@ -231,6 +231,34 @@ def preview(stack: str = typer.Option(..., help="Stack name: Pulumi.<stack>.yaml
 
 team_app = typer.Typer(no_args_is_help=True, help="Teams of a stack (Pulumi.<stack>.yaml).")
 job_app = typer.Typer(no_args_is_help=True, help="Training runs on the cluster.")
+@app.command()
+def simulate(stack: str = typer.Option(..., help="Stack name: Pulumi.<stack>.yaml."),
+             job: str = typer.Option(..., help="The job: a tensile:jobs entry (enabled or not) or the --job-file's."),
+             trace: Optional[Path] = typer.Option(None, help="A spot-traces file (../shared/traces/...); default: "
+                                                            "a generated trace of --band."),
+             band: str = typer.Option("5-10%", help="Interruption band per month when no --trace: <5%, 5-10%, "
+                                                    "10-15%, 15-20%, >20%."),
+             seeds: int = typer.Option(20, min=1, help="Runs (trace offsets or generated traces) per scenario."),
+             unwarned: float = typer.Option(0.1, min=0.0, max=1.0, help="Share of reclaims without the 2-min notice."),
+             job_file: Optional[Path] = typer.Option(None, help="A YAML file with `job:` (a tensile:jobs entry) "
+                                                                "and optionally `scaler:`."),
+             costs: Optional[Path] = typer.Option(None, help="A run's shared directory: its ledger's measured costs."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Simulate a job on a stack's pools over spot traces: completion time, cost, goodput, replays."""
+    from tensile.scaler.traces import TraceError
+    from tensile.simulate.api import SimulationError
+    from tensile.simulate.command import main as simulate_main
+
+    module_inputs = _infra("simulation_inputs")
+    try:
+        inputs = module_inputs(stack, job_name=job, job_file=job_file)
+        console.print(simulate_main(inputs, trace=trace, band=band, seeds=seeds, unwarned_fraction=unwarned,
+                                    costs_run=costs, as_json=as_json), highlight=False, markup=False, soft_wrap=True)
+    except (ValueError, TraceError, SimulationError) as e:  # the inputs' errors name the field and the fix
+        errors.print(f"[red]cannot simulate[/]: {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 app.add_typer(team_app, name="team")
 app.add_typer(job_app, name="job")
 

@@ -1,19 +1,19 @@
 """A simulated spot capacity market for one NodePool: offers appear and vanish, prices move.
 
-From a seeded generator, or from a measured availability trace (SkyPilot's spot-traces format,
-`{"metadata": {"gap_seconds": N}, "data": [count, ...]}`), played back on a faster clock.
+From a seeded generator, or from a measured availability trace (SkyPilot's spot-traces format, read
+by `tensile.scaler.traces`, which the simulator shares), played back on a faster clock.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tensile.scaler import PoolMarket
+from tensile.scaler.traces import read_trace
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,11 +67,10 @@ class SimulatedMarket:
         """A measured availability trace (spot nodes obtainable per sample), one sample every
         `seconds_per_gap` of scenario time instead of the trace's own gap; the price is fixed
         (those traces record availability, not price)."""
-        trace = json.loads(Path(path).read_text())
-        counts = trace["data"]
+        counts = read_trace(path).nodes_available
         return cls(pool, on_demand_usd_per_hour, [
             MarketTick(at_s=index * seconds_per_gap, spot_usd_per_hour=spot_usd_per_hour,
-                       spot_nodes_available=int(count)) for index, count in enumerate(counts)])
+                       spot_nodes_available=count) for index, count in enumerate(counts)])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
