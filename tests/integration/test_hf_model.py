@@ -37,6 +37,7 @@ def test_the_example_config_is_valid():
     assert config.model.factory_args["architecture"] == "llama"
 
 
+@pytest.mark.full  # 25 s; make test builds and trains the example in tests/training/test_model_factory.py
 def test_a_hugging_face_model_resumes_2_to_1_workers_on_the_undisturbed_trajectory(tmp_path, dataset):
     reference = tmp_path / "reference"
     assert set(run_nodes(reference, hf_job(reference, dataset), ["node0", "node1"]).values()) == {0}
