@@ -152,3 +152,33 @@ def test_simulate_takes_startup_from_the_job_file(in_checkout, tmp_path):
 
 def inputs_note(document: dict, text: str) -> str | None:
     return next((line for line in document["assumptions"] if text in line), None)
+
+
+DEMO_LEDGER = REPO_ROOT / "tests" / "fixtures" / "demo-run" / "shared"
+
+
+def test_report_prices_a_run_from_its_stacks_pool(in_checkout, tmp_path):
+    """`tensile report --stack dev --job demo`: the cost over time at the price the stack's price
+    book gives the node type Karpenter picks for that job (what `tensile simulate` reads)."""
+    pool = simulation_inputs("dev", job_name="demo")["pool"]
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", str(DEMO_LEDGER), "--stack", "dev", "--job", "demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert "Cost over time" in page
+    assert f"pool {pool['name']}: {pool['instance_type']} spot (assumed discount) at {pool['spot_usd_per_node_hour']:.2f}" in page
+    on_demand = CliRunner().invoke(app, ["report", str(DEMO_LEDGER), "--stack", "dev", "--job", "demo", "--capacity",
+                                         "on-demand", "--out", str(tmp_path / "od.html")])
+    assert on_demand.exit_code == 0, on_demand.output
+    assert f"on-demand at {pool['on_demand_usd_per_node_hour']:.2f}" in (tmp_path / "od.html").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stack", "dev"], "--stack and --job go together"),
+    (["--stack", "dev", "--job", "nope"], "has no job 'nope'"),
+    (["--stack", "dev", "--job", "demo", "--capacity", "reserved"], "capacity: must be one of spot, on-demand"),
+    (["--stack", "dev", "--job", "demo", "--prices", "p.yaml"], "--prices and --stack both price the run"),
+])
+def test_report_refuses_a_stack_price_it_cannot_give_naming_why(in_checkout, tmp_path, args, message):
+    result = CliRunner().invoke(app, ["report", str(DEMO_LEDGER), "--out", str(tmp_path / "r.html"), *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output

@@ -137,14 +137,32 @@ def report(run: str = typer.Argument(..., help="The run: its directory, its ledg
            reference: Optional[str] = typer.Option(None, help="Another run whose loss curve is drawn beside it."),
            prices: Optional[Path] = typer.Option(None, help="YAML/JSON: usd_per_node_hour (or pools + pool), "
                                                  "processes_per_node; draws the cost over time."),
+           stack: Optional[str] = typer.Option(None, help="Or the prices of a stack's pool (with --job: the "
+                                               "pool and node type of that job in Pulumi.<stack>.yaml)."),
+           job: Optional[str] = typer.Option(None, help="The stack's job (tensile:jobs, enabled or not) the run is."),
+           capacity: Optional[str] = typer.Option(None, help="With --stack: spot or on-demand (default: the pool's)."),
            format: str = typer.Option("html", "--format", help="html (one self-contained page) or png (matplotlib)."),
            out: Optional[Path] = typer.Option(None, help="Where it goes (default: RUN/report.<format>).")) -> None:
     """A run as one page of plots: loss, world size and disruptions, replays, recovery, checkpoints, goodput, cost."""
-    from tensile.report import ReportSourceError, load_prices, write_report
+    from tensile.report import ReportSourceError, load_prices, stack_prices, write_report
 
+    if prices and stack:
+        errors.print("[red]cannot report[/]: --prices and --stack both price the run: give one")
+        raise typer.Exit(2)
+    if bool(stack) != bool(job):
+        errors.print("[red]cannot report[/]: --stack and --job go together (the job names the pool and node type)")
+        raise typer.Exit(2)
     try:
-        path = write_report(run, reference=reference, prices=load_prices(prices) if prices else None,
-                            fmt=format, out=out)
+        if stack:
+            try:
+                inputs = _infra("simulation_inputs")(stack, job_name=job)
+            except ValueError as e:  # the stack's errors name the field and the fix
+                raise ReportSourceError(str(e)) from e
+            run_prices = stack_prices(inputs["pool"], processes_per_node=inputs["job"]["gpus_per_worker"],
+                                      capacity=capacity)
+        else:
+            run_prices = load_prices(prices) if prices else None
+        path = write_report(run, reference=reference, prices=run_prices, fmt=format, out=out)
     except ReportSourceError as e:
         errors.print(f"[red]cannot report[/]: {e}", highlight=False)
         raise typer.Exit(2) from None

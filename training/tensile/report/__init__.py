@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tensile.report.figures import Prices, RunFigures, run_figures
-from tensile.report.sources import ReportSourceError, RunEvents, load_prices, load_run
+from tensile.report.sources import ReportSourceError, RunEvents, load_prices, load_run, stack_prices
 
 FORMATS = ("html", "png")
 
-__all__ = ["FORMATS", "Prices", "ReportSourceError", "RunEvents", "RunFigures", "default_output", "load_prices",
+__all__ = ["FORMATS", "Prices", "ReportSourceError", "RunEvents", "RunFigures", "default_output", "load_prices", "stack_prices",
            "load_run", "run_figures", "write_report"]
 
 

@@ -268,6 +268,8 @@ class CostCurve:
     t: list[float]
     usd: list[float]
     """Cumulative cost at each t."""
+    label: str = ""
+    """Where the price came from (the prices file's pool, or the stack's)."""
 
 
 def cost_over_time(events: Sequence[Event], prices: Prices) -> CostCurve:
@@ -285,7 +287,7 @@ def cost_over_time(events: Sequence[Event], prices: Prices) -> CostCurve:
         total += nodes * prices.usd_per_node_hour * max(0.0, end - r.started_t) / 3600.0
         t.append(end)
         usd.append(total)
-    return CostCurve(t, usd)
+    return CostCurve(t, usd, prices.label)
 
 
 @dataclass(frozen=True, slots=True)

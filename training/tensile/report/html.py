@@ -109,7 +109,7 @@ def summary_rows(f: RunFigures) -> list[list[str]]:
     if f.reference_loss is not None and f.reference_loss.values:
         rows.append([f"reference final training loss ({f.reference_label})", f"{f.reference_loss.values[-1]:.4f}"])
     if f.cost is not None:
-        rows.append(["cost", f"{f.cost.usd[-1]:.4f} USD"])
+        rows.append(["cost", f"{f.cost.usd[-1]:.4f} USD" + (f" ({f.cost.label})" if f.cost.label else "")])
     return rows
 
 

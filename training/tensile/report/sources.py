@@ -113,3 +113,22 @@ def load_prices(path: Path) -> Prices:
     if problems:
         raise ReportSourceError(f"prices file {path}: " + "; ".join(problems))
     return Prices(float(price), processes, label or f"{price} USD per node-hour")
+
+
+CAPACITIES = ("spot", "on-demand")
+
+
+def stack_prices(pool: dict[str, Any], *, processes_per_node: int, capacity: str | None = None) -> Prices:
+    """A stack pool's price per node, as `tensile simulate` reads it from the stack's price book
+    (infra/tools/simulation_inputs.py): the node type Karpenter picks for the job, at its spot
+    price in a spot pool (an estimate: spot prices move, and a fallback to on-demand costs more)
+    or at its on-demand price; `capacity` chooses. Processes per node: the job's GPUs per node."""
+    if capacity not in (None, *CAPACITIES):
+        raise ReportSourceError(f"capacity: must be one of {', '.join(CAPACITIES)}, got {capacity!r}")
+    spot = pool["spot"] if capacity is None else capacity == "spot"
+    price = pool["spot_usd_per_node_hour"] if spot else pool["on_demand_usd_per_node_hour"]
+    kind = "spot (assumed discount)" if spot else "on-demand"
+    return Prices(float(price), processes_per_node,
+                  f"pool {pool['name']}: {pool['instance_type']} {kind} at {price:.2f} USD per node-hour; "
+                  f"{pool['price_source']}")
+
