@@ -92,7 +92,8 @@ def scaler_config(scaled: Iterable[ScaledJob], *, teams: Iterable[TeamConfig], q
                       "monthly_budget_usd": float(by_team[t].monthly_budget_usd), "cluster_queue": t}
                   for t in used_teams},
         "pools": {p: {"capacity_type": capacity_type(by_pool[p]), "instance_types": list(by_pool[p].instance_types),
-                      "on_demand_usd_per_hour": max(prices.on_demand_per_hour(t) for t in by_pool[p].instance_types)}
+                      "on_demand_usd_per_hour": max(prices.on_demand_per_hour(t) for t in by_pool[p].instance_types),
+                      "gpu_limit": by_pool[p].max_gpus}
                   for p in used_pools},
         "spend": {"namespace": NAMESPACE, "configmap": enforcer.SPEND_CONFIGMAP},
     }

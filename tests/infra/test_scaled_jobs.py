@@ -248,6 +248,7 @@ def test_scaler_config_is_schema_v1_of_the_contract():
     assert pool["capacity_type"] == "spot" and pool["instance_types"] == ["g6.xlarge", "g6.2xlarge", "g6.4xlarge",
                                                                           "g6.12xlarge"]
     assert pool["on_demand_usd_per_hour"] == max(cfg.prices.on_demand_per_hour(t) for t in pool["instance_types"])
+    assert pool["gpu_limit"] == next(p.max_gpus for p in cfg.gpu_pools if p.name == "l4")  # the NodePool's limit
     assert out["spend"] == {"namespace": "tensile-system", "configmap": "team-spend"}
     # What the controller reads at start: its own parser takes the rendered file, every field.
     parsed = parse_controller_config(json.loads(json.dumps(out)))
@@ -255,6 +256,7 @@ def test_scaler_config_is_schema_v1_of_the_contract():
     assert (job.key, job.steps, job.global_batch_size, job.checkpoints) == (
         "sandbox/demo", training["run"]["steps"], training["batch"]["global_batch_size"], entry["ledger"])
     assert parsed.spend_configmap == "team-spend" and set(parsed.pools) == {"l4"}
+    assert parsed.pools["l4"].gpu_limit == pool["gpu_limit"]
 
 
 @pytest.mark.parametrize("pool, expected", [

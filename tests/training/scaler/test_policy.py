@@ -40,6 +40,9 @@ CASES = [
          text="no capacity"),
     case(ReasonKind.HOLD, 2, pool={"spot_nodes_available": 0}, text="on-demand node too dear per sample"),
     case(ReasonKind.GROW, 3, pool={"spot_nodes_available": 0, "reserved_nodes_free": 1}, text="reserved"),
+    # The NodePool's GPU limit: Karpenter launches no third 8-GPU node under 16 GPUs.
+    case(ReasonKind.HOLD, 2, pool={"gpu_limit": 16}, text="pool at its GPU limit"),
+    case(ReasonKind.GROW, 3, pool={"gpu_limit": 24}, text="pool limit room for one more"),
     case(ReasonKind.HOLD, 2, pool={"spot_nodes_available": None}, config={"grow_on_demand": False},
          text="spot availability unknown is not counted on"),
     case(ReasonKind.HOLD, 2, job={"samples_per_s_by_nodes": {}}, text="no throughput measured"),

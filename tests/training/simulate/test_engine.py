@@ -123,6 +123,19 @@ def test_simulate_drives_the_scalers_policy_core():
     assert any("grow -> 2" in d for d in result.decisions) and any("grow -> 3" in d for d in result.decisions)
 
 
+def test_simulate_scaler_never_asks_past_the_pools_node_limit():
+    """A 3-node job on a pool whose GPU limit holds 2 nodes: the core sees the limit and holds at 2
+    (before, it asked for a third that Karpenter would never launch, and gave it up each deadline)."""
+    trace = SpotTrace(300.0, (3,) * 100, "3 spot nodes")
+    scaler = ScalerInputs(config=ScalerConfig(cooldown_min_s=60),
+                          team=TeamState(gpu_quota=8, borrowing_limit=0, gpus_in_use=0, spend_usd=0, budget_usd=1e6))
+    result = simulate(job(steps=5000, max_nodes=3, step_s_by_nodes={1: 3.0, 2: 1.6, 3: 1.1}), pool(node_limit=2),
+                      FREE, trace=trace, scaler=scaler)
+    assert result.completed
+    assert any("grow -> 2" in d for d in result.decisions)
+    assert not any("-> 3" in d for d in result.decisions), result.decisions
+
+
 def test_simulate_scaler_suspends_without_spot_and_resumes_once_when_it_returns():
     # Spot for 20 min, none for 2 h, then spot again; no on-demand growth and no fallback.
     trace = SpotTrace(300.0, (1,) * 4 + (0,) * 24 + (1,) * 200, "a two-hour gap")

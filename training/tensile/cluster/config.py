@@ -61,6 +61,8 @@ class PoolConfig:
     instance_types: tuple[str, ...]
     on_demand_usd_per_hour: float
     """Per node: the price of growing on demand, and of every node of an on-demand pool."""
+    gpu_limit: int | None = None
+    """The NodePool's GPU limit (`limits` in its spec): no grow past it. Optional."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -166,7 +168,7 @@ def _team(data: Any, path: str, read: _Reader) -> TeamConfig | None:
 
 
 def _pool(data: Any, path: str, read: _Reader) -> PoolConfig | None:
-    data = read.mapping(data, path, ("capacity_type", "instance_types", "on_demand_usd_per_hour"))
+    data = read.mapping(data, path, ("capacity_type", "instance_types", "on_demand_usd_per_hour", "gpu_limit"))
     if data is None:
         return None
     capacity_type = data.get("capacity_type")
@@ -177,8 +179,9 @@ def _pool(data: Any, path: str, read: _Reader) -> PoolConfig | None:
         read.problems.append((f"{path}.instance_types", f"must be a non-empty list of EC2 instance types "
                                                         f"(whose spot prices are read), got {types!r}"))
         types = []
+    gpu_limit = read.integer(data, "gpu_limit", path, low=1) if "gpu_limit" in data else None
     return PoolConfig(capacity_type=str(capacity_type), instance_types=tuple(types),
-                      on_demand_usd_per_hour=read.positive(data, "on_demand_usd_per_hour", path))
+                      on_demand_usd_per_hour=read.positive(data, "on_demand_usd_per_hour", path), gpu_limit=gpu_limit)
 
 
 def parse_controller_config(doc: Any, source: str | None = None) -> ControllerConfig:

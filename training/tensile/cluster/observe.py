@@ -226,7 +226,7 @@ def pool_market(name: str, pool: PoolConfig, spot_usd_per_hour: float | None, *,
     Idle reservations are not observable either: a reserved pool counts none free."""
     spot = spot_usd_per_hour if pool.capacity_type == "spot" else None
     return PoolMarket(pool=name, on_demand_usd_per_hour=pool.on_demand_usd_per_hour, spot_usd_per_hour=spot,
-                      spot_nodes_available=job_max_nodes if spot is not None else None)
+                      spot_nodes_available=job_max_nodes if spot is not None else None, gpu_limit=pool.gpu_limit)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -98,6 +98,9 @@ class PoolMarket:
     """Spot nodes on offer now; None where unknown (then spot is not counted on)."""
     reserved_nodes_free: int = 0
     """Reserved nodes (capacity blocks, ODCRs) paid for and idle: their marginal price is zero."""
+    gpu_limit: int | None = None
+    """The NodePool's GPU limit (Karpenter launches nothing past it); None where unknown. A grow
+    past it asks for a node that never comes, given back only after grow_ready_deadline_s."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -202,6 +202,9 @@ def _grow(job: JobState, team: TeamState, market: Mapping[str, PoolMarket], conf
     if _gpus_for_us(job, team) < job.gpus_per_node:
         return hold(f"quota: {max(_gpus_for_us(job, team), 0)} GPUs free for it, a node needs {job.gpus_per_node}")
     pool = market.get(job.pool)
+    if pool is not None and pool.gpu_limit is not None and (n + 1) * job.gpus_per_node > pool.gpu_limit:
+        return hold(f"pool {job.pool}'s limit of {pool.gpu_limit} GPUs holds {pool.gpu_limit // job.gpus_per_node} "
+                    f"of its nodes")
     offer = next_node_offer(pool, config)
     if offer is None:
         return hold(f"no capacity on offer in pool {job.pool}")

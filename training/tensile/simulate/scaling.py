@@ -56,7 +56,8 @@ def policy_inputs(job: SimJob, pool: SimPool, scaler: ScalerInputs,
     market = PoolMarket(pool=pool.name, on_demand_usd_per_hour=pool.on_demand_usd_per_node_hour,
                         spot_usd_per_hour=pool.spot_usd_per_node_hour if pool.spot else None,
                         spot_nodes_available=max(0, state.spot_on_offer - state.spot_held) if pool.spot else 0,
-                        reserved_nodes_free=max(0, pool.reserved_nodes - state.reserved_held))
+                        reserved_nodes_free=max(0, pool.reserved_nodes - state.reserved_held),
+                        gpu_limit=None if pool.node_limit is None else pool.node_limit * job.processes_per_node)
     team = scaler.team
     team_state = TeamState(gpu_quota=team.gpu_quota, borrowing_limit=team.borrowing_limit,
                            gpus_in_use=team.gpus_in_use + state.asked_nodes * job.processes_per_node,
