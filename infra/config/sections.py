@@ -452,9 +452,6 @@ def parse_jobs(r: Reader, raw: Any, teams: tuple[TeamConfig, ...], pools: tuple[
         if scaler is not None:
             scaler_ok = _check_scaler(r, scaler, f"{path}.scaler", platform)
             scaler_pool = _scaler_pool(r, path, model, team, pools)
-            if schedule is not None:
-                r.problem(f"{path}.schedule", "a scaled job cannot be scheduled yet: the scaler finds its Job by name, "
-                                              "and a CronJob names each run's Job anew; drop schedule or scaler")
             if not scaler_ok:
                 scaler = None
         if None in (name, team_name, training, image, gpus, grace, enabled) or team is None:

@@ -31,6 +31,9 @@ ELASTIC_JOB = "kueue.x-k8s.io/elastic-job"
 DELETION_PROPAGATION = "pulumi.com/deletionPropagationPolicy"
 """How Pulumi deletes the object (pulumi-kubernetes >= 4.12): `foreground` waits for its pods."""
 SCALED_LABEL = "tensile.dev/scaled"
+SCHEDULE_LABEL = "tensile.dev/schedule"
+"""On a CronJob's jobTemplate, so on each run's Job: the schedule's name, by which the scaler
+finds the run it sizes (tensile.cluster.observe reads the same label)."""
 """On the Jobs the scaler manages (docs/design/scaler.md)."""
 JOB_NAME_POD_LABEL = "batch.kubernetes.io/job-name"
 """Set by the Job controller on every pod of a Job: a CronJob's run names its rendezvous by it."""
@@ -357,7 +360,8 @@ def scheduled_job(job: JobConfig, worker: dict) -> dict:
             "concurrencyPolicy": "Forbid",
             "startingDeadlineSeconds": CRON_STARTING_DEADLINE_SECONDS,
             "successfulJobsHistoryLimit": CRON_HISTORY, "failedJobsHistoryLimit": CRON_HISTORY,
-            "jobTemplate": {"metadata": {"labels": dict(metadata["labels"]), "annotations": annotations},
+            "jobTemplate": {"metadata": {"labels": {**metadata["labels"], SCHEDULE_LABEL: job.name},
+                                         "annotations": annotations},
                             "spec": worker["spec"]},
         },
     }

@@ -86,7 +86,9 @@ def scaler_config(scaled: Iterable[ScaledJob], *, teams: Iterable[TeamConfig], q
         "jobs": [{"namespace": s.job.team, "name": s.job.name, "team": s.job.team, "pool": s.job.scaler_pool,
                   "gpus_per_node": s.job.gpus_per_worker, "min_nodes": s.min_nodes, "max_nodes": s.max_nodes,
                   "priority": 0, "steps": s.steps, "global_batch_size": s.global_batch_size,
-                  "ledger": ledger_url(bucket, s.job), "scaler": dict(s.job.scaler or {})}
+                  "ledger": ledger_url(bucket, s.job), "scaler": dict(s.job.scaler or {}),
+                  # A scheduled job's name is its CronJob's; the controller sizes the run it has going.
+                  "scheduled": bool(s.job.schedule)}
                  for s in scaled],
         "teams": {t: {"namespace": t, "quota_gpus": quotas[t].nominal_gpus, "borrowing_gpus": quotas[t].borrowing_gpus,
                       "monthly_budget_usd": float(by_team[t].monthly_budget_usd), "cluster_queue": t}

@@ -24,6 +24,7 @@ from infra.plan import job as job_plan
 from infra.plan import scaler as scaler_plan
 from infra.plan import teams as team_plan
 from tensile.cluster.config import parse_controller_config
+from tensile.cluster.observe import SCHEDULE_LABEL
 from tests.infra.iam_eval import ALLOW, Request, evaluate
 from tests.infra.test_stack_identity import identity
 
@@ -108,9 +109,27 @@ def test_scheduled_job_schedules_kubernetes_takes_are_accepted(schedule):
     assert schedule_problem(schedule) is None
 
 
-def test_scheduled_and_scaled_at_once_is_refused_with_the_reason(raw_configs):
-    problems = _problems(_dev_with(raw_configs, schedule="0 2 * * *"))
-    assert any(p.startswith("jobs[0].schedule: a scaled job cannot be scheduled yet") for p in problems)
+def test_a_scheduled_scaled_job_runs_elastic_jobs_the_controller_finds_by_the_schedule_label(raw_configs):
+    """Each night's Job is the elastic Job (created at min_nodes, sized by the scaler), labelled
+    with the schedule's name, which is how the controller finds the run it sizes."""
+    cfg = config.parse(_dev_with(raw_configs, schedule="0 2 * * *"), stack="dev", today=TODAY)
+    demo = next(j for j in cfg.jobs if j.name == "demo")
+    assert demo.scaler is not None and demo.schedule == "0 2 * * *"
+    *_, cron = _objects(cfg, demo)
+    template = cron["spec"]["jobTemplate"]
+    assert template["metadata"]["labels"][job_plan.SCHEDULE_LABEL] == "demo" == cron["metadata"]["name"]
+    assert template["metadata"]["labels"][job_plan.SCALED_LABEL] == "true"
+    assert template["metadata"]["annotations"]["kueue.x-k8s.io/elastic-job"] == "true"
+    low, high = job_plan.job_bounds(demo, read_training_config(demo.training_config))
+    assert (template["spec"]["parallelism"], template["spec"]["completions"]) == (low, high)
+    assert SCHEDULE_LABEL == job_plan.SCHEDULE_LABEL  # the label the controller looks for
+    training = read_training_config(demo.training_config)
+    quotas = {t.name: team_plan.team_quota(t, cfg.gpu_pools, cfg.prices) for t in cfg.teams}
+    out = scaler_plan.scaler_config([scaler_plan.scaled_job(demo, training, min_nodes=low, max_nodes=high)],
+                                    teams=cfg.teams, quotas=quotas, pools=cfg.gpu_pools, prices=cfg.prices,
+                                    region="us-east-1", bucket="ckpt")
+    (entry,) = parse_controller_config(out).jobs
+    assert entry.scheduled and entry.name == "demo"
 
 
 # --- the elastic Job ---------------------------------------------------------------------------
@@ -218,7 +237,7 @@ def test_scheduled_job_is_declared_as_a_cronjob_behind_kueue_and_its_queue(dev):
 
 
 CONTRACT_JOB_KEYS = {"namespace", "name", "team", "pool", "gpus_per_node", "min_nodes", "max_nodes", "priority",
-                     "steps", "global_batch_size", "ledger", "scaler"}
+                     "steps", "global_batch_size", "ledger", "scaler", "scheduled"}
 
 
 def test_scaler_config_is_schema_v1_of_the_contract():
@@ -237,7 +256,7 @@ def test_scaler_config_is_schema_v1_of_the_contract():
     assert entry == {"namespace": "sandbox", "name": "demo", "team": "sandbox", "pool": "l4", "gpus_per_node": 1,
                      "min_nodes": low, "max_nodes": high, "priority": 0, "steps": training["run"]["steps"],
                      "global_batch_size": training["batch"]["global_batch_size"],
-                     "ledger": "s3://ckpt/teams/sandbox/runs/demo", "scaler": demo.scaler}
+                     "ledger": "s3://ckpt/teams/sandbox/runs/demo", "scaler": demo.scaler, "scheduled": False}
     # The section exactly as written: the controller parses it with tensile.scaler.config.
     assert entry["scaler"]["triggers"][1] == {"action": "shrink_to_min", "spot_price_above_usd_per_hour": 1.5,
                                               "pool": "l4"}

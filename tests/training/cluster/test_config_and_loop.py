@@ -27,7 +27,9 @@ def test_config_reports_every_problem_with_its_path():
     doc = controller_config("s3://bucket/runs/llm")
     doc["version"] = 2
     doc["decide_every_s"] = 0
-    doc["jobs"][0].update(min_nodes=4, max_nodes=2, team="nobody", ledger="/mnt/shared/runs/llm", surprise=1)
+    doc["jobs"][0].update(min_nodes=4, max_nodes=2, team="nobody", ledger="/mnt/shared/runs/llm", surprise=1,
+                          scheduled="nightly")
+    doc["pools"]["h100-spot"]["gpu_limit"] = 0
     doc["jobs"][0]["scaler"]["triggers"] = [{"action": "explode"}]
     doc["pools"]["h100-spot"]["capacity_type"] = "preemptible"
     with pytest.raises(ConfigError) as caught:
@@ -35,7 +37,7 @@ def test_config_reports_every_problem_with_its_path():
     paths = {path for path, _ in caught.value.problems}
     assert {"version", "config.decide_every_s", "jobs[0].min_nodes", "jobs[0].ledger", "jobs[0].surprise",
             "jobs[0].scaler.triggers[0].action", "jobs[0].scaler.triggers[0]",
-            "pools.h100-spot.capacity_type"} <= paths
+            "pools.h100-spot.capacity_type", "jobs[0].scheduled", "pools.h100-spot.gpu_limit"} <= paths
     doc = controller_config("s3://bucket/runs/llm")
     doc["jobs"][0]["team"] = "nobody"
     with pytest.raises(ConfigError, match=r"jobs\[0\].team: 'nobody' is not in teams"):

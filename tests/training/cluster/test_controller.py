@@ -218,3 +218,37 @@ def test_rbac_check_refuses_what_the_rules_do_not_grant(standin, team, clock, cl
     spend = next(r for r in standin.requests if r.resource == "configmaps")
     assert not rbac_allows(spend, {**rules, "spend_namespace": [{**rules["spend_namespace"][0], "resourceNames": ["other"]}]},
                            team_namespaces={NAMESPACE})
+
+
+def _run_of_schedule(name: str, *, nodes: int, finished: bool = False) -> dict:
+    """A Job as a scheduled job's CronJob creates it: its jobTemplate's labels, schedule label included."""
+    body = elastic_job(name, parallelism=nodes, max_nodes=3)
+    body["metadata"]["labels"]["tensile.dev/schedule"] = "nightly"
+    if finished:
+        body["metadata"]["namespace"] = NAMESPACE
+        body["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    return body
+
+
+def test_a_scheduled_job_is_sized_through_the_run_its_cronjob_has_going(standin, team, clock, cloud):
+    """The entry names the CronJob (`scheduled: true`); the controller sizes the newest unfinished
+    Job carrying its schedule label, never last night's, and does nothing between runs."""
+    standin.put("jobs", _run_of_schedule("nightly-28000000", nodes=2, finished=True))
+    standin.create("jobs", NAMESPACE, _run_of_schedule("nightly-28001440", nodes=1))
+    t = clock()
+    write_checkpoints(cloud, [(1000, 8, t - 200, "periodic"), (1010, 8, t - 100, "periodic")])
+    controller = make_controller(standin, clock, cloud, name="nightly", scheduled=True)
+    decision = controller.decide_all()["team-vision/nightly"]
+    assert (decision.kind, decision.desired_nodes) == (ReasonKind.GROW, 2)
+    assert standin.get("jobs", NAMESPACE, "nightly-28001440")["spec"]["parallelism"] == 2
+    assert standin.get("jobs", NAMESPACE, "nightly-28000000")["spec"]["parallelism"] == 2  # untouched
+    assert [e["involvedObject"]["name"] for e in standin.all("events", NAMESPACE)] == ["nightly-28001440"]
+    # The run ends: between runs nothing is decided and nothing is written.
+    finished = standin.get("jobs", NAMESPACE, "nightly-28001440")
+    finished["status"] = {**finished.get("status", {}), "conditions": [{"type": "Complete", "status": "True"}]}
+    standin.put("jobs", finished)
+    writes = sum(1 for r in standin.requests if r.verb in ("patch", "create"))
+    standin.advance(400)
+    assert controller.decide_all()["team-vision/nightly"] is None
+    assert sum(1 for r in standin.requests if r.verb in ("patch", "create")) == writes
+    assert_only_allowed_requests(standin)

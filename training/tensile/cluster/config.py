@@ -40,6 +40,8 @@ class ScaledJob:
     """`s3://bucket/prefix` of the run's shared checkpoint tier (the file's `ledger` key): its
     manifests (step, world size, time) are where the controller measures throughput."""
     scaler: ScalerConfig
+    scheduled: bool = False
+    """`name` is a CronJob's: the Job sized is the run it has going (labelled tensile.dev/schedule)."""
 
     @property
     def key(self) -> str:
@@ -130,7 +132,7 @@ class _Reader:
 
 def _job(data: Any, path: str, read: _Reader) -> ScaledJob | None:
     known = ("namespace", "name", "team", "pool", "gpus_per_node", "min_nodes", "max_nodes", "priority",
-             "steps", "global_batch_size", "ledger", "scaler")
+             "steps", "global_batch_size", "ledger", "scaler", "scheduled")
     data = read.mapping(data, path, known)
     if data is None:
         return None
@@ -153,7 +155,9 @@ def _job(data: Any, path: str, read: _Reader) -> ScaledJob | None:
                     max_nodes=max_nodes, priority=read.integer(data, "priority", path, low=-(2**31), default=0),
                     steps=read.integer(data, "steps", path, low=1),
                     global_batch_size=read.integer(data, "global_batch_size", path, low=1),
-                    checkpoints=checkpoints, scaler=scaler)
+                    checkpoints=checkpoints, scaler=scaler, scheduled=data.get("scheduled", False))
+    if not isinstance(job.scheduled, bool):
+        read.problems.append((f"{path}.scheduled", f"must be true or false (name is a CronJob's), got {job.scheduled!r}"))
     return job if len(read.problems) == before else None
 
 

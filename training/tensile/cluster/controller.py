@@ -19,8 +19,9 @@ from tensile.cluster.cloud import CheckpointProgress, SpotPrices
 from tensile.cluster.config import ControllerConfig, ScaledJob
 from tensile.cluster.kube import KubeApi
 from tensile.cluster.metrics import ScalerMetrics
-from tensile.cluster.observe import (InputUnknown, JobView, check_scalable, is_active, is_finished, job_entry_problems,
-                                     job_view, owned_by, pool_market, progress, team_spend, team_state)
+from tensile.cluster.observe import (SCHEDULE_LABEL, InputUnknown, JobView, check_scalable, is_active, is_finished,
+                                     job_entry_problems, job_view, owned_by, pool_market, progress, scheduled_run,
+                                     team_spend, team_state)
 from tensile.scaler import Decision, JobState, ReasonKind, decide
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class JobMemory:
     last_decision: Decision | None = None
     waiting_for_admission: bool = False
     seen: bool = False
+    run: str | None = None
+    """A scheduled job's current Job: a new one starts its timers afresh (throughput stays)."""
     failures: int = 0
     retry_at: float = 0.0
 
@@ -142,10 +145,26 @@ class ScalerController:
                 self.metrics.latency.observe(time.perf_counter() - began)
         return out
 
+    def _job_name(self, job: ScaledJob, memory: JobMemory) -> str | None:
+        """The Job to size: the entry's, or the run a scheduled job's CronJob has going (None between runs)."""
+        if not job.scheduled:
+            return job.name
+        name = scheduled_run(_stage("job", self.api.jobs_labelled, job.namespace, {SCHEDULE_LABEL: job.name}))
+        if name != memory.run:
+            log.info("%s: %s", job.key, f"the scheduled run is Job {name}" if name else "no scheduled run is going")
+            # Another run: its own admission, flavor and timers; the run's measured throughput stays.
+            for fresh in ("flavor", "last_resize_at", "below_min_since", "unready_since", "last_decision"):
+                setattr(memory, fresh, None)
+            memory.waiting_for_admission, memory.seen, memory.run = False, False, name
+        return name
+
     def _decide(self, job: ScaledJob, memory: JobMemory, reads: _PassReads, now: float) -> Decision | None:
-        job_object = _stage("job", self.api.job, job.namespace, job.name)
+        name = self._job_name(job, memory)
+        if name is None:
+            return None
+        job_object = _stage("job", self.api.job, job.namespace, name)
         _stage("job", check_scalable, job_object, job.key)
-        pods = _stage("pods", self.api.job_pods, job.namespace, job.name)
+        pods = _stage("pods", self.api.job_pods, job.namespace, name)
         workloads = _stage("workloads", reads.workloads, job.namespace)
         view = job_view(job_object, pods, workloads)
         problems = job_entry_problems(job, view)
@@ -185,7 +204,7 @@ class ScalerController:
         decision = decide(state, team, market, job.scaler, now_s=now)
         changed = decision.desired_nodes != state.current_nodes
         if changed:
-            self._act(job, view, decision)
+            self._act(job, name, view, decision)
             memory.last_resize_at, memory.unready_since = now, None
             if decision.kind is ReasonKind.SUSPEND:
                 memory.below_min_since = None
@@ -233,7 +252,7 @@ class ScalerController:
         return self._progress[job.key]
 
     # ---- acting ------------------------------------------------------------------------------
-    def _act(self, job: ScaledJob, view: JobView, decision: Decision) -> None:
+    def _act(self, job: ScaledJob, name: str, view: JobView, decision: Decision) -> None:
         ns = job.namespace
         if decision.kind is ReasonKind.SUSPEND:
             # Kueue evicts a deactivated Workload, suspends the Job (SIGTERM: the agreed stop saves)
@@ -243,14 +262,14 @@ class ScalerController:
             return
         if decision.kind is ReasonKind.RESUME:
             if view.parallelism != decision.desired_nodes:
-                _stage("act", self.api.set_parallelism, ns, job.name, decision.desired_nodes)
+                _stage("act", self.api.set_parallelism, ns, name, decision.desired_nodes)
             for workload in _stage("act", self.api.workloads, ns):
                 if owned_by(workload, view.uid) and not is_finished(workload) and not is_active(workload):
                     _stage("act", self.api.set_active, ns, workload["metadata"]["name"], True)
             return
         if decision.desired_nodes > view.parallelism and not view.admitted:
             raise StageError("act", InputUnknown(f"{job.key} has no admitted flavor to grow in"))
-        _stage("act", self.api.set_parallelism, ns, job.name, decision.desired_nodes)
+        _stage("act", self.api.set_parallelism, ns, name, decision.desired_nodes)
 
     def _report(self, job: ScaledJob, job_object: dict, state: JobState, decision: Decision, now: float) -> None:
         log.info("%s %d/%d ready: %s", job.key, state.ready_nodes, state.current_nodes, decision)

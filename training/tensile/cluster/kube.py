@@ -63,6 +63,9 @@ class KubeApi:
     def job(self, namespace: str, name: str) -> dict:
         return _dict(self.client.get(Job, name, namespace=namespace))
 
+    def jobs_labelled(self, namespace: str, labels: dict[str, str]) -> list[dict]:
+        return [_dict(j) for j in self.client.list(Job, namespace=namespace, labels=labels)]
+
     def job_pods(self, namespace: str, name: str) -> list[dict]:
         return [_dict(p) for p in self.client.list(Pod, namespace=namespace, labels={JOB_NAME_LABEL: name})]
 

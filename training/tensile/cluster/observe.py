@@ -16,6 +16,8 @@ from tensile.scaler import PendingWorkload, PoolMarket, TeamState
 
 GPU = "nvidia.com/gpu"
 SCALED_LABEL = "tensile.dev/scaled"
+SCHEDULE_LABEL = "tensile.dev/schedule"
+"""On the Jobs a scheduled job's CronJob creates (its jobTemplate's label): the CronJob's name."""
 ELASTIC_ANNOTATION = "kueue.x-k8s.io/elastic-job"
 MIN_PARALLELISM_ANNOTATION = "kueue.x-k8s.io/job-min-parallelism"
 ELASTIC_GATE = "kueue.x-k8s.io/elastic-job"
@@ -273,6 +275,21 @@ def progress(points: Iterable[CheckpointPoint], *, gpus_per_node: int) -> Progre
             out.recovery_s = max(0.0, later.created_at - earlier.created_at - (later.step - earlier.step) / rate)
             break
     return out
+
+
+def job_finished(job: Mapping) -> bool:
+    """A Job that completed or failed (its Complete, SuccessCriteriaMet or Failed condition)."""
+    return any(c.get("type") in ("Complete", "SuccessCriteriaMet", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def scheduled_run(jobs: Iterable[Mapping]) -> str | None:
+    """The Job a scheduled job's CronJob runs now: the newest of its Jobs not finished (its
+    `concurrencyPolicy: Forbid` leaves at most one), or None between runs."""
+    running = [j for j in jobs if not job_finished(j)]
+    if not running:
+        return None
+    return max(running, key=lambda j: (j["metadata"].get("creationTimestamp") or "", j["metadata"]["name"]))["metadata"]["name"]
 
 
 def job_entry_problems(job: ScaledJob, view: JobView) -> list[str]:
