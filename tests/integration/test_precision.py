@@ -41,7 +41,7 @@ def drift(shared, reference) -> tuple[float, float, float]:
     assert sorted(losses) == sorted(expected), "every step exactly once"
     worst_loss = max(abs(losses[s] - expected[s]) / expected[s] for s in expected)
     weights, reference_weights = final_weights(shared), final_weights(reference)
-    relative_l2, worst_weight = weight_differences(weights, reference_weights)
+    relative_l2, worst_weight, _ = weight_differences(weights, reference_weights)
     return worst_loss, worst_weight, relative_l2
 
 

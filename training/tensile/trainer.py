@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tensile import grad_norm
 from tensile.batching import BatchPlan, plan_batch
 from tensile.checkpoint import Catalog, CorruptOnLoad, FencingError, ResumePoint, SaveResult, open_tier
 from tensile.checkpoint.engine import (CheckpointIdentity, EngineCheckpointer, GroupLease, SavePolicy,
@@ -32,7 +33,6 @@ from tensile.elastic.control import ControlPlane
 from tensile.elastic.ledger import RunLedger
 from tensile.elastic.signals import CheckpointRequest, StepWatchdog, StopRequest
 from tensile.errors import MembershipChange
-from tensile import grad_norm
 from tensile.evaluation import HeldOutEvaluator
 from tensile.fault_hooks import NO_FAULTS, FaultHooks
 from tensile.metrics import RunHistory, TensorBoardScalars, TrainerMetrics

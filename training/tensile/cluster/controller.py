@@ -7,6 +7,7 @@ checkpoint tier, asks the policy core, and carries the decision out through Kueu
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -68,6 +69,16 @@ class JobMemory:
     """A scheduled job's current Job: a new one starts its timers afresh (throughput stays)."""
     failures: int = 0
     retry_at: float = 0.0
+
+    def start_run(self, run: str | None) -> None:
+        """Another run of a scheduled job: its own admission, flavor and timers; the run's measured
+        throughput and recovery (the same checkpoint tier) and this job's backoff carry over."""
+        fresh = JobMemory(run=run, **{name: getattr(self, name) for name in KEPT_ACROSS_RUNS})
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
+
+
+KEPT_ACROSS_RUNS = ("steps_per_s", "recovery_s", "failures", "retry_at")
 
 
 class _PassReads:
@@ -152,10 +163,7 @@ class ScalerController:
         name = scheduled_run(_stage("job", self.api.jobs_labelled, job.namespace, {SCHEDULE_LABEL: job.name}))
         if name != memory.run:
             log.info("%s: %s", job.key, f"the scheduled run is Job {name}" if name else "no scheduled run is going")
-            # Another run: its own admission, flavor and timers; the run's measured throughput stays.
-            for fresh in ("flavor", "last_resize_at", "below_min_since", "unready_since", "last_decision"):
-                setattr(memory, fresh, None)
-            memory.waiting_for_admission, memory.seen, memory.run = False, False, name
+            memory.start_run(name)
         return name
 
     def _decide(self, job: ScaledJob, memory: JobMemory, reads: _PassReads, now: float) -> Decision | None:

@@ -87,21 +87,13 @@ def final_weights(shared_dir: Path) -> dict[str, torch.Tensor]:
     return consolidated_weights(tier, resolve(tier, None))
 
 
-def weight_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """(relative L2 difference over all weights, max absolute difference)."""
-    diff = torch.cat([(a[k].float() - b[k].float()).flatten() for k in a])
+def weight_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float, str]:
+    """(relative L2 difference over all weights, max absolute difference, the weight it is in)."""
+    diffs = {k: (a[k].float() - b[k].float()).flatten() for k in a}
+    worst = {k: d.abs().max().item() for k, d in diffs.items() if d.numel()}
+    where = max(worst, key=worst.get, default="")
     norm = torch.cat([b[k].float().flatten() for k in a]).norm()
-    return (diff.norm() / norm).item(), diff.abs().max().item()
-
-
-def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, str]:
-    """The largest absolute difference over every weight, and in which."""
-    worst, where = 0.0, ""
-    for name in a:
-        diff = (a[name].float() - b[name].float()).abs()
-        if diff.numel() and diff.max().item() > worst:
-            worst, where = diff.max().item(), name
-    return worst, where
+    return (torch.cat(list(diffs.values())).norm() / norm).item(), worst.get(where, 0.0), where
 
 
 def prepare_run(run_dir: Path, config_name: str = "demo.yaml") -> tuple[Path, TrainingConfig]:
@@ -209,8 +201,7 @@ def against_reference(summary: RunSummary, shared_dir: Path, reference_shared: P
     """The run's final weights and per-step losses beside the reference run's."""
     reference_summary = summarize(RunLedger(reference_shared).events(), [])
     weights, reference_weights = final_weights(shared_dir), final_weights(reference_shared)
-    weight_rel_l2, weight_max = weight_differences(weights, reference_weights)
-    _, where = max_difference(weights, reference_weights)
+    weight_rel_l2, weight_max, where = weight_differences(weights, reference_weights)
     loss_diffs = [abs(summary.losses[s] - reference_summary.losses[s])
                   for s in summary.losses if s in reference_summary.losses]
     return {"reference": reference_summary, "weight_rel_l2": weight_rel_l2, "max_weight_diff": weight_max,
